@@ -1,0 +1,52 @@
+"""gpubackprop: readable, explicit backpropagation on the CPU (NumPy) and GPU (CuPy).
+
+>>> import gpubackprop as gb
+>>> model = gb.Sequential([gb.Dense(64, 32, "relu"), gb.Dense(32, 10)], device="cpu", seed=0)
+>>> history = model.fit(x, y, loss=gb.losses.SoftmaxCrossEntropy(),
+...                     optimizer=gb.optim.SGD(0.1, momentum=0.9), epochs=5)
+
+Importing the package never imports CuPy; CuPy loads when a GPU device is asked for.
+"""
+
+from . import losses, optim
+from .activations import ACTIVATIONS
+from .backend import Backend, available_devices, get_backend
+from .errors import (
+    ConfigError,
+    DeviceError,
+    DTypeError,
+    GpuBackpropError,
+    GradcheckError,
+    LabelError,
+    ShapeError,
+)
+from .gradcheck import GradcheckReport, gradcheck
+from .layers import Activation, Dense, Layer
+from .model import Sequential
+from .train import History
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "Backend",
+    "ConfigError",
+    "DTypeError",
+    "Dense",
+    "DeviceError",
+    "GpuBackpropError",
+    "GradcheckError",
+    "GradcheckReport",
+    "History",
+    "LabelError",
+    "Layer",
+    "Sequential",
+    "ShapeError",
+    "__version__",
+    "available_devices",
+    "get_backend",
+    "gradcheck",
+    "losses",
+    "optim",
+]

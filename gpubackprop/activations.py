@@ -1,0 +1,326 @@
+"""Activation functions: one table, each entry a forward and its derivative.
+
+Every activation is written once here, over the array module ``xp`` (NumPy on
+the CPU, CuPy on the GPU), into preallocated outputs. The backward computes the
+upstream gradient times the local derivative, ``out = delta ⊙ σ′``, from the
+layer's *output* ``a`` where the derivative follows from it (sigmoid, tanh,
+relu, leaky_relu, elu, softplus), else from the pre-activation ``z`` (gelu,
+gelu_tanh, silu); :attr:`Activation.needs_input` says which, so a layer keeps
+only the one array its backward needs.
+
+Formulas (σ = sigmoid, Φ = standard normal CDF, φ = its density):
+
+========== =========================================== ==========================
+name       forward a = f(z)                            derivative f′
+========== =========================================== ==========================
+identity   z                                           1
+sigmoid    1 / (1 + e^{−z})                            a (1 − a)
+tanh       tanh z                                      1 − a²
+relu       max(z, 0)                                   [a > 0]
+leaky_relu max(z, 0.01 z)                              1 if a > 0 else 0.01
+elu        z if z > 0 else e^{z} − 1   (α = 1)         1 if a > 0 else a + 1
+softplus   log(1 + e^{z})  (= max(z,0)+log1p(e^{−|z|})) 1 − e^{−a}  (= σ(z))
+gelu       z Φ(z),  Φ(z) = (1 + erf(z/√2)) / 2         Φ(z) + z φ(z)
+gelu_tanh  z (1 + tanh(u)) / 2, u = √(2/π)(z + 0.044715 z³)
+                                                       (1+t)/2 + z (1−t²) u′/2
+silu       z σ(z)                                      σ(z) (1 + z (1 − σ(z)))
+========== =========================================== ==========================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+LEAKY_RELU_SLOPE = 0.01
+ELU_ALPHA = 1.0
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_TANH_C = 0.044715
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _erf(xp: ModuleType, x: Array, out: Array) -> Array:
+    """erf elementwise into ``out`` (SciPy on the CPU, cupyx on the GPU)."""
+    if xp is np:
+        from scipy.special import erf
+    else:
+        from cupyx.scipy.special import erf
+    return erf(x, out=out)
+
+
+# --- forward: write f(z) into out (out may be z itself: in place) -------------
+
+
+def _identity_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    if out is not z:
+        out[...] = z
+    return out
+
+
+def _sigmoid_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    # 1/(1+e^{-z}): e^{-z} overflows to inf for z < -88 (float32), and 1/inf = 0
+    # is the right limit, so the classic form is exact at the edges; silence the
+    # harmless overflow warning NumPy would print.
+    with np.errstate(over="ignore"):
+        xp.negative(z, out=out)
+        xp.exp(out, out=out)
+    out += 1.0
+    return xp.reciprocal(out, out=out)
+
+
+def _tanh_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    return xp.tanh(z, out=out)
+
+
+def _relu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    return xp.maximum(z, 0.0, out=out)
+
+
+def _leaky_relu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    if out is z:
+        scaled = z * LEAKY_RELU_SLOPE
+        return xp.maximum(z, scaled, out=out)
+    xp.multiply(z, LEAKY_RELU_SLOPE, out=out)
+    return xp.maximum(z, out, out=out)
+
+
+def _elu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    positive = xp.maximum(z, 0.0)
+    xp.minimum(z, 0.0, out=out)
+    xp.expm1(out, out=out)
+    if ELU_ALPHA != 1.0:
+        out *= ELU_ALPHA
+    out += positive
+    return out
+
+
+def _softplus_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    # log(1 + e^z) = max(z, 0) + log1p(e^{-|z|}): no overflow for any z, exact
+    # as z -> -inf (e^z) and z -> +inf (z).
+    positive = xp.maximum(z, 0.0)
+    xp.abs(z, out=out)
+    xp.negative(out, out=out)
+    xp.exp(out, out=out)
+    xp.log1p(out, out=out)
+    out += positive
+    return out
+
+
+def _gelu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    cdf = xp.multiply(z, _INV_SQRT_2)
+    _erf(xp, cdf, cdf)
+    cdf += 1.0
+    cdf *= 0.5
+    return xp.multiply(z, cdf, out=out)
+
+
+def _gelu_tanh_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    t = _gelu_tanh_t(xp, z)
+    t += 1.0
+    t *= 0.5
+    return xp.multiply(z, t, out=out)
+
+
+def _silu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
+    s = _sigmoid_fwd(xp, z, xp.empty_like(z))
+    return xp.multiply(z, s, out=out)
+
+
+def _gelu_tanh_t(xp: ModuleType, z: Array) -> Array:
+    """tanh(√(2/π)(z + 0.044715 z³)), a new array."""
+    u = xp.multiply(z, z)
+    u *= _GELU_TANH_C
+    u += 1.0
+    u *= z
+    u *= _SQRT_2_OVER_PI
+    return xp.tanh(u, out=u)
+
+
+# --- backward: out = delta ⊙ f′, from the output a or from the input z --------
+# ``out`` never aliases ``delta``, ``a`` or ``z``.
+
+
+def _identity_bwd(xp: ModuleType, delta: Array, a: Array, out: Array) -> Array:
+    out[...] = delta
+    return out
+
+
+def _sigmoid_bwd(xp: ModuleType, delta: Array, a: Array, out: Array) -> Array:
+    xp.subtract(1.0, a, out=out)
+    out *= a
+    out *= delta
+    return out
+
+
+def _tanh_bwd(xp: ModuleType, delta: Array, a: Array, out: Array) -> Array:
+    xp.multiply(a, a, out=out)
+    xp.subtract(1.0, out, out=out)
+    out *= delta
+    return out
+
+
+def _relu_bwd(xp: ModuleType, delta: Array, a: Array, out: Array) -> Array:
+    # a >= 0, so sign(a) is exactly the indicator [a > 0] (and keeps NaN).
+    xp.sign(a, out=out)
+    out *= delta
+    return out
+
+
+def _leaky_relu_bwd(xp: ModuleType, delta: Array, a: Array, out: Array) -> Array:
+    # [a > 0] · (1 − slope) + slope, via sign(a) ∈ {−1, 0, 1} clipped at 0.
+    xp.sign(a, out=out)
+    xp.maximum(out, 0.0, out=out)
+    out *= 1.0 - LEAKY_RELU_SLOPE
+    out += LEAKY_RELU_SLOPE
+    out *= delta
+    return out
+
+
+def _elu_bwd(xp: ModuleType, delta: Array, a: Array, out: Array) -> Array:
+    # a > 0: 1; else α e^z = a + α.  min(a, 0) + α is both (α = 1 makes a>0 give 1).
+    xp.minimum(a, 0.0, out=out)
+    out += ELU_ALPHA
+    if ELU_ALPHA != 1.0:
+        positive = a > 0
+        out[positive] = 1.0
+    out *= delta
+    return out
+
+
+def _softplus_bwd(xp: ModuleType, delta: Array, a: Array, out: Array) -> Array:
+    # σ(z) = 1 − e^{−a} = −expm1(−a), accurate for small a (z very negative).
+    xp.negative(a, out=out)
+    xp.expm1(out, out=out)
+    xp.negative(out, out=out)
+    out *= delta
+    return out
+
+
+def _gelu_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
+    # Φ(z) + z φ(z)
+    pdf = xp.multiply(z, z)
+    pdf *= -0.5
+    xp.exp(pdf, out=pdf)
+    pdf *= _INV_SQRT_2PI
+    pdf *= z
+    xp.multiply(z, _INV_SQRT_2, out=out)
+    _erf(xp, out, out)
+    out += 1.0
+    out *= 0.5
+    out += pdf
+    out *= delta
+    return out
+
+
+def _gelu_tanh_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
+    # d/dz [z (1+t)/2] = (1+t)/2 + z (1−t²) u′ / 2,  u′ = √(2/π)(1 + 3·0.044715 z²)
+    t = _gelu_tanh_t(xp, z)
+    du = xp.multiply(z, z)
+    du *= 3.0 * _GELU_TANH_C
+    du += 1.0
+    du *= _SQRT_2_OVER_PI
+    xp.multiply(t, t, out=out)
+    xp.subtract(1.0, out, out=out)
+    out *= du
+    out *= z
+    t += 1.0
+    out += t
+    out *= 0.5
+    out *= delta
+    return out
+
+
+def _silu_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
+    # σ (1 + z (1 − σ))
+    s = _sigmoid_fwd(xp, z, xp.empty_like(z))
+    xp.subtract(1.0, s, out=out)
+    out *= z
+    out += 1.0
+    out *= s
+    out *= delta
+    return out
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation: its forward and its derivative, written once.
+
+    ``forward(xp, z, out)`` writes f(z) into ``out`` (``out`` may be ``z``).
+    ``backward(xp, delta, saved, out)`` writes ``delta ⊙ f′`` into ``out``, where
+    ``saved`` is the output ``a`` if :attr:`needs_input` is false, else ``z``.
+    ``reference`` is the plain textbook formula (NumPy, float64-friendly) that
+    the tests compare against.
+    """
+
+    name: str
+    forward: Callable[[ModuleType, Array, Array], Array]
+    backward: Callable[[ModuleType, Array, Array, Array], Array]
+    needs_input: bool
+    init: str  # "he" or "xavier": the weight init a Dense layer uses before it
+    reference: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.name == "identity"
+
+
+def _ref_gelu(z: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return 0.5 * z * (1.0 + erf(z / math.sqrt(2.0)))
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in (
+        Activation("identity", _identity_fwd, _identity_bwd, False, "xavier", lambda z: z),
+        Activation(
+            "sigmoid", _sigmoid_fwd, _sigmoid_bwd, False, "xavier",
+            lambda z: 1.0 / (1.0 + np.exp(-z)),
+        ),
+        Activation("tanh", _tanh_fwd, _tanh_bwd, False, "xavier", np.tanh),
+        Activation("relu", _relu_fwd, _relu_bwd, False, "he", lambda z: np.where(z > 0, z, 0.0)),
+        Activation(
+            "leaky_relu", _leaky_relu_fwd, _leaky_relu_bwd, False, "he",
+            lambda z: np.where(z > 0, z, LEAKY_RELU_SLOPE * z),
+        ),
+        Activation(
+            "elu", _elu_fwd, _elu_bwd, False, "he",
+            lambda z: np.where(z > 0, z, ELU_ALPHA * (np.exp(np.minimum(z, 0.0)) - 1.0)),
+        ),
+        Activation(
+            "softplus", _softplus_fwd, _softplus_bwd, False, "xavier",
+            lambda z: np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0.0),
+        ),
+        Activation("gelu", _gelu_fwd, _gelu_bwd, True, "he", _ref_gelu),
+        Activation(
+            "gelu_tanh", _gelu_tanh_fwd, _gelu_tanh_bwd, True, "he",
+            lambda z: 0.5 * z * (1.0 + np.tanh(_SQRT_2_OVER_PI * (z + _GELU_TANH_C * z**3))),
+        ),
+        Activation(
+            "silu", _silu_fwd, _silu_bwd, True, "he", lambda z: z / (1.0 + np.exp(-z)),
+        ),
+    )
+}
+
+
+def get_activation(name: str | None) -> Activation:
+    """Look an activation up by name (``None`` means ``"identity"``)."""
+    key = "identity" if name is None else name
+    if not isinstance(key, str) or key not in ACTIVATIONS:
+        known = ", ".join(repr(k) for k in ACTIVATIONS)
+        raise ConfigError(f"unknown activation {name!r}; expected None or one of {known}")
+    return ACTIVATIONS[key]
+
+
+__all__ = ["ACTIVATIONS", "Activation", "get_activation"]

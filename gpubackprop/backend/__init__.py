@@ -1,0 +1,190 @@
+"""Device dispatch: ``get_backend("cpu" | "cuda" | "cuda:N" | "auto")``.
+
+A :class:`Backend` owns the array module (NumPy or CuPy), the ops of the engine
+(:class:`~.numpy_ops.NumpyOps` or :class:`~.cupy_ops.CupyOps`) and the device.
+Arrays never cross devices behind the user's back: :meth:`Backend.check_array`
+raises :class:`~gpubackprop.errors.DeviceError` for an array of another device,
+and :meth:`Backend.asarray` is the one explicit copy onto the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeviceError
+from . import _compat
+from ._compat import array_device, array_module, has_gpu, is_cupy_array
+from .numpy_ops import NumpyOps
+
+Array = Any
+
+_DEVICE_RE = re.compile(r"^cuda(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a model's arrays live and the ops that run on them.
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda:N"``.
+        xp: the array module, ``numpy`` or ``cupy``.
+        ops: the engine's ops for that module.
+        reason: why this device was chosen (for ``"auto"``, which one and why).
+    """
+
+    device: str
+    xp: ModuleType
+    ops: NumpyOps
+    reason: str = field(default="", compare=False)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.device != "cpu"
+
+    @property
+    def device_id(self) -> int | None:
+        return int(self.device.split(":")[1]) if self.is_gpu else None
+
+    def activate(self) -> contextlib.AbstractContextManager[Any]:
+        """Context in which new arrays are made on this device (no-op on CPU)."""
+        if not self.is_gpu:
+            return contextlib.nullcontext()
+        return self.xp.cuda.Device(self.device_id)
+
+    def is_native(self, x: Any) -> bool:
+        """True if ``x`` is an array of this backend's module on this device."""
+        if self.is_gpu:
+            return is_cupy_array(x) and x.device.id == self.device_id
+        return isinstance(x, np.ndarray)
+
+    def check_array(self, x: Any, what: str) -> None:
+        """Raise DeviceError unless ``x`` is an array on this device.
+
+        ``what`` names the argument and its owner, e.g. ``"Sequential.forward: x"``.
+        """
+        if self.is_native(x):
+            return
+        if is_cupy_array(x) or isinstance(x, np.ndarray):
+            where = array_device(x)
+            hint = (
+                "copy it with model.to_device(x)"
+                if self.is_gpu
+                else "copy it to the host with cupy.asnumpy(x)"
+            )
+            raise DeviceError(
+                f"{what} is an array on {where} but the model lives on {self.device}; "
+                f"gpubackprop never copies between devices implicitly: {hint}"
+            )
+        raise DeviceError(
+            f"{what} must be an array on {self.device}, got {type(x).__name__}"
+        )
+
+    def asarray(self, x: Any, dtype: Any = None) -> Array:
+        """Copy ``x`` (NumPy array, list, or array of this device) onto this device."""
+        with self.activate():
+            if self.is_gpu and is_cupy_array(x) and x.device.id != self.device_id:
+                raise DeviceError(
+                    f"array is on {array_device(x)}, this backend is {self.device}; "
+                    "copy between GPUs explicitly"
+                )
+            if not self.is_gpu and is_cupy_array(x):
+                return np.asarray(x.get(), dtype=dtype)
+            return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        """A NumPy copy (or the array itself on the CPU)."""
+        return x.get() if is_cupy_array(x) else np.asarray(x)
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work (no-op on CPU)."""
+        if self.is_gpu:
+            self.xp.cuda.Stream.null.synchronize()
+
+
+@functools.cache
+def _cpu_backend(reason: str) -> Backend:
+    return Backend("cpu", np, NumpyOps(), reason)
+
+
+@functools.cache
+def _cuda_backend(device_id: int, reason: str) -> Backend:
+    from .cupy_ops import CupyOps
+
+    cp = _compat.cupy_module()
+    return Backend(f"cuda:{device_id}", cp, CupyOps(cp), reason)
+
+
+def _why_no_gpu() -> str:
+    err = _compat.cupy_import_error()
+    if err is not None:
+        return f"CuPy is not importable ({err}); install gpubackprop[cuda12] or [cuda13]"
+    return "CuPy is installed but sees no CUDA device"
+
+
+def get_backend(device: str | Backend = "auto") -> Backend:
+    """The backend for a device name.
+
+    ``"cpu"``: NumPy. ``"cuda"`` / ``"cuda:N"``: CuPy on GPU N (0 by default);
+    raises DeviceError if CuPy or the GPU is missing — there is no silent CPU
+    fallback. ``"auto"``: the GPU when CuPy and a GPU are there, else the CPU;
+    ``backend.reason`` says which was picked and why.
+    """
+    if isinstance(device, Backend):
+        return device
+    if not isinstance(device, str):
+        raise DeviceError(
+            f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}"
+        )
+    name = device.strip().lower()
+    if name == "cpu":
+        return _cpu_backend("asked for 'cpu'")
+    if name == "auto":
+        if has_gpu():
+            return _cuda_backend(0, "auto picked cuda:0 (CuPy and a GPU are present)")
+        return _cpu_backend(f"auto picked cpu: {_why_no_gpu()}")
+    match = _DEVICE_RE.match(name)
+    if match is None:
+        raise DeviceError(
+            f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'"
+        )
+    device_id = int(match.group(1) or 0)
+    if not has_gpu():
+        raise DeviceError(f"device {device!r} was asked for but {_why_no_gpu()}")
+    count = _compat.gpu_count()
+    if device_id >= count:
+        raise DeviceError(
+            f"device {device!r} was asked for but only {count} GPU(s) are visible "
+            f"(cuda:0 .. cuda:{count - 1})"
+        )
+    return _cuda_backend(device_id, f"asked for {device!r}")
+
+
+def backend_of(x: Array) -> Backend:
+    """The backend an existing array belongs to."""
+    if is_cupy_array(x):
+        return _cuda_backend(x.device.id, "from the array's device")
+    return _cpu_backend("from the array's device")
+
+
+def available_devices() -> list[str]:
+    """Every device gpubackprop can use here: ``["cpu", "cuda:0", ...]``."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(_compat.gpu_count())]
+
+
+__all__ = [
+    "Backend",
+    "array_device",
+    "array_module",
+    "available_devices",
+    "backend_of",
+    "get_backend",
+    "has_gpu",
+    "is_cupy_array",
+]

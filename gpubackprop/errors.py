@@ -1,0 +1,37 @@
+"""The package's own exceptions.
+
+Every error a user can trigger with bad input is one of these. Each subclasses
+the matching built-in (``ValueError`` or ``TypeError``) so generic handlers keep
+working, and every message names the layer (index and type) or the argument,
+what was expected and what came.
+"""
+
+from __future__ import annotations
+
+
+class GpuBackpropError(Exception):
+    """Base class of every error raised by gpubackprop."""
+
+
+class ShapeError(GpuBackpropError, ValueError):
+    """An array has the wrong rank or size for the layer, loss or argument."""
+
+
+class DTypeError(GpuBackpropError, TypeError):
+    """An array or argument has a dtype gpubackprop cannot use there."""
+
+
+class DeviceError(GpuBackpropError, ValueError):
+    """An array lives on another device than the model, or a device is unavailable."""
+
+
+class LabelError(GpuBackpropError, ValueError):
+    """Class labels are out of range, not integers, or the wrong length."""
+
+
+class ConfigError(GpuBackpropError, ValueError):
+    """An argument value is not allowed (unknown activation name, negative rate, ...)."""
+
+
+class GradcheckError(GpuBackpropError, AssertionError):
+    """The analytic gradient disagrees with central finite differences."""

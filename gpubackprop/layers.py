@@ -1,0 +1,281 @@
+"""Layers of the layer-wise engine: :class:`Dense` and :class:`Activation`.
+
+A layer owns no memory of its own for parameters: :class:`~gpubackprop.Sequential`
+allocates one flat parameter buffer and one flat gradient buffer for the whole
+model and binds each layer's ``weight`` and ``bias`` to views into them. Work
+buffers (the output kept for backward, the delta) are allocated once per batch
+size and reused, so a training step allocates nothing.
+
+Forward and backward of a Dense layer with activation f (batch-major, W of
+shape (out, in), Δ already carrying the loss's 1/B)::
+
+    Z = A Wᵀ + b              A_out = f(Z)
+    Δ_Z = Δ_out ⊙ f′          (f′ from A_out where it can, else from Z)
+    dW = Δ_Zᵀ A               db = Δ_Zᵀ 1               Δ_in = Δ_Z W
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .activations import Activation as ActivationSpec
+from .activations import get_activation
+from .backend import Backend
+from .errors import ConfigError, ShapeError
+
+Array = Any
+
+_MAX_CACHED_BATCH_SIZES = 4
+
+
+class Layer:
+    """Base class: a step of the forward pass with its own backward.
+
+    Subclasses define :meth:`param_shapes`, :meth:`output_features`,
+    :meth:`init_params`, :meth:`forward` and :meth:`backward`.
+    """
+
+    #: position in the model, set by Sequential (None while unattached)
+    index: int | None = None
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+        self.dtype: np.dtype | None = None
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+        self._workspaces: dict[int, dict[str, Array]] = {}
+        self._owner: object | None = None
+
+    # --- description ---------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """How errors name this layer: ``layer 2 (Dense 100->10, sigmoid)``."""
+        where = f"layer {self.index}" if self.index is not None else "unattached layer"
+        return f"{where} ({self.describe()})"
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    # --- structure -------------------------------------------------------------
+    def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and shapes of the parameters, in buffer order."""
+        return []
+
+    @property
+    def input_features(self) -> int | None:
+        """Input width this layer requires (None: any width)."""
+        return None
+
+    def output_features(self, input_features: int | None) -> int | None:
+        """Output width for a given input width."""
+        return input_features
+
+    def init_params(self, rng: np.random.Generator, host: dict[str, np.ndarray]) -> None:
+        """Write initial values (float64, host) into ``host``'s arrays."""
+
+    def attach(
+        self,
+        owner: object,
+        index: int,
+        backend: Backend,
+        dtype: np.dtype,
+        params: dict[str, Array],
+        grads: dict[str, Array],
+    ) -> None:
+        """Bind to a model: device, dtype and views into the flat buffers."""
+        if self._owner is not None and self._owner is not owner:
+            raise ConfigError(
+                f"{self.label} already belongs to another model; "
+                "create a new layer object for each model"
+            )
+        self._owner = owner
+        self.index = index
+        self.backend = backend
+        self.dtype = dtype
+        self.params = params
+        self.grads = grads
+        self._workspaces = {}
+
+    # --- work buffers ------------------------------------------------------------
+    def _workspace(self, batch: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, Array]:
+        """Buffers for this batch size, allocated on first use and then reused."""
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            if len(self._workspaces) >= _MAX_CACHED_BATCH_SIZES:
+                self._workspaces.pop(next(iter(self._workspaces)))
+            assert self.backend is not None
+            xp = self.backend.xp
+            with self.backend.activate():
+                ws = {name: xp.empty(shape, dtype=self.dtype) for name, shape in shapes.items()}
+            self._workspaces[batch] = ws
+        return ws
+
+    def _check_delta(self, delta: Array, expected: tuple[int, ...]) -> None:
+        if tuple(delta.shape) != expected:
+            raise ShapeError(
+                f"{self.label}: backward got a gradient of shape {tuple(delta.shape)}, "
+                f"expected {expected} (the shape of its last forward output)"
+            )
+
+    # --- passes --------------------------------------------------------------------
+    def forward(self, x: Array) -> Array:
+        """Output for a validated (B, in) input; the result is an internal buffer."""
+        raise NotImplementedError
+
+    def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
+        """Write parameter gradients; return ∂L/∂input if asked (an internal buffer)."""
+        raise NotImplementedError
+
+
+class Dense(Layer):
+    """Fully connected layer ``a_out = f(a_in Wᵀ + b)``.
+
+    Args:
+        in_features: width of the input.
+        out_features: width of the output.
+        activation: name of a fused activation (see :mod:`gpubackprop.activations`),
+            or None for a linear layer.
+        bias: whether the layer has a bias b.
+
+    The weight W has shape (out_features, in_features), as in z = W a + b.
+    Initialisation (seeded by the model): He normal, std √(2/in), for the
+    relu family; Xavier uniform, limit √(6/(in+out)), otherwise. Biases start at 0.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"Dense: {name} must be a positive int, got {value!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.activation: ActivationSpec = get_activation(activation)
+        self.use_bias = bool(bias)
+        self._input: Array | None = None
+        self._saved: Array | None = None
+        self._batch = 0
+
+    def describe(self) -> str:
+        act = "" if self.activation.is_identity else f", {self.activation.name}"
+        bias = "" if self.use_bias else ", no bias"
+        return f"Dense {self.in_features}->{self.out_features}{act}{bias}"
+
+    @property
+    def input_features(self) -> int:
+        return self.in_features
+
+    def output_features(self, input_features: int | None) -> int:
+        return self.out_features
+
+    def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        shapes: list[tuple[str, tuple[int, ...]]] = [
+            ("weight", (self.out_features, self.in_features))
+        ]
+        if self.use_bias:
+            shapes.append(("bias", (self.out_features,)))
+        return shapes
+
+    def init_params(self, rng: np.random.Generator, host: dict[str, np.ndarray]) -> None:
+        fan_in, fan_out = self.in_features, self.out_features
+        if self.activation.init == "he":
+            host["weight"][...] = rng.normal(0.0, math.sqrt(2.0 / fan_in), (fan_out, fan_in))
+        else:
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            host["weight"][...] = rng.uniform(-limit, limit, (fan_out, fan_in))
+        if self.use_bias:
+            host["bias"][...] = 0.0
+
+    def _buffers(self, batch: int) -> dict[str, Array]:
+        shapes = {"out": (batch, self.out_features), "dx": (batch, self.in_features)}
+        if not self.activation.is_identity:
+            shapes["dz"] = (batch, self.out_features)
+            if self.activation.needs_input:
+                shapes["z"] = (batch, self.out_features)
+        return self._workspace(batch, shapes)
+
+    def forward(self, x: Array) -> Array:
+        assert self.backend is not None
+        ops = self.backend.ops
+        ws = self._buffers(x.shape[0])
+        act = self.activation
+        z = ws["z"] if act.needs_input else ws["out"]
+        ops.matmul(x, self.params["weight"], out=z, trans_b=True)
+        if self.use_bias:
+            ops.add_bias(z, self.params["bias"])
+        if not act.is_identity:
+            ops.activation_forward(act, z, ws["out"])
+        self._input = x
+        self._saved = z
+        self._batch = x.shape[0]
+        return ws["out"]
+
+    def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
+        if self._input is None:
+            raise ShapeError(f"{self.label}: backward called before forward")
+        assert self.backend is not None
+        self._check_delta(delta, (self._batch, self.out_features))
+        ops = self.backend.ops
+        ws = self._buffers(self._batch)
+        if self.activation.is_identity:
+            dz = delta
+        else:
+            dz = ops.activation_backward(self.activation, delta, self._saved, ws["dz"])
+        ops.matmul(dz, self._input, out=self.grads["weight"], trans_a=True)
+        if self.use_bias:
+            ops.column_sum(dz, out=self.grads["bias"])
+        if not need_input_grad:
+            return None
+        return ops.matmul(dz, self.params["weight"], out=ws["dx"])
+
+
+class Activation(Layer):
+    """A standalone activation layer ``a_out = f(a_in)``, ``Δ_in = Δ_out ⊙ f′``.
+
+    The same functions as the activation fused into :class:`Dense`; use it after
+    a linear Dense layer when you want the pre-activation as its own step.
+    """
+
+    def __init__(self, name: str | None) -> None:
+        super().__init__()
+        self.activation: ActivationSpec = get_activation(name)
+        self._saved: Array | None = None
+        self._shape: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        return f"Activation {self.activation.name}"
+
+    def forward(self, x: Array) -> Array:
+        assert self.backend is not None
+        ws = self._workspace(x.shape[0], {"out": x.shape, "dx": x.shape})
+        self.backend.ops.activation_forward(self.activation, x, ws["out"])
+        self._saved = x if self.activation.needs_input else ws["out"]
+        self._shape = tuple(x.shape)
+        return ws["out"]
+
+    def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
+        if self._saved is None:
+            raise ShapeError(f"{self.label}: backward called before forward")
+        self._check_delta(delta, self._shape)
+        if not need_input_grad:
+            return None
+        assert self.backend is not None
+        ws = self._workspace(self._shape[0], {"out": self._shape, "dx": self._shape})
+        return self.backend.ops.activation_backward(
+            self.activation, delta, self._saved, ws["dx"]
+        )
+
+
+__all__ = ["Activation", "Dense", "Layer"]

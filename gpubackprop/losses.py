@@ -1,0 +1,230 @@
+"""Losses: a value and its gradient with respect to the network output.
+
+Each loss validates its inputs, then calls one op of the backend, which returns
+the value (a 0-d device array, so no host sync is forced) and writes
+δ_L = ∂L/∂output into a preallocated buffer. The loss gradient is the one
+place the batch size divides (1/B for softmax cross-entropy, 1/N for the
+element means); no other part of the engine scales by it.
+
+* :class:`MSE` — L = 1/N Σ (p − y)², N = number of elements (PyTorch's
+  ``mse_loss``); ``reduction="sum"`` gives Σ (p − y)² as in the seed notes.
+* :class:`SoftmaxCrossEntropy` — from logits z: L = 1/B Σ_b (logsumexp(z_b) − z_b[y_b]),
+  δ = (softmax(z) − onehot(y)) / B; labels are integers or rows of one-hot /
+  probabilities.
+* :class:`BCEWithLogits` — L = 1/N Σ (max(z,0) − z y + log(1 + e^{−|z|})),
+  δ = (σ(z) − y) / N.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, backend_of
+from .errors import ConfigError, DTypeError, LabelError, ShapeError
+
+Array = Any
+
+
+class Loss:
+    """Base class. ``loss(pred, target)`` returns the value as a Python float."""
+
+    name = "loss"
+
+    def __call__(self, pred: Array, target: Array) -> float:
+        """L(pred, target) as a float."""
+        return self.value_and_gradient(pred, target)[0]
+
+    def gradient(self, pred: Array, target: Array) -> Array:
+        """δ_L = ∂L/∂pred as a new array on pred's device."""
+        return self.value_and_gradient(pred, target)[1]
+
+    def value_and_gradient(self, pred: Array, target: Array) -> tuple[float, Array]:
+        """(L, ∂L/∂pred) for a float32/float64 ``pred`` on any device."""
+        if isinstance(pred, (list, tuple)):
+            pred = np.asarray(pred, dtype=np.float64)
+        backend = backend_of(pred)
+        backend.check_array(pred, f"{self.name}: pred")
+        if pred.dtype not in (np.float32, np.float64):
+            raise DTypeError(f"{self.name}: pred must be float32 or float64, got {pred.dtype}")
+        if isinstance(target, (list, tuple)) and not backend.is_gpu:
+            target = np.asarray(target)
+        target = self.prepare_target(backend, tuple(pred.shape), pred.dtype, target)
+        with backend.activate():
+            grad = backend.xp.empty_like(pred)
+            value = self.value_and_grad(backend, pred, target, grad)
+        return float(value), grad
+
+    def prepare_target(
+        self,
+        backend: Backend,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        target: Array,
+        *,
+        check_values: bool = True,
+    ) -> Array:
+        """Validate ``target`` for an output of ``shape``/``dtype``; return it ready to use.
+
+        Raises ShapeError / DTypeError / LabelError / DeviceError naming the loss,
+        the expected and the actual shape or values.
+        """
+        raise NotImplementedError
+
+    def value_and_grad(self, backend: Backend, pred: Array, target: Array, grad: Array) -> Array:
+        """Write ∂L/∂pred into ``grad``; return L as a 0-d array (no sync)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # --- shared validation --------------------------------------------------------
+    def _float_target(
+        self, backend: Backend, shape: tuple[int, ...], dtype: np.dtype, target: Array
+    ) -> Array:
+        backend.check_array(target, f"{self.name}: target")
+        if target.dtype.kind not in "biuf":
+            raise DTypeError(f"{self.name}: target must be numeric, got dtype {target.dtype}")
+        if target.ndim == 1 and len(shape) == 2 and shape[1] == 1:
+            target = target.reshape(-1, 1)
+        if tuple(target.shape) != shape:
+            raise ShapeError(
+                f"{self.name}: target shape {tuple(target.shape)} does not match "
+                f"the output shape {shape}"
+            )
+        return target.astype(dtype, copy=False)
+
+
+class MSE(Loss):
+    """Mean squared error, L = 1/N Σ (p − y)²  (``reduction="sum"``: Σ (p − y)²)."""
+
+    name = "MSE"
+
+    def __init__(self, reduction: str = "mean") -> None:
+        if reduction not in ("mean", "sum"):
+            raise ConfigError(f"MSE: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+
+    def __repr__(self) -> str:
+        return "MSE()" if self.reduction == "mean" else f"MSE(reduction={self.reduction!r})"
+
+    def prepare_target(
+        self,
+        backend: Backend,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        target: Array,
+        *,
+        check_values: bool = True,
+    ) -> Array:
+        return self._float_target(backend, shape, dtype, target)
+
+    def value_and_grad(self, backend: Backend, pred: Array, target: Array, grad: Array) -> Array:
+        return backend.ops.mse(pred, target, grad, mean=self.reduction == "mean")
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Softmax cross-entropy from logits (PyTorch's ``cross_entropy``).
+
+    Target: integer class labels of shape (B,) in [0, C), or (B, C) rows of
+    one-hot vectors or probabilities. The softmax is folded in, so the network's
+    last layer must be linear (no activation): δ_L = (softmax(z) − y) / B.
+    """
+
+    name = "SoftmaxCrossEntropy"
+
+    def prepare_target(
+        self,
+        backend: Backend,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        target: Array,
+        *,
+        check_values: bool = True,
+    ) -> Array:
+        backend.check_array(target, f"{self.name}: target")
+        if len(shape) != 2:
+            raise ShapeError(f"{self.name}: logits must be (batch, classes), got {shape}")
+        batch, classes = shape
+        if target.ndim == 2:
+            return self._float_target(backend, shape, dtype, target)
+        if target.ndim != 1:
+            raise ShapeError(
+                f"{self.name}: target must be labels of shape ({batch},) or one-hot "
+                f"rows of shape ({batch}, {classes}), got shape {tuple(target.shape)}"
+            )
+        if target.shape[0] != batch:
+            raise ShapeError(
+                f"{self.name}: {target.shape[0]} labels for a batch of {batch} outputs"
+            )
+        kind = target.dtype.kind
+        if kind == "f":
+            if check_values and bool((target != backend.xp.round(target)).any()):
+                raise LabelError(f"{self.name}: float labels must be whole numbers")
+        elif kind not in "iu":
+            raise DTypeError(
+                f"{self.name}: labels must be integers, got dtype {target.dtype}"
+            )
+        if check_values and batch:
+            low, high = int(target.min()), int(target.max())
+            if low < 0 or high >= classes:
+                bad = low if low < 0 else high
+                raise LabelError(
+                    f"{self.name}: label {bad} is out of range for {classes} classes "
+                    f"(expected 0 <= label < {classes})"
+                )
+        return target.astype(np.int64, copy=False)
+
+    def value_and_grad(self, backend: Backend, pred: Array, target: Array, grad: Array) -> Array:
+        if target.ndim == 1:
+            return backend.ops.softmax_cross_entropy_labels(pred, target, grad)
+        return backend.ops.softmax_cross_entropy_probs(pred, target, grad)
+
+
+class BCEWithLogits(Loss):
+    """Binary cross-entropy on logits (PyTorch's ``binary_cross_entropy_with_logits``).
+
+    Targets in [0, 1], same shape as the logits ((B,) is accepted for a (B, 1)
+    output). Stable for logits of any finite size.
+    """
+
+    name = "BCEWithLogits"
+
+    def prepare_target(
+        self,
+        backend: Backend,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        target: Array,
+        *,
+        check_values: bool = True,
+    ) -> Array:
+        target = self._float_target(backend, shape, dtype, target)
+        if check_values and target.size and bool(((target < 0) | (target > 1)).any()):
+            raise LabelError(f"{self.name}: targets must lie in [0, 1]")
+        return target
+
+    def value_and_grad(self, backend: Backend, pred: Array, target: Array, grad: Array) -> Array:
+        return backend.ops.bce_with_logits(pred, target, grad)
+
+
+_BY_NAME: dict[str, type[Loss]] = {
+    "mse": MSE,
+    "softmax_cross_entropy": SoftmaxCrossEntropy,
+    "cross_entropy": SoftmaxCrossEntropy,
+    "bce_with_logits": BCEWithLogits,
+}
+
+
+def get_loss(loss: Loss | str) -> Loss:
+    """A loss object from an instance or a name (``"mse"``, ``"cross_entropy"``, ...)."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str) and loss.lower() in _BY_NAME:
+        return _BY_NAME[loss.lower()]()
+    known = ", ".join(repr(k) for k in _BY_NAME)
+    raise ConfigError(f"unknown loss {loss!r}; expected a gb.losses.Loss or one of {known}")
+
+
+__all__ = ["MSE", "BCEWithLogits", "Loss", "SoftmaxCrossEntropy", "get_loss"]

@@ -1,0 +1,335 @@
+"""Sequential: the layer-wise forward/backward engine over flat buffers.
+
+All parameters of a model live in one flat array and all gradients in another;
+each layer's ``weight`` and ``bias`` are views into them, so one optimizer pass
+updates the whole model and a checkpoint is a handful of arrays.
+
+Backward follows the recurrences of the seed notes, batch-major::
+
+    δ_L = ∂L/∂a_L                              (from the loss; carries 1/B)
+    δ_k = (δ_{k+1} W_{k+1}) ⊙ σ′(z_k)          dW_k = δ_kᵀ a_{k−1}    db_k = δ_kᵀ 1
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .backend import Backend, get_backend, is_cupy_array
+from .errors import ConfigError, DTypeError, ShapeError
+from .layers import Layer
+from .losses import Loss, get_loss
+
+if TYPE_CHECKING:
+    from .optim import Optimizer
+    from .train import History
+
+Array = Any
+
+_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
+def resolve_dtype(dtype: Any) -> np.dtype:
+    """np.float32 / np.float64 from a name or dtype; DTypeError for anything else."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as exc:
+        raise DTypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from exc
+    if resolved.name not in _DTYPES:
+        raise DTypeError(f"dtype must be 'float32' or 'float64', got {resolved.name}")
+    return resolved
+
+
+class Sequential:
+    """A stack of layers trained by explicit backprop.
+
+    Args:
+        layers: the layers, input first (e.g. ``[gb.Dense(784, 128, "relu"),
+            gb.Dense(128, 10)]``). Each layer object belongs to one model.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (see
+            :func:`gpubackprop.get_backend`).
+        dtype: ``"float32"`` (default) or ``"float64"``.
+        seed: seeds the weight initialisation and the shuffling in :meth:`fit`;
+            the same seed gives the same initial weights on every device.
+    """
+
+    def __init__(
+        self,
+        layers: Iterable[Layer],
+        device: str | Backend = "auto",
+        dtype: Any = "float32",
+        seed: int | None = None,
+    ) -> None:
+        self.layers: list[Layer] = list(layers)
+        if not self.layers:
+            raise ConfigError("Sequential needs at least one layer")
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise ConfigError(
+                    f"Sequential: item {i} is a {type(layer).__name__}, not a gpubackprop Layer"
+                )
+        if len({id(layer) for layer in self.layers}) != len(self.layers):
+            raise ConfigError("Sequential: the same layer object appears twice; create one each")
+        self.backend = get_backend(device)
+        self.dtype = resolve_dtype(dtype)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.input_features = self._check_widths()
+        self._build()
+        self._output: Array | None = None
+        self._loss_grad: dict[tuple[int, ...], Array] = {}
+
+    # --- construction ------------------------------------------------------------
+    def _check_widths(self) -> int | None:
+        width: int | None = None
+        first: int | None = None
+        previous: Layer | None = None
+        for i, layer in enumerate(self.layers):
+            layer.index = i
+            need = layer.input_features
+            if need is not None:
+                if width is not None and width != need:
+                    assert previous is not None
+                    raise ShapeError(
+                        f"{layer.label} expects {need} input features but "
+                        f"{previous.label} gives {width}"
+                    )
+                if first is None and width is None:
+                    first = need
+            width = layer.output_features(width if width is not None else need)
+            previous = layer
+        self.output_features = width
+        return first
+
+    def _build(self) -> None:
+        shapes = [layer.param_shapes() for layer in self.layers]
+        total = sum(int(np.prod(shape)) for s in shapes for _, shape in s)
+        xp = self.backend.xp
+        with self.backend.activate():
+            self.flat_params = xp.zeros(total, dtype=self.dtype)
+            self.flat_grads = xp.zeros(total, dtype=self.dtype)
+        host = np.zeros(total, dtype=np.float64)
+        self._slices: dict[str, tuple[int, int, tuple[int, ...]]] = OrderedDict()
+        offset = 0
+        for layer, layer_shapes in zip(self.layers, shapes, strict=True):
+            params, grads, host_views = {}, {}, {}
+            for name, shape in layer_shapes:
+                size = int(np.prod(shape))
+                end = offset + size
+                params[name] = self.flat_params[offset:end].reshape(shape)
+                grads[name] = self.flat_grads[offset:end].reshape(shape)
+                host_views[name] = host[offset:end].reshape(shape)
+                self._slices[f"{layer.index}.{name}"] = (offset, end, shape)
+                offset = end
+            layer.attach(self, layer.index or 0, self.backend, self.dtype, params, grads)
+            layer.init_params(self.rng, host_views)
+        with self.backend.activate():
+            self.flat_params[...] = self.backend.asarray(host.astype(self.dtype))
+
+    # --- description ---------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.flat_params.size)
+
+    def __repr__(self) -> str:
+        lines = [f"Sequential(device={self.device!r}, dtype={self.dtype.name!r}, ["]
+        lines += [f"  {layer.index}: {layer.describe()}," for layer in self.layers]
+        lines.append(f"])  # {self.num_parameters:,} parameters")
+        return "\n".join(lines)
+
+    def parameters(self) -> OrderedDict[str, Array]:
+        """Ordered ``"i.weight"`` / ``"i.bias"`` -> live views into the flat buffer.
+
+        Writing into a view (``p["0.weight"][...] = w``) changes the model.
+        """
+        return OrderedDict(
+            (f"{layer.index}.{name}", view)
+            for layer in self.layers
+            for name, view in layer.params.items()
+        )
+
+    def gradients(self) -> OrderedDict[str, Array]:
+        """Ordered names -> live views of the gradient buffer (same names as parameters)."""
+        return OrderedDict(
+            (f"{layer.index}.{name}", view)
+            for layer in self.layers
+            for name, view in layer.grads.items()
+        )
+
+    # --- input checks ------------------------------------------------------------------
+    def to_device(self, x: Any) -> Array:
+        """Copy ``x`` onto the model's device and dtype (the explicit transfer)."""
+        arr = self.backend.asarray(x)
+        if arr.dtype.kind in "biuf" and arr.dtype != self.dtype:
+            arr = arr.astype(self.dtype)
+        return arr
+
+    def _prepare_input(self, x: Any, what: str = "Sequential.forward: x") -> Array:
+        if not self.backend.is_gpu and not is_cupy_array(x) and not isinstance(x, np.ndarray):
+            if isinstance(x, (list, tuple)):
+                x = np.asarray(x)
+        self.backend.check_array(x, what)
+        first = self.layers[0]
+        if x.dtype.kind not in "biuf":
+            raise DTypeError(
+                f"{first.label}: input must be a real numeric array, got dtype {x.dtype}"
+            )
+        want = self.input_features
+        width = "n" if want is None else str(want)
+        if x.ndim != 2:
+            hint = " (a single sample? use x[None, :])" if x.ndim == 1 else ""
+            raise ShapeError(
+                f"{first.label}: expected input of shape (batch, {width}), "
+                f"got shape {tuple(x.shape)}{hint}"
+            )
+        if want is not None and x.shape[1] != want:
+            raise ShapeError(
+                f"{first.label}: expected input of shape (batch, {want}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ShapeError(f"{first.label}: empty batch (input shape {tuple(x.shape)})")
+        if x.dtype != self.dtype:
+            with self.backend.activate():
+                x = x.astype(self.dtype)
+        return x
+
+    # --- passes ------------------------------------------------------------------------
+    def _forward(self, x: Array) -> Array:
+        """Forward over a validated input; returns the last layer's buffer."""
+        with self.backend.activate():
+            for layer in self.layers:
+                x = layer.forward(x)
+        self._output = x
+        return x
+
+    def forward(self, x: Any) -> Array:
+        """The network's output for a batch ``x`` of shape (B, in_features).
+
+        Returns a new array on the model's device; the activations the backward
+        pass needs are kept inside the layers.
+        """
+        return self._forward(self._prepare_input(x)).copy()
+
+    __call__ = forward
+
+    def _backward(self, delta: Array, need_input_grad: bool = False) -> Array | None:
+        with self.backend.activate():
+            last = len(self.layers) - 1
+            for i in range(last, -1, -1):
+                need = need_input_grad or i > 0
+                delta = self.layers[i].backward(delta, need)
+        return delta
+
+    def backward(self, grad_output: Any, *, return_input_grad: bool = False) -> Array | None:
+        """Backprop ``grad_output`` = ∂L/∂output of the last forward pass.
+
+        Writes every layer's dW and db into the gradient buffer (overwriting, not
+        accumulating; see :meth:`gradients`). With ``return_input_grad`` returns
+        ∂L/∂x as a new array.
+        """
+        if self._output is None:
+            raise ShapeError("Sequential.backward: call forward first")
+        self.backend.check_array(grad_output, "Sequential.backward: grad_output")
+        if tuple(grad_output.shape) != tuple(self._output.shape):
+            raise ShapeError(
+                f"{self.layers[-1].label}: grad_output has shape {tuple(grad_output.shape)}, "
+                f"expected {tuple(self._output.shape)} (the shape of the last forward output)"
+            )
+        if grad_output.dtype != self.dtype:
+            grad_output = grad_output.astype(self.dtype)
+        result = self._backward(grad_output, return_input_grad)
+        return None if result is None else result.copy()
+
+    def _loss_grad_buffer(self, shape: tuple[int, ...]) -> Array:
+        buf = self._loss_grad.get(shape)
+        if buf is None:
+            with self.backend.activate():
+                buf = self.backend.xp.empty(shape, dtype=self.dtype)
+            self._loss_grad = {shape: buf}
+        return buf
+
+    def _check_batch(self, x: Array, y: Array, loss: Loss) -> None:
+        if getattr(y, "ndim", 0) == 0:
+            raise ShapeError(f"{loss.name}: target must be an array with a batch axis")
+        if y.shape[0] != x.shape[0]:
+            raise ShapeError(
+                f"{loss.name}: inputs have batch size {x.shape[0]} but targets have "
+                f"{y.shape[0]}"
+            )
+
+    def _loss_and_grad(self, x: Array, y: Array, loss: Loss) -> Array:
+        """Forward, loss, backward on validated arrays; the loss as a 0-d device array."""
+        out = self._forward(x)
+        grad = self._loss_grad_buffer(tuple(out.shape))
+        with self.backend.activate():
+            value = loss.value_and_grad(self.backend, out, y, grad)
+        self._backward(grad)
+        return value
+
+    def _prepare_batch(self, x: Any, y: Any, loss: Loss | str) -> tuple[Array, Array, Loss]:
+        loss = get_loss(loss)
+        x = self._prepare_input(x)
+        if not self.backend.is_gpu and isinstance(y, (list, tuple)):
+            y = np.asarray(y)
+        self.backend.check_array(y, f"{loss.name}: target")
+        self._check_batch(x, y, loss)
+        expected = (x.shape[0], self.output_features)
+        with self.backend.activate():
+            y = loss.prepare_target(self.backend, expected, self.dtype, y)
+        return x, y, loss
+
+    def loss_and_grad(self, x: Any, y: Any, loss: Loss | str) -> float:
+        """Forward ``x``, the loss against ``y``, and backward: fills :meth:`gradients`.
+
+        Returns the loss value as a float.
+        """
+        x, y, loss = self._prepare_batch(x, y, loss)
+        return float(self._loss_and_grad(x, y, loss))
+
+    def train_step(self, x: Any, y: Any, loss: Loss | str, optimizer: Optimizer) -> float:
+        """One step: forward, loss, backward, ``optimizer.step`` on the flat buffers.
+
+        Returns the loss before the update.
+        """
+        x, y, loss = self._prepare_batch(x, y, loss)
+        value = self._loss_and_grad(x, y, loss)
+        with self.backend.activate():
+            optimizer.step(self.flat_params, self.flat_grads)
+        return float(value)
+
+    # --- training loop API (in train.py) -------------------------------------------------
+    def predict(self, x: Any, batch_size: int = 1024) -> Array:
+        """Outputs for ``x`` in batches; NumPy in, NumPy out (device array in, same out)."""
+        from .train import predict
+
+        return predict(self, x, batch_size=batch_size)
+
+    def evaluate(
+        self,
+        x: Any,
+        y: Any,
+        loss: Loss | str,
+        metrics: Sequence[str] = ("accuracy",),
+        batch_size: int = 1024,
+    ) -> dict[str, float]:
+        """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``."""
+        from .train import evaluate
+
+        return evaluate(self, x, y, loss, metrics=metrics, batch_size=batch_size)
+
+    def fit(self, x: Any, y: Any, **kwargs: Any) -> History:
+        """Train with mini-batches; see :func:`gpubackprop.train.fit` for the arguments."""
+        from .train import fit
+
+        return fit(self, x, y, **kwargs)
+
+
+__all__ = ["Sequential", "resolve_dtype"]

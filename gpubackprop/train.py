@@ -1,0 +1,283 @@
+"""fit / evaluate / predict: mini-batch training loops over a Sequential model.
+
+These accept NumPy arrays for any model and copy each batch onto the model's
+device (the documented, explicit transfer of a data loader), or arrays already
+on the model's device. The engine methods (``model.forward``,
+``model.train_step``) do not copy between devices.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from .backend import is_cupy_array
+from .errors import ConfigError, DeviceError, ShapeError
+from .losses import BCEWithLogits, Loss, get_loss
+from .progress import ProgressBar
+
+if TYPE_CHECKING:
+    from .model import Sequential
+    from .optim import Optimizer
+
+Array = Any
+
+METRICS = ("accuracy",)
+
+
+@dataclass
+class History:
+    """What :func:`fit` measured: ``history["loss"][e]`` is the mean loss of epoch e.
+
+    Keys: ``loss`` and each metric (training, running over the epoch, before
+    each step's update), ``val_loss`` and ``val_<metric>`` with validation
+    data, ``lr`` and ``seconds`` per epoch.
+    """
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def append(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.history.setdefault(key, []).append(float(value))
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history.get("loss", []))
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __repr__(self) -> str:
+        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items() if v)
+        return f"History(epochs={self.epochs}, {last})"
+
+
+def _host_or_device(model: Sequential, x: Any, name: str) -> Any:
+    """Accept NumPy (copied per batch) or arrays on the model's device."""
+    if is_cupy_array(x):
+        model.backend.check_array(x, f"fit/evaluate/predict: {name}")
+        return x
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, (list, tuple)):
+        return np.asarray(x)
+    raise DeviceError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
+
+
+def _take(model: Sequential, data: Array, index: Any) -> Array:
+    """A batch of ``data`` on the model's device."""
+    part = data[index]
+    if model.backend.is_native(part):
+        return part
+    return model.backend.asarray(part)
+
+
+def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    for name in metrics:
+        if name not in METRICS:
+            raise ConfigError(f"unknown metric {name!r}; available: {', '.join(METRICS)}")
+    return tuple(metrics)
+
+
+def _correct(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
+    """Number of correct predictions in a batch (a 0-d device array)."""
+    xp = model.backend.xp
+    if out.shape[1] == 1:
+        threshold = 0.0 if isinstance(loss, BCEWithLogits) else 0.5
+        predicted = out[:, 0] > threshold
+        truth = y.reshape(-1) > 0.5
+    else:
+        predicted = xp.argmax(out, axis=1)
+        truth = y if y.ndim == 1 else xp.argmax(y, axis=1)
+    return xp.count_nonzero(predicted == truth)
+
+
+def _validate_xy(model: Sequential, x: Array, y: Array, loss: Loss) -> None:
+    if x.ndim != 2 or (model.input_features is not None and x.shape[1] != model.input_features):
+        model._prepare_input(x[:1] if x.ndim == 2 else x)  # raises the precise error
+    if len(y) != len(x):
+        raise ShapeError(f"{loss.name}: {len(x)} inputs but {len(y)} targets")
+    if len(x) == 0:
+        raise ShapeError("empty dataset: x has no rows")
+    expected = (len(x), model.output_features)
+    y_dev = y if model.backend.is_native(y) else model.backend.asarray(y)
+    loss.prepare_target(model.backend, expected, model.dtype, y_dev)  # labels, shapes
+
+
+def _batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size}")
+    return int(batch_size)
+
+
+def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
+    """Outputs for all rows of ``x``, computed in batches.
+
+    NumPy in gives NumPy out (batches are copied to the device and back); an
+    array on the model's device gives an array on that device.
+    """
+    batch_size = _check_batch_size(batch_size)
+    data = _host_or_device(model, x, "x")
+    on_device = model.backend.is_native(data) and model.backend.is_gpu
+    if data.ndim != 2:
+        model._prepare_input(data)
+    parts = []
+    for start in range(0, len(data), batch_size):
+        xb = model._prepare_input(_take(model, data, slice(start, start + batch_size)))
+        out = model._forward(xb)
+        parts.append(out.copy() if on_device else model.backend.to_numpy(out).copy())
+    if not parts:
+        raise ShapeError("predict: x has no rows")
+    xp = model.backend.xp if on_device else np
+    return xp.concatenate(parts, axis=0)
+
+
+def evaluate(
+    model: Sequential,
+    x: Any,
+    y: Any,
+    loss: Loss | str,
+    metrics: Sequence[str] = ("accuracy",),
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Mean loss (weighted by batch size) and metrics over a whole dataset."""
+    loss = get_loss(loss)
+    metrics = _check_metrics(metrics)
+    batch_size = _check_batch_size(batch_size)
+    x = _host_or_device(model, x, "x")
+    y = _host_or_device(model, y, "y")
+    _validate_xy(model, x, y, loss)
+    backend = model.backend
+    total_loss = 0.0
+    correct = 0
+    with backend.activate():
+        grad = None
+        for start in range(0, len(x), batch_size):
+            index = slice(start, start + batch_size)
+            xb = model._prepare_input(_take(model, x, index))
+            yb = loss.prepare_target(
+                backend,
+                (xb.shape[0], model.output_features),
+                model.dtype,
+                _take(model, y, index),
+                check_values=False,
+            )
+            out = model._forward(xb)
+            if grad is None or grad.shape != out.shape:
+                grad = backend.xp.empty_like(out)
+            total_loss += float(loss.value_and_grad(backend, out, yb, grad)) * xb.shape[0]
+            if "accuracy" in metrics:
+                correct += int(_correct(model, out, yb, loss))
+    result = {"loss": total_loss / len(x)}
+    if "accuracy" in metrics:
+        result["accuracy"] = correct / len(x)
+    return result
+
+
+def fit(
+    model: Sequential,
+    x: Any,
+    y: Any,
+    *,
+    loss: Loss | str,
+    optimizer: Optimizer,
+    epochs: int = 1,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    validation_data: tuple[Any, Any] | None = None,
+    metrics: Sequence[str] = ("accuracy",),
+    scheduler: Any = None,
+    verbose: bool = True,
+    file: TextIO | None = None,
+) -> History:
+    """Train ``model`` on (x, y) with mini-batch steps; returns a :class:`History`.
+
+    Each epoch visits every row once, in an order drawn from the model's seeded
+    generator when ``shuffle``; the last batch may be shorter. ``scheduler``
+    (e.g. ``gb.optim.CosineAnnealingLR``) is stepped once per epoch. With
+    ``verbose``, a progress bar per epoch and a summary line (loss, metrics,
+    validation) are printed to ``file`` (stdout by default).
+    """
+    loss = get_loss(loss)
+    metrics = _check_metrics(metrics)
+    batch_size = _check_batch_size(batch_size)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ConfigError(f"epochs must be a non-negative int, got {epochs!r}")
+    x = _host_or_device(model, x, "x")
+    y = _host_or_device(model, y, "y")
+    _validate_xy(model, x, y, loss)
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ConfigError("validation_data must be a pair (x_val, y_val)")
+        x_val = _host_or_device(model, validation_data[0], "validation x")
+        y_val = _host_or_device(model, validation_data[1], "validation y")
+        _validate_xy(model, x_val, y_val, loss)
+
+    backend = model.backend
+    xp = backend.xp
+    n = len(x)
+    steps = _batches(n, batch_size)
+    history = History()
+    if verbose:
+        print(
+            f"Training {n} samples, batch {batch_size}, {steps} steps/epoch on "
+            f"{backend.device} ({backend.reason})",
+            file=file,
+        )
+    for epoch in range(int(epochs)):
+        started = time.perf_counter()
+        order = model.rng.permutation(n) if shuffle else None
+        bar = ProgressBar(steps, f"epoch {epoch + 1}/{epochs} ", file) if verbose else None
+        with backend.activate():
+            loss_sum = xp.zeros((), dtype=np.float64)
+            correct = xp.zeros((), dtype=np.int64)
+            for step in range(steps):
+                lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
+                index = order[lo:hi] if order is not None else slice(lo, hi)
+                if order is not None and backend.is_native(x) and backend.is_gpu:
+                    index = xp.asarray(index)
+                xb = model._prepare_input(_take(model, x, index))
+                yb = loss.prepare_target(
+                    backend, (hi - lo, model.output_features), model.dtype,
+                    _take(model, y, index), check_values=False,
+                )
+                value = model._loss_and_grad(xb, yb, loss)
+                if "accuracy" in metrics:
+                    correct += _correct(model, model._output, yb, loss)
+                optimizer.step(model.flat_params, model.flat_grads)
+                loss_sum += value * (hi - lo)
+                if bar is not None and bar.due():
+                    bar.update(step + 1, f"loss {float(loss_sum) / hi:.4f}")
+        record = {"loss": float(loss_sum) / n}
+        if "accuracy" in metrics:
+            record["accuracy"] = int(correct) / n
+        if validation_data is not None:
+            val = evaluate(model, x_val, y_val, loss, metrics=metrics)
+            record.update({f"val_{k}": v for k, v in val.items()})
+        record["lr"] = float(optimizer.lr)
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+        if scheduler is not None:
+            scheduler.step()
+        if bar is not None:
+            shown = "  ".join(
+                f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "seconds")
+            )
+            bar.close(shown)
+    return history
+
+
+__all__ = ["History", "evaluate", "fit", "predict"]
