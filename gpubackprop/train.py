@@ -69,6 +69,15 @@ def _host_or_device(model: Sequential, x: Any, name: str) -> Any:
     raise DeviceError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
 
 
+def _inputs(model: Sequential, x: Any) -> Array:
+    """Inputs as NumPy or device arrays, converted to the model's dtype once."""
+    x = _host_or_device(model, x, "x")
+    if x.dtype.kind in "biuf" and x.dtype != model.dtype:
+        with model.backend.activate():
+            x = x.astype(model.dtype)
+    return x
+
+
 def _take(model: Sequential, data: Array, index: Any) -> Array:
     """A batch of ``data`` on the model's device."""
     part = data[index]
@@ -130,7 +139,7 @@ def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
     array on the model's device gives an array on that device.
     """
     batch_size = _check_batch_size(batch_size)
-    data = _host_or_device(model, x, "x")
+    data = _inputs(model, x)
     on_device = model.backend.is_native(data) and model.backend.is_gpu
     if data.ndim != 2:
         model._prepare_input(data)
@@ -157,7 +166,7 @@ def evaluate(
     loss = get_loss(loss)
     metrics = _check_metrics(metrics)
     batch_size = _check_batch_size(batch_size)
-    x = _host_or_device(model, x, "x")
+    x = _inputs(model, x)
     y = _host_or_device(model, y, "y")
     _validate_xy(model, x, y, loss)
     backend = model.backend
@@ -216,13 +225,13 @@ def fit(
     batch_size = _check_batch_size(batch_size)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ConfigError(f"epochs must be a non-negative int, got {epochs!r}")
-    x = _host_or_device(model, x, "x")
+    x = _inputs(model, x)
     y = _host_or_device(model, y, "y")
     _validate_xy(model, x, y, loss)
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ConfigError("validation_data must be a pair (x_val, y_val)")
-        x_val = _host_or_device(model, validation_data[0], "validation x")
+        x_val = _inputs(model, validation_data[0])
         y_val = _host_or_device(model, validation_data[1], "validation y")
         _validate_xy(model, x_val, y_val, loss)
 
@@ -240,7 +249,11 @@ def fit(
     for epoch in range(int(epochs)):
         started = time.perf_counter()
         order = model.rng.permutation(n) if shuffle else None
-        bar = ProgressBar(steps, f"epoch {epoch + 1}/{epochs} ", file) if verbose else None
+        bar = (
+            ProgressBar(steps, f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs} ", file)
+            if verbose
+            else None
+        )
         with backend.activate():
             loss_sum = xp.zeros((), dtype=np.float64)
             correct = xp.zeros((), dtype=np.int64)

@@ -1,0 +1,203 @@
+"""The command line: ``python -m gpubackprop {demo,info,bench}`` (also ``gpubackprop ...``).
+
+* ``demo``: train an MLP on scikit-learn's handwritten digits, print the
+  progress and test accuracy, save the learning curves (:mod:`gpubackprop.demo`).
+* ``info``: versions, CUDA and the devices seen (:mod:`gpubackprop.info`).
+* ``bench``: run ``bench/cpu_step.py`` of the source checkout with the
+  remaining arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import runpy
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import __version__
+from .errors import GpuBackpropError
+
+#: The source checkout's benchmark folder (absent in an installed wheel).
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCH_SCRIPT = "cpu_step.py"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gpubackprop`` argument parser with its ``demo``, ``info`` and ``bench`` commands."""
+    from . import demo
+
+    parser = argparse.ArgumentParser(
+        prog="gpubackprop",
+        description="gpubackprop: explicit backpropagation on NumPy (CPU) and CuPy (GPU).",
+    )
+    parser.add_argument("--version", action="version", version=f"gpubackprop {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo_parser = commands.add_parser(
+        "demo",
+        help="train an MLP on scikit-learn's handwritten digits and plot the curves",
+        description=(
+            "Train a 64-128-64-10 ReLU MLP (Adam, cosine decay) on scikit-learn's bundled "
+            "8x8 handwritten digits (no download), report per-epoch loss and accuracy and "
+            "the held-out test accuracy, and save the learning curves as a PNG. "
+            "Needs the demo extra: pip install 'gpubackprop[demo]'."
+        ),
+    )
+    demo_parser.add_argument(
+        "--device",
+        default="auto",
+        help="'cpu', 'cuda', 'cuda:N' or 'auto' (default: the GPU if available)",
+    )
+    demo_parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=demo.DEFAULT_EPOCHS,
+        help="training epochs (default: %(default)s)",
+    )
+    demo_parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=demo.DEFAULT_BATCH_SIZE,
+        help="rows per step (default: %(default)s)",
+    )
+    demo_parser.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=demo.DEFAULT_LR,
+        help="Adam's initial learning rate (default: %(default)s)",
+    )
+    demo_parser.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="seeds the test split, the weights and the shuffling (default: %(default)s)",
+    )
+    demo_parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(demo.DEFAULT_OUT),
+        help="where to save the PNG (default: %(default)s)",
+    )
+    demo_parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars: only the device and the results"
+    )
+
+    commands.add_parser(
+        "info",
+        help="print versions, CUDA, the devices seen and what 'auto' picks",
+        description=(
+            "Print gpubackprop, Python, NumPy, SciPy and CuPy versions (or why CuPy does "
+            "not import), the CUDA runtime, driver and GPUs, the devices gpubackprop can "
+            "use, and which one device='auto' picks and why."
+        ),
+    )
+
+    commands.add_parser(
+        "bench",
+        help=f"run the source checkout's bench/{BENCH_SCRIPT} (arguments are passed on)",
+        description=(
+            f"Run bench/{BENCH_SCRIPT} from the source checkout with the remaining arguments "
+            "(try: gpubackprop bench --help). Benchmarks are not part of an installed wheel."
+        ),
+        add_help=False,  # --help goes to the benchmark script
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def _as_script(script: Path, argv: list[str]) -> Iterator[None]:
+    """Run with ``sys.argv`` and ``sys.path[0]`` as ``python <script> <argv>`` sets them."""
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [str(script), *argv]
+    sys.path.insert(0, str(script.parent))
+    try:
+        yield
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+
+
+def run_bench(argv: list[str]) -> int:
+    """Load ``BENCH_DIR/cpu_step.py`` and return its ``main(argv)`` (None counts as 0)."""
+    script = BENCH_DIR / BENCH_SCRIPT
+    if not BENCH_DIR.is_dir():
+        print(
+            f"gpubackprop bench: no {BENCH_DIR}: the benchmarks live in the source "
+            "checkout's bench/ folder and are not installed with the package; run this "
+            "from a git clone of gpubackprop.",
+            file=sys.stderr,
+        )
+        return 1
+    if not script.is_file():
+        print(f"gpubackprop bench: {script} is not in this checkout", file=sys.stderr)
+        return 1
+    with _as_script(script, argv):
+        namespace = runpy.run_path(str(script), run_name="gpubackprop_bench")
+        result = namespace["main"](argv)
+    return 0 if result is None else int(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (``sys.argv[1:]`` by default), run the command, return the exit code."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return run_bench(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "info":
+            from .info import print_info
+
+            print_info()
+        else:
+            from .demo import run_demo
+
+            run_demo(
+                device=args.device,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                out=args.out,
+                quiet=args.quiet,
+            )
+    except GpuBackpropError as exc:
+        print(f"gpubackprop {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

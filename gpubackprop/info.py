@@ -1,0 +1,84 @@
+"""``python -m gpubackprop info``: versions, the CUDA stack, and the devices seen.
+
+What a bug report needs in one screen: gpubackprop, Python, NumPy, SciPy and
+CuPy versions (or why CuPy does not import), the CUDA runtime and driver and
+the GPU names where CuPy works, the devices gpubackprop can use, and which one
+``device="auto"`` picks and why.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from types import ModuleType
+from typing import TextIO
+
+import numpy as np
+
+from . import __version__
+from .backend import _compat, available_devices, get_backend
+
+
+def _cuda_version(code: int) -> str:
+    """CUDA's integer version (``12040``) as ``"12.4"``."""
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def _cuda_rows(cp: ModuleType) -> list[tuple[str, str]]:
+    """CUDA runtime, driver and one row per GPU; a failing query reports its error."""
+    runtime = cp.cuda.runtime
+    rows: list[tuple[str, str]] = []
+    for label, query in (
+        ("CUDA runtime", runtime.runtimeGetVersion),
+        ("CUDA driver", runtime.driverGetVersion),
+    ):
+        try:
+            rows.append((label, _cuda_version(int(query()))))
+        except Exception as exc:  # no driver, or a runtime that does not match it
+            rows.append((label, f"unavailable ({type(exc).__name__}: {exc})"))
+    count = _compat.gpu_count()
+    if count == 0:
+        rows.append(("GPUs", "none visible to CuPy"))
+    for i in range(count):
+        props = runtime.getDeviceProperties(i)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        memory = props["totalGlobalMem"] / 2**30
+        rows.append((f"GPU cuda:{i}", f"{name} ({memory:.1f} GiB)"))
+    return rows
+
+
+def collect_info() -> list[tuple[str, str]]:
+    """The report as ``(label, value)`` rows, in print order."""
+    import scipy
+
+    rows = [
+        ("gpubackprop", __version__),
+        ("Python", f"{platform.python_version()} ({sys.executable})"),
+        ("platform", platform.platform()),
+        ("NumPy", np.__version__),
+        ("SciPy", scipy.__version__),
+    ]
+    cp = _compat.cupy_module()
+    if cp is None:
+        rows.append(("CuPy", f"not importable ({_compat.cupy_import_error()})"))
+    else:
+        rows.append(("CuPy", cp.__version__))
+        rows += _cuda_rows(cp)
+    backend = get_backend("auto")
+    rows += [
+        ("devices", ", ".join(available_devices())),
+        ("auto device", f"{backend.device} ({backend.reason})"),
+    ]
+    return rows
+
+
+def print_info(file: TextIO | None = None) -> None:
+    """Print :func:`collect_info` as aligned ``label: value`` lines."""
+    rows = collect_info()
+    width = max(len(label) for label, _ in rows) + 1
+    for label, value in rows:
+        print(f"{label + ':':<{width}} {value}", file=file)
+
+
+__all__ = ["collect_info", "print_info"]
