@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> float:
         # --- the same step with gpubackprop ---
         engine_loss = model.train_step(xd, yd, loss, optimizer)
         if t % max(args.steps // 10, 1) == 0 or t == args.steps - 1:
-            print(f"step {t:4d}  notes loss {seed_loss:12.4f}  gpubackprop loss {engine_loss:12.4f}")
+            print(f"step {t:4d}  notes loss {seed_loss:12.4f}  "
+                  f"gpubackprop loss {engine_loss:12.4f}")
         if not np.isclose(seed_loss, engine_loss, rtol=1e-9):
             raise SystemExit(f"losses diverged at step {t}: {seed_loss} vs {engine_loss}")
     return engine_loss

@@ -113,7 +113,7 @@ def _check_model(
         _, yb, loss = model._prepare_batch(xb, backend.asarray(y), loss)
         projection = None
     else:
-        out_shape = (xb.shape[0], model.output_features)
+        out_shape = (xb.shape[0], model.output_width(xb.shape[1]))
         projection = backend.asarray(rng.standard_normal(out_shape))
 
     def value() -> float:

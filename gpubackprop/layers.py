@@ -88,12 +88,10 @@ class Layer:
         params: dict[str, Array],
         grads: dict[str, Array],
     ) -> None:
-        """Bind to a model: device, dtype and views into the flat buffers."""
-        if self._owner is not None and self._owner is not owner:
-            raise ConfigError(
-                f"{self.label} already belongs to another model; "
-                "create a new layer object for each model"
-            )
+        """Bind to a model: device, dtype and views into the flat buffers.
+
+        The model checks beforehand that no layer belongs to another model.
+        """
         self._owner = owner
         self.index = index
         self.backend = backend

@@ -48,6 +48,8 @@ class Loss:
         backend.check_array(pred, f"{self.name}: pred")
         if pred.dtype not in (np.float32, np.float64):
             raise DTypeError(f"{self.name}: pred must be float32 or float64, got {pred.dtype}")
+        if pred.ndim == 0 or pred.size == 0:
+            raise ShapeError(f"{self.name}: empty prediction of shape {tuple(pred.shape)}")
         if isinstance(target, (list, tuple)) and not backend.is_gpu:
             target = np.asarray(target)
         target = self.prepare_target(backend, tuple(pred.shape), pred.dtype, target)

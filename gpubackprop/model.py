@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backend import Backend, get_backend, is_cupy_array
+from .backend import Backend, get_backend
 from .errors import ConfigError, DTypeError, ShapeError
 from .layers import Layer
 from .losses import Loss, get_loss
+from .optim import Optimizer
 
 if TYPE_CHECKING:
-    from .optim import Optimizer
     from .train import History
 
 Array = Any
@@ -34,6 +34,8 @@ _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 def resolve_dtype(dtype: Any) -> np.dtype:
     """np.float32 / np.float64 from a name or dtype; DTypeError for anything else."""
+    if dtype is None:
+        raise DTypeError("dtype must be 'float32' or 'float64', got None")
     try:
         resolved = np.dtype(dtype)
     except TypeError as exc:
@@ -41,6 +43,15 @@ def resolve_dtype(dtype: Any) -> np.dtype:
     if resolved.name not in _DTYPES:
         raise DTypeError(f"dtype must be 'float32' or 'float64', got {resolved.name}")
     return resolved
+
+
+def check_optimizer(optimizer: Any) -> None:
+    """ConfigError unless ``optimizer`` is a gpubackprop optimizer."""
+    if not isinstance(optimizer, Optimizer):
+        raise ConfigError(
+            "optimizer must be a gpubackprop optimizer such as gb.optim.SGD(lr=0.1), "
+            f"got {type(optimizer).__name__}"
+        )
 
 
 class Sequential:
@@ -73,11 +84,21 @@ class Sequential:
                 )
         if len({id(layer) for layer in self.layers}) != len(self.layers):
             raise ConfigError("Sequential: the same layer object appears twice; create one each")
+        for i, layer in enumerate(self.layers):
+            if layer._owner is not None:
+                raise ConfigError(
+                    f"Sequential: item {i} ({layer.describe()}) already belongs to another "
+                    "model; create a new layer object for each model"
+                )
         self.backend = get_backend(device)
         self.dtype = resolve_dtype(dtype)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.input_features = self._check_widths()
+        #: output width (None when it follows the input, e.g. a model of Activation layers)
+        self.output_features = (
+            None if self.input_features is None else self.output_width(self.input_features)
+        )
         self._build()
         self._output: Array | None = None
         self._loss_grad: dict[tuple[int, ...], Array] = {}
@@ -101,8 +122,14 @@ class Sequential:
                     first = need
             width = layer.output_features(width if width is not None else need)
             previous = layer
-        self.output_features = width
         return first
+
+    def output_width(self, input_width: int) -> int:
+        """Width of the output for inputs of ``input_width`` features."""
+        width = input_width
+        for layer in self.layers:
+            width = layer.output_features(width)
+        return width
 
     def _build(self) -> None:
         shapes = [layer.param_shapes() for layer in self.layers]
@@ -171,31 +198,33 @@ class Sequential:
             arr = arr.astype(self.dtype)
         return arr
 
-    def _prepare_input(self, x: Any, what: str = "Sequential.forward: x") -> Array:
-        if not self.backend.is_gpu and not is_cupy_array(x) and not isinstance(x, np.ndarray):
-            if isinstance(x, (list, tuple)):
-                x = np.asarray(x)
-        self.backend.check_array(x, what)
+    def check_input(self, shape: tuple[int, ...], dtype: np.dtype, what: str = "input") -> None:
+        """Raise ShapeError / DTypeError unless (shape, dtype) is a valid input batch.
+
+        ``what`` names the argument in the message (e.g. ``"validation x"``).
+        """
         first = self.layers[0]
-        if x.dtype.kind not in "biuf":
+        if np.dtype(dtype).kind not in "biuf":
             raise DTypeError(
-                f"{first.label}: input must be a real numeric array, got dtype {x.dtype}"
+                f"{first.label}: {what} must be a real numeric array, got dtype {dtype}"
             )
         want = self.input_features
         width = "n" if want is None else str(want)
-        if x.ndim != 2:
-            hint = " (a single sample? use x[None, :])" if x.ndim == 1 else ""
+        shape = tuple(shape)
+        if len(shape) != 2 or (want is not None and shape[1] != want):
+            hint = " (a single sample? use x[None, :])" if len(shape) == 1 else ""
             raise ShapeError(
-                f"{first.label}: expected input of shape (batch, {width}), "
-                f"got shape {tuple(x.shape)}{hint}"
+                f"{first.label}: expected {what} of shape (batch, {width}), "
+                f"got shape {shape}{hint}"
             )
-        if want is not None and x.shape[1] != want:
-            raise ShapeError(
-                f"{first.label}: expected input of shape (batch, {want}), "
-                f"got shape {tuple(x.shape)}"
-            )
-        if x.shape[0] == 0:
-            raise ShapeError(f"{first.label}: empty batch (input shape {tuple(x.shape)})")
+        if shape[0] == 0:
+            raise ShapeError(f"{first.label}: empty batch ({what} of shape {shape})")
+
+    def _prepare_input(self, x: Any, what: str = "Sequential.forward: x") -> Array:
+        if not self.backend.is_gpu and isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        self.backend.check_array(x, what)
+        self.check_input(x.shape, x.dtype)
         if x.dtype != self.dtype:
             with self.backend.activate():
                 x = x.astype(self.dtype)
@@ -281,7 +310,7 @@ class Sequential:
             y = np.asarray(y)
         self.backend.check_array(y, f"{loss.name}: target")
         self._check_batch(x, y, loss)
-        expected = (x.shape[0], self.output_features)
+        expected = (x.shape[0], self.output_width(x.shape[1]))
         with self.backend.activate():
             y = loss.prepare_target(self.backend, expected, self.dtype, y)
         return x, y, loss
@@ -299,6 +328,7 @@ class Sequential:
 
         Returns the loss before the update.
         """
+        check_optimizer(optimizer)
         x, y, loss = self._prepare_batch(x, y, loss)
         value = self._loss_and_grad(x, y, loss)
         with self.backend.activate():
@@ -332,4 +362,4 @@ class Sequential:
         return fit(self, x, y, **kwargs)
 
 
-__all__ = ["Sequential", "resolve_dtype"]
+__all__ = ["Sequential", "check_optimizer", "resolve_dtype"]

@@ -19,6 +19,7 @@ import numpy as np
 from .backend import is_cupy_array
 from .errors import ConfigError, DeviceError, ShapeError
 from .losses import BCEWithLogits, Loss, get_loss
+from .model import check_optimizer
 from .progress import ProgressBar
 
 if TYPE_CHECKING:
@@ -108,14 +109,12 @@ def _correct(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
     return xp.count_nonzero(predicted == truth)
 
 
-def _validate_xy(model: Sequential, x: Array, y: Array, loss: Loss) -> None:
-    if x.ndim != 2 or (model.input_features is not None and x.shape[1] != model.input_features):
-        model._prepare_input(x[:1] if x.ndim == 2 else x)  # raises the precise error
-    if len(y) != len(x):
-        raise ShapeError(f"{loss.name}: {len(x)} inputs but {len(y)} targets")
-    if len(x) == 0:
-        raise ShapeError("empty dataset: x has no rows")
-    expected = (len(x), model.output_features)
+def _validate_xy(model: Sequential, x: Array, y: Array, loss: Loss, what: str = "x") -> None:
+    model.check_input(x.shape, x.dtype, what)
+    if getattr(y, "ndim", 0) == 0 or len(y) != len(x):
+        got = len(y) if getattr(y, "ndim", 0) else "a scalar"
+        raise ShapeError(f"{loss.name}: {len(x)} rows in {what} but {got} targets")
+    expected = (len(x), model.output_width(x.shape[1]))
     y_dev = y if model.backend.is_native(y) else model.backend.asarray(y)
     loss.prepare_target(model.backend, expected, model.dtype, y_dev)  # labels, shapes
 
@@ -179,7 +178,7 @@ def evaluate(
             xb = model._prepare_input(_take(model, x, index))
             yb = loss.prepare_target(
                 backend,
-                (xb.shape[0], model.output_features),
+                (xb.shape[0], model.output_width(xb.shape[1])),
                 model.dtype,
                 _take(model, y, index),
                 check_values=False,
@@ -221,6 +220,7 @@ def fit(
     validation) are printed to ``file`` (stdout by default).
     """
     loss = get_loss(loss)
+    check_optimizer(optimizer)
     metrics = _check_metrics(metrics)
     batch_size = _check_batch_size(batch_size)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
@@ -233,7 +233,7 @@ def fit(
             raise ConfigError("validation_data must be a pair (x_val, y_val)")
         x_val = _inputs(model, validation_data[0])
         y_val = _host_or_device(model, validation_data[1], "validation y")
-        _validate_xy(model, x_val, y_val, loss)
+        _validate_xy(model, x_val, y_val, loss, "validation x")
 
     backend = model.backend
     xp = backend.xp
@@ -264,7 +264,7 @@ def fit(
                     index = xp.asarray(index)
                 xb = model._prepare_input(_take(model, x, index))
                 yb = loss.prepare_target(
-                    backend, (hi - lo, model.output_features), model.dtype,
+                    backend, (hi - lo, model.output_width(xb.shape[1])), model.dtype,
                     _take(model, y, index), check_values=False,
                 )
                 value = model._loss_and_grad(xb, yb, loss)
