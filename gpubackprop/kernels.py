@@ -1,0 +1,981 @@
+"""The fused CUDA kernels: sources, compilation, argument checks and launches.
+
+The CUDA C++ sources live in ``kernels/`` (one templated ``.cu`` file per family,
+the activation functors in ``activations.cuh``). This module reads them once per
+process, inlines their ``#include "..."`` headers (so CuPy's on-disk cache sees
+every byte that was compiled), and builds one :class:`cupy.RawModule` per family
+and dtype through NVRTC, with every template instantiation named in
+``name_expressions``. Kernels are cached by (kernel, dtype, activation).
+
+Each wrapper checks every argument *before* launching: a cupy array (else
+:class:`DeviceError` for a NumPy array, :class:`DTypeError` for anything else),
+all on one device (:class:`DeviceError`), float32 or float64 and all the same
+(:class:`DTypeError`), the expected shape and C-contiguous (:class:`ShapeError`),
+and no output overlapping another buffer unless that alias is documented
+(:class:`ConfigError`). Messages name the kernel and the argument. Launches go to
+the current CuPy stream of the arrays' device, so they can be captured into a
+CUDA graph; no wrapper synchronises or reads device memory back, and none
+allocates unless a workspace is left for it to allocate (see :func:`sum_reduce`).
+
+The math is the NumPy reference's (:mod:`gpubackprop.backend.numpy_ops`,
+:mod:`gpubackprop.activations`, :mod:`gpubackprop.optim`); the tests compare them.
+
+Source lookup: ``gpubackprop/_kernels/`` first (a copy packaged into wheels), then
+``kernels/`` next to the package (a checkout or an editable install).
+
+Only the GPU backend imports this module, and only its launch functions import
+CuPy (lazily), so the source and name helpers work without CuPy (the CPU tests
+and ``kernels/check.sh`` use them).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .activations import Activation, get_activation
+from .backend._compat import cupy_import_error, cupy_module, is_cupy_array
+from .errors import ConfigError, DeviceError, DTypeError, ShapeError
+
+Array = Any  # cupy.ndarray
+
+__all__ = [
+    "CTYPES",
+    "FAMILIES",
+    "KERNELS",
+    "act_backward",
+    "act_backward_colsum",
+    "activation_types",
+    "adam_prepare",
+    "adam_step",
+    "adam_update",
+    "bce_logits",
+    "bias_act_forward",
+    "column_sum",
+    "column_sum_lanes",
+    "get_kernel",
+    "instantiation_source",
+    "kernel_dir",
+    "kernel_name",
+    "mse_grad",
+    "name_expressions",
+    "sgd_step",
+    "softmax_xent_labels",
+    "softmax_xent_probs",
+    "source",
+    "sum_reduce",
+    "sum_reduce_workspace_size",
+    "write_instantiation_sources",
+]
+
+#: where the sources are looked for, in this order
+PACKAGED_KERNEL_DIR = Path(__file__).resolve().parent / "_kernels"
+REPO_KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+
+#: family -> source file
+FAMILIES: dict[str, str] = {"dense": "dense.cu", "losses": "losses.cu", "optim": "optim.cu"}
+#: NumPy dtype -> C++ element type
+CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+#: kernel -> (family, templated over the activation functor)
+KERNELS: dict[str, tuple[str, bool]] = {
+    "bias_act_forward": ("dense", True),
+    "act_backward": ("dense", True),
+    "act_backward_colsum": ("dense", True),
+    "column_sum": ("dense", False),
+    "softmax_xent_labels": ("losses", False),
+    "softmax_xent_probs": ("losses", False),
+    "mse_grad": ("losses", False),
+    "bce_logits": ("losses", False),
+    "sum_reduce": ("losses", False),
+    "sgd_step": ("optim", False),
+    "adam_prepare": ("optim", False),
+    "adam_step": ("optim", False),
+}
+NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
+
+_ACTIVATIONS_HEADER = "activations.cuh"
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
+_PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.MULTILINE)
+_ACT_LIST = re.compile(r"#define\s+GBP_FOR_EACH_ACTIVATION\(X\)((?:[^\n]*\\\n)*[^\n]*)")
+_ACT_ENTRY = re.compile(r"X\(\s*(\w+)\s*,\s*(\w+)\s*\)")
+
+_INT32_MAX = 2**31 - 1
+_BLOCK = 256  # threads per block of the elementwise kernels
+_BLOCKS_PER_SM = 8  # grid cap of the grid-stride kernels, per multiprocessor
+_WARPS_PER_BLOCK = 8  # softmax: one warp per row
+_STRIP_COLS = 32  # column reductions: columns per block (blockDim.x)
+_MAX_ROW_LANES = 32  # column reductions: largest blockDim.y
+_ROWS_PER_LANE = 16  # column reductions: rows per thread before K doubles
+_SUM_BLOCK = 512  # sum_reduce: threads per block
+_SUM_SINGLE_PASS_MAX = 1 << 16  # sum_reduce: one block up to this many elements
+_SUM_MAX_PARTIALS = 1024  # sum_reduce: most blocks (partials) of the first pass
+_SUM_PER_THREAD = 16  # sum_reduce: elements per thread the first pass aims at
+_ADAM_SCALARS = 3  # adam_prepare writes -step_size, sqrt(1 - beta2^t), 1 - lr*wd
+
+
+# --- sources ---------------------------------------------------------------------------
+def kernel_dirs() -> tuple[Path, ...]:
+    """The folders searched for the sources: the packaged copy, then the repository's."""
+    return (PACKAGED_KERNEL_DIR, REPO_KERNEL_DIR)
+
+
+def kernel_dir() -> Path:
+    """The first folder of :func:`kernel_dirs` that holds every family and the header.
+
+    Raises FileNotFoundError naming the folders tried.
+    """
+    wanted = (*FAMILIES.values(), _ACTIVATIONS_HEADER)
+    for folder in kernel_dirs():
+        if all((folder / name).is_file() for name in wanted):
+            return folder
+    tried = ", ".join(str(d) for d in kernel_dirs())
+    raise FileNotFoundError(
+        f"gpubackprop: the CUDA kernel sources ({', '.join(wanted)}) were not found; "
+        f"tried {tried}. Reinstall gpubackprop (the wheel ships them in gpubackprop/_kernels)."
+    )
+
+
+def _inline(path: Path, seen: set[Path]) -> str:
+    """``path``'s text with each ``#include "x"`` replaced by x's text (each file once)."""
+    seen.add(path)
+
+    def replace(match: re.Match[str]) -> str:
+        target = (path.parent / match.group(1)).resolve()
+        if target in seen:
+            return f"// (already included: {match.group(1)})"
+        if not target.is_file():
+            raise FileNotFoundError(f"gpubackprop: {path.name} includes {target}, not found")
+        body = _PRAGMA_ONCE.sub("", _inline(target, seen))
+        return f"// ---- begin {match.group(1)} ----\n{body}\n// ---- end {match.group(1)} ----"
+
+    return _INCLUDE.sub(replace, path.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def source(family: str) -> str:
+    """The complete source of one family, headers inlined, as NVRTC compiles it."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown kernel family {family!r}; expected one of {list(FAMILIES)}")
+    return _inline((kernel_dir() / FAMILIES[family]).resolve(), set())
+
+
+@functools.cache
+def activation_types() -> dict[str, str]:
+    """Python activation name -> C++ functor type, read from ``GBP_FOR_EACH_ACTIVATION``."""
+    text = (kernel_dir() / _ACTIVATIONS_HEADER).read_text(encoding="utf-8")
+    block = _ACT_LIST.search(text)
+    if block is None:
+        raise FileNotFoundError(
+            f"gpubackprop: {_ACTIVATIONS_HEADER} has no GBP_FOR_EACH_ACTIVATION(X) list"
+        )
+    return dict(_ACT_ENTRY.findall(block.group(1)))
+
+
+def _ctype(dtype: Any) -> str:
+    """'float' / 'double' for float32 / float64 (or those C names themselves)."""
+    if dtype in CTYPES.values():
+        return str(dtype)
+    try:
+        key = np.dtype(dtype)
+    except TypeError as exc:
+        raise DTypeError(f"kernels: dtype must be float32 or float64, got {dtype!r}") from exc
+    if key not in CTYPES:
+        raise DTypeError(f"kernels: dtype must be float32 or float64, got {key}")
+    return CTYPES[key]
+
+
+def _functor(activation: str | Activation | None) -> str:
+    """The C++ functor type of an activation (name, table entry, or None = identity)."""
+    act = activation if isinstance(activation, Activation) else get_activation(activation)
+    types = activation_types()
+    if act.name not in types:
+        raise ConfigError(
+            f"kernels: activation {act.name!r} has no CUDA functor in {_ACTIVATIONS_HEADER}"
+        )
+    return types[act.name]
+
+
+def kernel_name(kernel: str, dtype: Any, activation: str | Activation | None = None) -> str:
+    """The C++ name expression of one instantiation, e.g.
+    ``gbp::act_backward<float, gbp::act::Sigmoid>`` or ``gbp::column_sum<double>``."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown kernel {kernel!r}; expected one of {list(KERNELS)}")
+    functor = _functor(activation) if KERNELS[kernel][1] else None
+    return _expression(kernel, _ctype(dtype), functor)
+
+
+def _expression(kernel: str, ctype: str, functor: str | None) -> str:
+    """The one spelling of a name expression (NVRTC matches the string exactly)."""
+    if functor is not None:
+        return f"gbp::{kernel}<{ctype}, gbp::act::{functor}>"
+    return f"gbp::{kernel}<{ctype}>"
+
+
+def name_expressions(family: str, dtype: Any) -> tuple[str, ...]:
+    """Every instantiation of one family for one dtype (each activation for the
+    activation-templated kernels)."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown kernel family {family!r}; expected one of {list(FAMILIES)}")
+    names: list[str] = []
+    for kernel, (fam, per_activation) in KERNELS.items():
+        if fam != family:
+            continue
+        if per_activation:
+            names.extend(kernel_name(kernel, dtype, act) for act in activation_types())
+        else:
+            names.append(kernel_name(kernel, dtype))
+    return tuple(names)
+
+
+def instantiation_source(family: str, dtypes: tuple[Any, ...] = tuple(CTYPES.values())) -> str:
+    """:func:`source` plus the address of every name expression (for each of
+    ``dtypes``), for ``nvcc -c``: taking an address instantiates the template as
+    NVRTC's name expressions do, so ``kernels/check.sh``, which compiles this, fails
+    on a name expression that does not match a kernel."""
+    refs = ",\n".join(
+        f"    (void*)&{expr}" for dtype in dtypes for expr in name_expressions(family, dtype)
+    )
+    ctypes = ", ".join(_ctype(d) for d in dtypes)
+    return (
+        f"{source(family)}\n\n"
+        f"// name expressions of gpubackprop.kernels ({family}: {ctypes})\n"
+        f"[[maybe_unused]] static void* const gbp_name_expressions[] = {{\n{refs}\n}};\n"
+    )
+
+
+def write_instantiation_sources(folder: str | Path) -> list[Path]:
+    """Write :func:`instantiation_source` of every family into ``folder``
+    (``loader_<family>.cu``) and return the paths (used by ``kernels/check.sh``)."""
+    out = Path(folder)
+    paths = []
+    for family in FAMILIES:
+        path = out / f"loader_{family}.cu"
+        path.write_text(instantiation_source(family), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+# --- compilation (needs CuPy) ------------------------------------------------------
+def _cupy() -> ModuleType:
+    cp = cupy_module()
+    if cp is None:
+        raise DeviceError(
+            f"gpubackprop.kernels needs CuPy and a CUDA GPU; cupy import failed: "
+            f"{cupy_import_error()}"
+        )
+    return cp
+
+
+@functools.cache
+def _module(family: str, ctype: str) -> Any:
+    """One RawModule per family and dtype (compiled lazily, cached on disk by CuPy)."""
+    return _cupy().RawModule(
+        code=source(family), options=NVRTC_OPTIONS, name_expressions=name_expressions(family, ctype)
+    )
+
+
+@functools.cache
+def _kernel(kernel: str, ctype: str, functor: str | None) -> Any:
+    return _module(KERNELS[kernel][0], ctype).get_function(_expression(kernel, ctype, functor))
+
+
+def get_kernel(kernel: str, dtype: Any, activation: str | Activation | None = None) -> Any:
+    """The compiled :class:`cupy.RawKernel` of one instantiation (cached per process)."""
+    kernel_name(kernel, dtype, activation)  # validates all three
+    functor = _functor(activation) if KERNELS[kernel][1] else None
+    return _kernel(kernel, _ctype(dtype), functor)
+
+
+@functools.cache
+def _sm_count(device_id: int) -> int:
+    return int(_cupy().cuda.Device(device_id).attributes["MultiProcessorCount"])
+
+
+def _grid(n: int, per_block: int, device_id: int, per_sm: int = _BLOCKS_PER_SM) -> int:
+    """Blocks for a grid-stride loop over n items: enough to cover them, capped at
+    ``per_sm`` blocks per multiprocessor (the loop covers the rest)."""
+    return max(1, min(-(-n // per_block), _sm_count(device_id) * per_sm))
+
+
+def column_sum_lanes(rows: int) -> int:
+    """blockDim.y (K) of the column reductions: a power of two <= 32 with about
+    16 rows per thread. A function of ``rows`` only, so the summation order (and the
+    bits) depend on the shape alone."""
+    lanes = 1
+    while lanes < _MAX_ROW_LANES and lanes * _ROWS_PER_LANE < rows:
+        lanes *= 2
+    return lanes
+
+
+def sum_reduce_workspace_size(n: int) -> int:
+    """Partials the two-pass :func:`sum_reduce` of n elements needs (0: one pass).
+    A function of n only, so the summation order is fixed by the size."""
+    if n <= _SUM_SINGLE_PASS_MAX:
+        return 0
+    return min(_SUM_MAX_PARTIALS, -(-n // (_SUM_BLOCK * _SUM_PER_THREAD)))
+
+
+# --- argument checks -------------------------------------------------------------------
+class _Args:
+    """Checks the arguments of one launch and remembers device, dtype and buffers."""
+
+    def __init__(self, kernel: str) -> None:
+        self.kernel = kernel
+        self.device_id: int | None = None
+        self.device_arg = ""
+        self.dtype: np.dtype | None = None
+        self.dtype_arg = ""
+        # (name, first byte, end byte, shape, is output)
+        self.buffers: list[tuple[str, int, int, tuple[int, ...], bool]] = []
+
+    def array(
+        self,
+        name: str,
+        x: Any,
+        *,
+        shape: tuple[int, ...] | None = None,
+        ndim: int | None = None,
+        dtype: Any = None,
+        output: bool = False,
+    ) -> Array:
+        """Check one array argument. ``dtype=None``: float32/float64, shared by every
+        such argument; else exactly ``dtype``."""
+        who = f"kernels.{self.kernel}"
+        if not is_cupy_array(x):
+            if isinstance(x, np.ndarray):
+                raise DeviceError(
+                    f"{who}: {name} is a numpy array (on cpu); the kernel needs a cupy array "
+                    f"on the GPU (copy it with cupy.asarray first)"
+                )
+            raise DTypeError(f"{who}: {name} must be a cupy.ndarray, got {type(x).__name__}")
+        device_id = int(x.device.id)
+        if self.device_id is None:
+            self.device_id, self.device_arg = device_id, name
+        elif device_id != self.device_id:
+            raise DeviceError(
+                f"{who}: {name} is on cuda:{device_id} but {self.device_arg} is on "
+                f"cuda:{self.device_id}; all arguments must be on one device"
+            )
+        if dtype is None:
+            if x.dtype not in CTYPES:
+                raise DTypeError(f"{who}: {name} must be float32 or float64, got {x.dtype}")
+            if self.dtype is None:
+                self.dtype, self.dtype_arg = x.dtype, name
+            elif x.dtype != self.dtype:
+                raise DTypeError(
+                    f"{who}: {name} is {x.dtype} but {self.dtype_arg} is {self.dtype}; "
+                    f"the float arguments must share one dtype"
+                )
+        elif x.dtype != np.dtype(dtype):
+            raise DTypeError(f"{who}: {name} must be {np.dtype(dtype)}, got {x.dtype}")
+        if ndim is not None and x.ndim != ndim:
+            raise ShapeError(f"{who}: {name} must be {ndim}-D, got shape {x.shape}")
+        if shape is not None and tuple(x.shape) != tuple(shape):
+            raise ShapeError(f"{who}: {name} must have shape {tuple(shape)}, got {x.shape}")
+        if not x.flags.c_contiguous:
+            raise ShapeError(
+                f"{who}: {name} must be C-contiguous, got strides {x.strides} for shape "
+                f"{x.shape} (pass a contiguous copy, e.g. cupy.ascontiguousarray)"
+            )
+        if x.size:
+            start = int(x.data.ptr)
+            self.buffers.append((name, start, start + int(x.nbytes), tuple(x.shape), output))
+        return x
+
+    def optional(self, name: str, x: Any, **kwargs: Any) -> Array | None:
+        """As :meth:`array`, but None passes (a null pointer for the kernel)."""
+        return None if x is None else self.array(name, x, **kwargs)
+
+    def no_overlap(self, *allowed: tuple[str, str]) -> None:
+        """No output may share memory with another argument, except the ``allowed``
+        pairs, and those only as the very same buffer (same start, same shape)."""
+        ok = {frozenset(pair) for pair in allowed}
+        for i, (name, start, end, shape, output) in enumerate(self.buffers):
+            for other, o_start, o_end, o_shape, o_output in self.buffers[i + 1 :]:
+                if not (output or o_output) or start >= o_end or o_start >= end:
+                    continue
+                if frozenset((name, other)) in ok and start == o_start and shape == o_shape:
+                    continue
+                raise ConfigError(
+                    f"kernels.{self.kernel}: {name} and {other} share memory; "
+                    f"an output must not overlap another argument"
+                    + (
+                        " (they may only be the very same array)"
+                        if frozenset((name, other)) in ok
+                        else ""
+                    )
+                )
+
+    def scalar(self, value: float) -> np.generic:
+        """A float scalar as the kernel's element type T."""
+        assert self.dtype is not None
+        return self.dtype.type(value)
+
+    def launch(
+        self,
+        kernel: Any,
+        grid: tuple[int, ...],
+        block: tuple[int, ...],
+        args: tuple[Any, ...],
+    ) -> None:
+        """Launch on the current stream of the arguments' device."""
+        cp = _cupy()
+        if cp.cuda.runtime.getDevice() == self.device_id:
+            kernel(grid, block, args)
+        else:
+            with cp.cuda.Device(self.device_id):
+                kernel(grid, block, args)
+
+
+def _as_int32(kernel: str, name: str, value: int) -> np.int32:
+    if value > _INT32_MAX:
+        raise ShapeError(f"kernels.{kernel}: {name} = {value} exceeds the int32 limit {_INT32_MAX}")
+    return np.int32(value)
+
+
+def _matrix(args: _Args, name: str, x: Any, **kwargs: Any) -> tuple[Array, int, int]:
+    """A 2-D (rows, cols) float array and its two sizes."""
+    x = args.array(name, x, ndim=2, **kwargs)
+    rows, cols = (int(s) for s in x.shape)
+    _as_int32(args.kernel, f"{name}.shape[0]", rows)
+    _as_int32(args.kernel, f"{name}.shape[1]", cols)
+    return x, rows, cols
+
+
+def _value(args: _Args, value: Any) -> Array | None:
+    """An optional one-element output for a loss value."""
+    if value is None:
+        return None
+    x = args.array("value", value, output=True)
+    if x.size != 1:
+        raise ShapeError(f"kernels.{args.kernel}: value must have one element, got {x.shape}")
+    return x
+
+
+# --- dense -------------------------------------------------------------------------------
+def bias_act_forward(
+    activation: str | Activation | None, z: Array, bias: Array | None, out: Array
+) -> Array:
+    """z[i, j] += b[j] (skipped when ``bias`` is None), then out[i, j] = f(z[i, j]).
+
+    ``z``: (rows, cols); ``bias``: (cols,) or None; ``out``: (rows, cols), which may
+    be ``z`` itself (then only f(z) is kept: right for activations whose derivative
+    comes from the output, ``needs_input`` false). Returns ``out``.
+    """
+    args = _Args("bias_act_forward")
+    z, rows, cols = _matrix(args, "z", z, output=True)
+    bias = args.optional("bias", bias, shape=(cols,))
+    out = args.array("out", out, shape=(rows, cols), output=True)
+    args.no_overlap(("z", "out"))
+    kernel = get_kernel("bias_act_forward", z.dtype, activation)
+    n = rows * cols
+    if n:
+        grid = _grid(n, _BLOCK, args.device_id)
+        args.launch(kernel, (grid,), (_BLOCK,), (z, bias, out, np.int32(rows), np.int32(cols)))
+    return out
+
+
+def act_backward(
+    activation: str | Activation | None, delta: Array, saved: Array | None, dz: Array
+) -> Array:
+    """dz = delta ⊙ f′(saved), elementwise over arrays of any shape.
+
+    ``saved`` is the layer output a (``needs_input`` false) or the pre-activation z
+    (``needs_input`` true); it may be None for the identity. ``dz`` must not overlap
+    ``delta`` or ``saved`` (as in the reference). Returns ``dz``.
+    """
+    args = _Args("act_backward")
+    act = get_activation(activation) if not isinstance(activation, Activation) else activation
+    delta = args.array("delta", delta)
+    if saved is None and not act.is_identity:
+        raise ConfigError(f"kernels.act_backward: {act.name} needs saved (a or z), got None")
+    saved = args.optional("saved", saved, shape=delta.shape)
+    dz = args.array("dz", dz, shape=delta.shape, output=True)
+    args.no_overlap()
+    kernel = get_kernel("act_backward", delta.dtype, act)
+    n = int(delta.size)
+    if n:
+        grid = _grid(n, _BLOCK, args.device_id)
+        args.launch(kernel, (grid,), (_BLOCK,), (delta, saved, dz, np.int64(n)))
+    return dz
+
+
+def act_backward_colsum(
+    activation: str | Activation | None,
+    delta: Array,
+    saved: Array | None,
+    dz: Array | None,
+    db: Array,
+) -> Array:
+    """dz = delta ⊙ f′(saved) and db[j] = Σ_i dz[i, j], in one deterministic kernel.
+
+    ``delta``: (rows, cols); ``saved``: like delta (None allowed for the identity);
+    ``dz``: like delta, or None to get only db (for the identity db is the column
+    sum of delta); ``db``: (cols,). Same inputs give the same bits on every run
+    (fixed summation order, no atomics; see :func:`column_sum_lanes`). Returns ``db``.
+    """
+    args = _Args("act_backward_colsum")
+    act = get_activation(activation) if not isinstance(activation, Activation) else activation
+    delta, rows, cols = _matrix(args, "delta", delta)
+    if saved is None and not act.is_identity:
+        raise ConfigError(f"kernels.act_backward_colsum: {act.name} needs saved (a or z), got None")
+    saved = args.optional("saved", saved, shape=(rows, cols))
+    dz = args.optional("dz", dz, shape=(rows, cols), output=True)
+    db = args.array("db", db, shape=(cols,), output=True)
+    args.no_overlap()
+    kernel = get_kernel("act_backward_colsum", delta.dtype, act)
+    if cols:
+        lanes = column_sum_lanes(rows)
+        strips = -(-cols // _STRIP_COLS)
+        grid = _grid(strips, 1, args.device_id, per_sm=32)
+        args.launch(
+            kernel,
+            (grid,),
+            (_STRIP_COLS, lanes),
+            (delta, saved, dz, db, np.int32(rows), np.int32(cols)),
+        )
+    return db
+
+
+def column_sum(x: Array, out: Array) -> Array:
+    """out[j] = Σ_i x[i, j] (the bias gradient db = Δᵀ·1), deterministic.
+
+    ``x``: (rows, cols); ``out``: (cols,). Returns ``out``.
+    """
+    args = _Args("column_sum")
+    x, rows, cols = _matrix(args, "x", x)
+    out = args.array("out", out, shape=(cols,), output=True)
+    args.no_overlap()
+    kernel = get_kernel("column_sum", x.dtype)
+    if cols:
+        lanes = column_sum_lanes(rows)
+        strips = -(-cols // _STRIP_COLS)
+        grid = _grid(strips, 1, args.device_id, per_sm=32)
+        args.launch(kernel, (grid,), (_STRIP_COLS, lanes), (x, out, np.int32(rows), np.int32(cols)))
+    return out
+
+
+# --- reductions and losses ----------------------------------------------------------------
+def sum_reduce(
+    x: Array, out: Array, *, scale: float = 1.0, workspace: Array | None = None
+) -> Array:
+    """out = scale · Σ x, in a fixed order (the bits depend on x.size only).
+
+    ``x``: any shape, C-contiguous; ``out``: one element. Up to 65536 elements one
+    block adds everything; beyond, a first launch writes
+    :func:`sum_reduce_workspace_size` partials into ``workspace`` (1-D, at least that
+    long, same dtype) and a second adds them. Without ``workspace`` the partials are
+    allocated here, which is not allowed inside a CUDA-graph capture: pass one there.
+    Returns ``out``.
+    """
+    args = _Args("sum_reduce")
+    x = args.array("x", x)
+    out = args.array("out", out, output=True)
+    if out.size != 1:
+        raise ShapeError(f"kernels.sum_reduce: out must have one element, got shape {out.shape}")
+    n = int(x.size)
+    partials = sum_reduce_workspace_size(n)
+    if workspace is not None:
+        workspace = args.array("workspace", workspace, ndim=1, output=True)
+        if workspace.size < partials:
+            raise ShapeError(
+                f"kernels.sum_reduce: workspace must hold at least {partials} elements "
+                f"for {n} inputs, got {workspace.size}"
+            )
+    args.no_overlap()
+    _sum_launch(args, x, out, n, scale, partials, workspace)
+    return out
+
+
+def _sum_launch(
+    args: _Args,
+    x: Array,
+    out: Array,
+    n: int,
+    scale: float,
+    partials: int,
+    workspace: Array | None,
+) -> None:
+    kernel = get_kernel("sum_reduce", x.dtype)
+    if partials == 0:
+        args.launch(kernel, (1,), (_SUM_BLOCK,), (x, out, np.int64(n), args.scalar(scale)))
+        return
+    if workspace is None:
+        with _cupy().cuda.Device(args.device_id):
+            workspace = _cupy().empty((partials,), dtype=x.dtype)
+    args.launch(kernel, (partials,), (_SUM_BLOCK,), (x, workspace, np.int64(n), args.scalar(1.0)))
+    args.launch(
+        kernel, (1,), (_SUM_BLOCK,), (workspace, out, np.int64(partials), args.scalar(scale))
+    )
+
+
+def _loss_value(
+    args: _Args, per_item: Array, value: Array | None, scale: float, workspace: Array | None
+) -> Array | None:
+    """value = scale · Σ per_item, when a value array was given."""
+    if value is None:
+        return None
+    n = int(per_item.size)
+    partials = sum_reduce_workspace_size(n)
+    if workspace is not None and workspace.size < partials:
+        raise ShapeError(
+            f"kernels.{args.kernel}: workspace must hold at least {partials} elements "
+            f"for {n} loss terms, got {workspace.size}"
+        )
+    _sum_launch(args, per_item, value, n, scale, partials, workspace)
+    return value
+
+
+def softmax_xent_labels(
+    logits: Array,
+    labels: Array,
+    grad: Array,
+    row_loss: Array,
+    value: Array | None = None,
+    *,
+    workspace: Array | None = None,
+) -> Array | None:
+    """Softmax cross-entropy from logits with integer labels y ∈ [0, C).
+
+    row_loss[b] = logsumexp(z_b) − z_b[y_b];  grad = (softmax(z) − onehot(y)) / B;
+    value (optional, one element) = Σ_b row_loss[b] / B.
+
+    ``logits``, ``grad``: (B, C), C >= 1; ``labels``: int64 (B,); ``row_loss``: (B,).
+    Labels are not range-checked here (that would read them back to the host): a
+    label outside [0, C) gives a NaN row_loss and a NaN gradient row. Returns value
+    (None when not asked for).
+    """
+    args = _Args("softmax_xent_labels")
+    logits, rows, cols = _matrix(args, "logits", logits)
+    if cols == 0:
+        raise ShapeError("kernels.softmax_xent_labels: logits must have at least one column")
+    labels = args.array("labels", labels, shape=(rows,), dtype=np.int64)
+    grad = args.array("grad", grad, shape=(rows, cols), output=True)
+    row_loss = args.array("row_loss", row_loss, shape=(rows,), output=True)
+    value = _value(args, value)
+    workspace = args.optional("workspace", workspace, ndim=1, output=True)
+    args.no_overlap()
+    kernel = get_kernel("softmax_xent_labels", logits.dtype)
+    if rows:
+        grid = _grid(rows, _WARPS_PER_BLOCK, args.device_id, per_sm=16)
+        args.launch(
+            kernel,
+            (grid,),
+            (32 * _WARPS_PER_BLOCK,),
+            (logits, labels, grad, row_loss, np.int32(rows), np.int32(cols)),
+        )
+    return _loss_value(args, row_loss, value, 1.0 / max(rows, 1), workspace)
+
+
+def softmax_xent_probs(
+    logits: Array,
+    probs: Array,
+    grad: Array,
+    row_loss: Array,
+    value: Array | None = None,
+    *,
+    workspace: Array | None = None,
+) -> Array | None:
+    """Softmax cross-entropy from logits against target distributions t.
+
+    row_loss[b] = Σ_c t_bc (logsumexp(z_b) − z_bc);  grad = (softmax(z) Σ_c t_bc − t) / B;
+    value (optional, one element) = Σ_b row_loss[b] / B.
+
+    ``logits``, ``probs``, ``grad``: (B, C), C >= 1; ``row_loss``: (B,). Returns value
+    (None when not asked for).
+    """
+    args = _Args("softmax_xent_probs")
+    logits, rows, cols = _matrix(args, "logits", logits)
+    if cols == 0:
+        raise ShapeError("kernels.softmax_xent_probs: logits must have at least one column")
+    probs = args.array("probs", probs, shape=(rows, cols))
+    grad = args.array("grad", grad, shape=(rows, cols), output=True)
+    row_loss = args.array("row_loss", row_loss, shape=(rows,), output=True)
+    value = _value(args, value)
+    workspace = args.optional("workspace", workspace, ndim=1, output=True)
+    args.no_overlap()
+    kernel = get_kernel("softmax_xent_probs", logits.dtype)
+    if rows:
+        grid = _grid(rows, _WARPS_PER_BLOCK, args.device_id, per_sm=16)
+        args.launch(
+            kernel,
+            (grid,),
+            (32 * _WARPS_PER_BLOCK,),
+            (logits, probs, grad, row_loss, np.int32(rows), np.int32(cols)),
+        )
+    return _loss_value(args, row_loss, value, 1.0 / max(rows, 1), workspace)
+
+
+def mse_grad(
+    pred: Array,
+    target: Array,
+    grad: Array,
+    sq: Array | None,
+    *,
+    scale: float,
+    value: Array | None = None,
+    workspace: Array | None = None,
+) -> Array | None:
+    """grad = 2·scale·(p − y) and sq = (p − y)²; value (optional) = scale · Σ sq.
+
+    MSE: scale = 1/N for the mean (N = pred.size), 1 for the sum. ``pred``,
+    ``target``, ``grad``, ``sq``: one shape (``sq`` may be None when no value is
+    asked for). Returns value (None when not asked for).
+    """
+    args = _Args("mse_grad")
+    pred = args.array("pred", pred)
+    target = args.array("target", target, shape=pred.shape)
+    grad = args.array("grad", grad, shape=pred.shape, output=True)
+    sq = args.optional("sq", sq, shape=pred.shape, output=True)
+    value = _value(args, value)
+    if value is not None and sq is None:
+        raise ConfigError("kernels.mse_grad: a value needs sq (the squared errors), got None")
+    workspace = args.optional("workspace", workspace, ndim=1, output=True)
+    args.no_overlap()
+    kernel = get_kernel("mse_grad", pred.dtype)
+    n = int(pred.size)
+    if n:
+        grid = _grid(n, _BLOCK, args.device_id)
+        args.launch(
+            kernel, (grid,), (_BLOCK,), (pred, target, grad, sq, np.int64(n), args.scalar(scale))
+        )
+    return _loss_value(args, sq, value, scale, workspace) if value is not None else None
+
+
+def bce_logits(
+    logits: Array,
+    target: Array,
+    grad: Array,
+    elem_loss: Array | None,
+    value: Array | None = None,
+    *,
+    workspace: Array | None = None,
+) -> Array | None:
+    """Binary cross-entropy on logits z with targets y.
+
+    elem_loss = max(z, 0) − z·y + log1p(e^{−|z|});  grad = (σ(z) − y) / N;
+    value (optional) = Σ elem_loss / N,  N = logits.size.
+
+    All arrays one shape (``elem_loss`` may be None when no value is asked for).
+    Returns value (None when not asked for).
+    """
+    args = _Args("bce_logits")
+    logits = args.array("logits", logits)
+    target = args.array("target", target, shape=logits.shape)
+    grad = args.array("grad", grad, shape=logits.shape, output=True)
+    elem_loss = args.optional("elem_loss", elem_loss, shape=logits.shape, output=True)
+    value = _value(args, value)
+    if value is not None and elem_loss is None:
+        raise ConfigError("kernels.bce_logits: a value needs elem_loss, got None")
+    workspace = args.optional("workspace", workspace, ndim=1, output=True)
+    args.no_overlap()
+    kernel = get_kernel("bce_logits", logits.dtype)
+    n = int(logits.size)
+    if n:
+        grid = _grid(n, _BLOCK, args.device_id)
+        args.launch(kernel, (grid,), (_BLOCK,), (logits, target, grad, elem_loss, np.int64(n)))
+    if value is None:
+        return None
+    return _loss_value(args, elem_loss, value, 1.0 / max(n, 1), workspace)
+
+
+# --- optimizers ---------------------------------------------------------------------------
+def _flat_pair(args: _Args, params: Array, grads: Array) -> tuple[Array, Array, int]:
+    params = args.array("params", params, ndim=1, output=True)
+    grads = args.array("grads", grads, shape=params.shape)
+    return params, grads, int(params.size)
+
+
+def _lr(args: _Args, lr: Array) -> Array:
+    lr = args.array("lr", lr)
+    if lr.size != 1:
+        raise ShapeError(f"kernels.{args.kernel}: lr must have one element, got shape {lr.shape}")
+    return lr
+
+
+def _step_state(args: _Args, step_state: Array) -> Array:
+    return args.array("step_state", step_state, shape=(2,), dtype=np.int32, output=True)
+
+
+def sgd_step(
+    params: Array,
+    grads: Array,
+    momentum_buffer: Array | None,
+    lr: Array,
+    step_state: Array,
+    *,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> Array:
+    """One SGD step over the flat buffer, in one launch (PyTorch's rule, as
+    :class:`gpubackprop.optim.SGD`, bit for bit)::
+
+        g ← g + λ·p                                  (weight_decay λ ≠ 0)
+        if μ ≠ 0:  b ← g on the first step, else b ← μ·b + (1 − τ)·g
+                   g ← g + μ·b  if nesterov, else g ← b
+        p ← p − η·g
+
+    ``params``, ``grads``, ``momentum_buffer``: 1-D, same size (the buffer may be
+    None when μ = 0); ``lr``: one element of the params' dtype (η, read on the
+    device at every launch, so a captured graph follows a schedule); ``step_state``:
+    int32 (2,), zero-initialised, [steps taken, scratch]; the first step is the one
+    that finds steps taken = 0, and the kernel adds 1 when done. Returns ``params``.
+    """
+    args = _Args("sgd_step")
+    params, grads, n = _flat_pair(args, params, grads)
+    if momentum != 0 and momentum_buffer is None:
+        raise ConfigError("kernels.sgd_step: momentum != 0 needs a momentum_buffer, got None")
+    buf = args.optional("momentum_buffer", momentum_buffer, shape=params.shape, output=True)
+    lr = _lr(args, lr)
+    step_state = _step_state(args, step_state)
+    args.no_overlap()
+    kernel = get_kernel("sgd_step", params.dtype)
+    grid = _grid(n, _BLOCK, args.device_id)
+    args.launch(
+        kernel,
+        (grid,),
+        (_BLOCK,),
+        (
+            params,
+            grads,
+            buf,
+            lr,
+            step_state,
+            args.scalar(momentum),
+            args.scalar(1.0 - dampening),
+            args.scalar(weight_decay),
+            np.int32(bool(nesterov)),
+            np.int64(n),
+        ),
+    )
+    return params
+
+
+def adam_prepare(
+    step_state: Array,
+    scalars: Array,
+    lr: Array,
+    *,
+    betas: tuple[float, float],
+    weight_decay: float = 0.0,
+) -> Array:
+    """Advance the Adam step counter and write the step's scalars (one thread).
+
+    t ← t + 1 (``step_state[0]``), then, in double precision from ``lr[0]``:
+    scalars = [−η/(1 − β₁ᵗ), √(1 − β₂ᵗ), 1 − η·λ]. ``step_state``: int32 (2,);
+    ``scalars``: (3,) in the params' dtype; ``lr``: one element. Returns ``scalars``.
+    """
+    args = _Args("adam_prepare")
+    step_state = _step_state(args, step_state)
+    scalars = args.array("scalars", scalars, shape=(_ADAM_SCALARS,), output=True)
+    lr = _lr(args, lr)
+    args.no_overlap()
+    beta1, beta2 = betas
+    kernel = get_kernel("adam_prepare", scalars.dtype)
+    args.launch(
+        kernel,
+        (1,),
+        (1,),
+        (
+            step_state,
+            scalars,
+            lr,
+            np.float64(beta1),
+            np.float64(beta2),
+            np.float64(weight_decay),
+        ),
+    )
+    return scalars
+
+
+def adam_step(
+    params: Array,
+    grads: Array,
+    exp_avg: Array,
+    exp_avg_sq: Array,
+    scalars: Array,
+    *,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> Array:
+    """One Adam (or AdamW, ``decoupled``) step over the flat buffer, one launch, after
+    :func:`adam_prepare` (as :class:`gpubackprop.optim.Adam` / ``AdamW``)::
+
+        AdamW: p ← p·(1 − η·λ)          Adam: g ← g + λ·p  (λ ≠ 0)
+        m ← β₁·m + (1 − β₁)·g
+        v ← β₂·v + (1 − β₂)·g²
+        p ← p − (η / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
+
+    ``params``, ``grads``, ``exp_avg`` (m), ``exp_avg_sq`` (v): 1-D, same size;
+    ``scalars``: the (3,) array :func:`adam_prepare` wrote. Returns ``params``.
+    """
+    args = _Args("adam_step")
+    params, grads, n = _flat_pair(args, params, grads)
+    exp_avg = args.array("exp_avg", exp_avg, shape=params.shape, output=True)
+    exp_avg_sq = args.array("exp_avg_sq", exp_avg_sq, shape=params.shape, output=True)
+    scalars = args.array("scalars", scalars, shape=(_ADAM_SCALARS,))
+    args.no_overlap()
+    beta1, beta2 = betas
+    kernel = get_kernel("adam_step", params.dtype)
+    grid = _grid(n, _BLOCK, args.device_id)
+    if n:
+        args.launch(
+            kernel,
+            (grid,),
+            (_BLOCK,),
+            (
+                params,
+                grads,
+                exp_avg,
+                exp_avg_sq,
+                scalars,
+                args.scalar(beta1),
+                args.scalar(beta2),
+                args.scalar(1.0 - beta1),
+                args.scalar(1.0 - beta2),
+                args.scalar(eps),
+                args.scalar(weight_decay),
+                np.int32(bool(decoupled)),
+                np.int64(n),
+            ),
+        )
+    return params
+
+
+def adam_update(
+    params: Array,
+    grads: Array,
+    exp_avg: Array,
+    exp_avg_sq: Array,
+    lr: Array,
+    step_state: Array,
+    scalars: Array,
+    *,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> Array:
+    """:func:`adam_prepare` then :func:`adam_step`: one whole Adam/AdamW step, two
+    launches, capturable. Returns ``params``."""
+    adam_prepare(step_state, scalars, lr, betas=betas, weight_decay=weight_decay)
+    return adam_step(
+        params,
+        grads,
+        exp_avg,
+        exp_avg_sq,
+        scalars,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled=decoupled,
+    )
