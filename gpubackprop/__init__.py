@@ -11,7 +11,9 @@ Importing the package never imports CuPy; CuPy loads when a GPU device is asked 
 from . import losses, optim
 from .activations import ACTIVATIONS
 from .backend import Backend, available_devices, get_backend
+from .capture import CompiledStep
 from .errors import (
+    CaptureError,
     ConfigError,
     DeviceError,
     DTypeError,
@@ -31,6 +33,8 @@ __all__ = [
     "ACTIVATIONS",
     "Activation",
     "Backend",
+    "CaptureError",
+    "CompiledStep",
     "ConfigError",
     "DTypeError",
     "Dense",

@@ -35,3 +35,7 @@ class ConfigError(GpuBackpropError, ValueError):
 
 class GradcheckError(GpuBackpropError, AssertionError):
     """The analytic gradient disagrees with central finite differences."""
+
+
+class CaptureError(GpuBackpropError, RuntimeError):
+    """A training step could not be recorded into a CUDA graph (the reason is in the message)."""

@@ -211,10 +211,7 @@ class Dense(Layer):
         act = self.activation
         z = ws["z"] if act.needs_input else ws["out"]
         ops.matmul(x, self.params["weight"], out=z, trans_b=True)
-        if self.use_bias:
-            ops.add_bias(z, self.params["bias"])
-        if not act.is_identity:
-            ops.activation_forward(act, z, ws["out"])
+        ops.bias_activation_forward(act, z, self.params.get("bias"), ws["out"])
         self._input = x
         self._saved = z
         self._batch = x.shape[0]
@@ -227,13 +224,10 @@ class Dense(Layer):
         self._check_delta(delta, (self._batch, self.out_features))
         ops = self.backend.ops
         ws = self._buffers(self._batch)
-        if self.activation.is_identity:
-            dz = delta
-        else:
-            dz = ops.activation_backward(self.activation, delta, self._saved, ws["dz"])
+        dz = ops.activation_backward_bias_grad(
+            self.activation, delta, self._saved, ws.get("dz"), self.grads.get("bias")
+        )
         ops.matmul(dz, self._input, out=self.grads["weight"], trans_a=True)
-        if self.use_bias:
-            ops.column_sum(dz, out=self.grads["bias"])
         if not need_input_grad:
             return None
         return ops.matmul(dz, self.params["weight"], out=ws["dx"])

@@ -25,6 +25,7 @@ from .losses import Loss, get_loss
 from .optim import Optimizer
 
 if TYPE_CHECKING:
+    from .capture import CompiledStep
     from .train import History
 
 Array = Any
@@ -334,6 +335,18 @@ class Sequential:
         with self.backend.activate():
             optimizer.step(self.flat_params, self.flat_grads)
         return float(value)
+
+    def compile_step(self, loss: Loss | str, optimizer: Optimizer) -> CompiledStep:
+        """The training step (forward, loss, backward, update) as a replayable CUDA graph.
+
+        Returns a :class:`~gpubackprop.capture.CompiledStep`: call it as
+        ``step(x, y)`` with device arrays; it records a graph on the first call
+        (and again when the batch shape changes) and replays it after that.
+        GPU models only.
+        """
+        from .capture import CompiledStep
+
+        return CompiledStep(self, loss, optimizer)
 
     # --- training loop API (in train.py) -------------------------------------------------
     def predict(self, x: Any, batch_size: int = 1024) -> Array:

@@ -131,6 +131,11 @@ class Optimizer(ABC):
         self._size: int | None = None
         self._state: dict[str, Array | None] = dict.fromkeys(self._state_names)
         self._scratch: list[Array] = []
+        #: on a GPU: "lr" (one element, read by the kernels at every launch, so a
+        #: captured graph follows a schedule), "step_state" (int32 [steps, scratch])
+        #: and what a subclass adds; see :meth:`_allocate_device`
+        self._device: dict[str, Array] = {}
+        self._device_lr: float | None = None
 
     # --- hyper-parameters ------------------------------------------------------------
     @property
@@ -156,7 +161,15 @@ class Optimizer(ABC):
 
     @abstractmethod
     def _update(self, xp: ModuleType, params: Array, grads: Array) -> None:
-        """Apply one update in place; ``step_count`` already counts this step."""
+        """Apply one update in place (NumPy reference); ``step_count`` counts this step."""
+
+    @abstractmethod
+    def _launch(self, params: Array, grads: Array) -> None:
+        """Apply one update with the fused GPU kernel(s): device-side lr and step only.
+
+        Issues kernel launches and nothing else (no host-side bookkeeping), so a
+        CUDA-graph capture can record it.
+        """
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -170,6 +183,29 @@ class Optimizer(ABC):
         match each other or the optimizer's state.
         """
         xp = self._check_buffers(params, grads)
+        with _device_scope(params):
+            self._prepare(xp, params)
+            self.step_count += 1
+            if xp is np:
+                self._update(xp, params, grads)
+            else:
+                self.sync_device_lr()
+                self._launch(params, grads)
+
+    def prepare(self, params: Array, grads: Array) -> None:
+        """Allocate every state and scratch buffer for these buffers, without stepping.
+
+        On a GPU this also compiles the kernels and writes the device-side lr, so
+        that a later step allocates and compiles nothing (what a CUDA-graph capture
+        of the step needs).
+        """
+        xp = self._check_buffers(params, grads)
+        with _device_scope(params):
+            self._prepare(xp, params)
+            if xp is not np:
+                self.sync_device_lr()
+
+    def _prepare(self, xp: ModuleType, params: Array) -> None:
         size = params.shape[0]
         if self._size is None:
             self._size = size
@@ -178,12 +214,15 @@ class Optimizer(ABC):
                 f"{type(self).__name__}.step: optimizer state is for {self._size} parameters, "
                 f"got {size}; create a new optimizer or call reset()"
             )
-        with _device_scope(params):
-            if not self._scratch:
-                self._allocate(xp, params)
-            self._check_state(params)
-            self.step_count += 1
-            self._update(xp, params, grads)
+        if not self._scratch:
+            self._allocate(xp, params)
+        self._check_state(params)
+
+    def sync_device_lr(self) -> None:
+        """Write ``lr`` into the device-side copy the GPU kernels read (when it changed)."""
+        if self._device and self._device_lr != self._lr:
+            self._device["lr"].fill(self._lr)
+            self._device_lr = self._lr
 
     def _check_buffers(self, params: Array, grads: Array) -> ModuleType:
         """Validate the pair (cheap: attributes only) and return its array module."""
@@ -218,6 +257,17 @@ class Optimizer(ABC):
             for name, value in self._state.items():
                 if value is None:
                     self._state[name] = xp.zeros(params.shape, dtype=params.dtype)
+        if xp is not np:
+            self._device = {
+                "lr": xp.zeros((1,), dtype=params.dtype),
+                "step_state": xp.zeros((2,), dtype=np.int32),
+            }
+            self._device_lr = None
+            self._allocate_device(xp, params)
+
+    def _allocate_device(self, xp: ModuleType, params: Array) -> None:
+        """GPU only: set the device step counter, add buffers, compile the kernels."""
+        self._device["step_state"][0] = self.step_count
 
     def _check_state(self, params: Array) -> None:
         """The state (maybe loaded) must share dtype and device with ``params``."""
@@ -243,6 +293,8 @@ class Optimizer(ABC):
         self._size = None
         self._state = dict.fromkeys(self._state_names)
         self._scratch = []
+        self._device = {}
+        self._device_lr = None
 
     # --- serialisation ----------------------------------------------------------------
     def state_dict(self) -> dict[str, object]:
@@ -385,6 +437,33 @@ class SGD(Optimizer):
     def _scratch_count(self) -> int:
         return 2 if self.weight_decay != 0 else 1
 
+    def _allocate_device(self, xp: ModuleType, params: Array) -> None:
+        # The kernel copies g into the momentum buffer on the step that finds the
+        # device counter at 0, so the buffer exists before the first step (a
+        # captured graph cannot allocate) and the counter says whether it is live.
+        from .kernels import get_kernel  # GPU only
+
+        started = self._state["momentum_buffer"] is not None
+        if self.momentum != 0 and not started:
+            self._state["momentum_buffer"] = xp.zeros(params.shape, dtype=params.dtype)
+        self._device["step_state"][0] = max(self.step_count, 1) if started else 0
+        get_kernel("sgd_step", params.dtype)
+
+    def state_dict(self) -> dict[str, object]:
+        state = super().state_dict()
+        if self.step_count == 0:  # a GPU buffer allocated ahead of the first step
+            state["state"] = {"momentum_buffer": None}
+        return state
+
+    def _launch(self, params: Array, grads: Array) -> None:
+        from .kernels import sgd_step  # GPU only
+
+        sgd_step(
+            params, grads, self._state["momentum_buffer"], self._device["lr"],
+            self._device["step_state"], momentum=self.momentum, dampening=self.dampening,
+            weight_decay=self.weight_decay, nesterov=self.nesterov,
+        )
+
     def _update(self, xp: ModuleType, params: Array, grads: Array) -> None:
         tmp = self._scratch[0]
         g = grads
@@ -479,6 +558,27 @@ class Adam(Optimizer):
 
     def _scratch_count(self) -> int:
         return 2
+
+    def _allocate_device(self, xp: ModuleType, params: Array) -> None:
+        from .kernels import get_kernel  # GPU only
+
+        super()._allocate_device(xp, params)
+        self._device["scalars"] = xp.zeros((3,), dtype=params.dtype)
+        get_kernel("adam_prepare", params.dtype)
+        get_kernel("adam_step", params.dtype)
+
+    def _launch(self, params: Array, grads: Array) -> None:
+        from .kernels import adam_prepare, adam_step  # GPU only
+
+        adam_prepare(
+            self._device["step_state"], self._device["scalars"], self._device["lr"],
+            betas=self.betas, weight_decay=self.weight_decay,
+        )
+        adam_step(
+            params, grads, self._state["exp_avg"], self._state["exp_avg_sq"],
+            self._device["scalars"], betas=self.betas, eps=self.eps,
+            weight_decay=self.weight_decay, decoupled=self._decoupled,
+        )
 
     def _update(self, xp: ModuleType, params: Array, grads: Array) -> None:
         beta1, beta2 = self.betas

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from .backend import is_cupy_array
-from .errors import ConfigError, DeviceError, ShapeError
+from .errors import CaptureError, ConfigError, DeviceError, ShapeError
 from .losses import BCEWithLogits, Loss, get_loss
 from .model import check_optimizer
 from .progress import ProgressBar
@@ -208,6 +209,7 @@ def fit(
     validation_data: tuple[Any, Any] | None = None,
     metrics: Sequence[str] = ("accuracy",),
     scheduler: Any = None,
+    capture: bool = True,
     verbose: bool = True,
     file: TextIO | None = None,
 ) -> History:
@@ -218,6 +220,11 @@ def fit(
     (e.g. ``gb.optim.CosineAnnealingLR``) is stepped once per epoch. With
     ``verbose``, a progress bar per epoch and a summary line (loss, metrics,
     validation) are printed to ``file`` (stdout by default).
+
+    On a GPU with ``capture`` (the default), every full batch runs as one replay
+    of a CUDA graph of the whole step (:meth:`Sequential.compile_step`); the last,
+    shorter batch of an epoch runs eagerly (same math, same kernels). If recording
+    the graph fails, fit warns with the reason and trains eagerly.
     """
     loss = get_loss(loss)
     check_optimizer(optimizer)
@@ -246,6 +253,7 @@ def fit(
             f"{backend.device} ({backend.reason})",
             file=file,
         )
+    compiled = model.compile_step(loss, optimizer) if capture and backend.is_gpu else None
     for epoch in range(int(epochs)):
         started = time.perf_counter()
         order = model.rng.permutation(n) if shuffle else None
@@ -267,10 +275,19 @@ def fit(
                     backend, (hi - lo, model.output_width(xb.shape[1])), model.dtype,
                     _take(model, y, index), check_values=False,
                 )
-                value = model._loss_and_grad(xb, yb, loss)
+                if compiled is not None and hi - lo == batch_size:
+                    try:
+                        compiled(xb, yb)
+                        value, out = compiled.loss_value, compiled.output
+                    except CaptureError as exc:
+                        warnings.warn(f"fit: training eagerly: {exc}", RuntimeWarning, 2)
+                        compiled = None
+                if compiled is None or hi - lo != batch_size:
+                    value = model._loss_and_grad(xb, yb, loss)
+                    out = model._output
+                    optimizer.step(model.flat_params, model.flat_grads)
                 if "accuracy" in metrics:
-                    correct += _correct(model, model._output, yb, loss)
-                optimizer.step(model.flat_params, model.flat_grads)
+                    correct += _correct(model, out, yb, loss)
                 loss_sum += value * (hi - lo)
                 if bar is not None and bar.due():
                     bar.update(step + 1, f"loss {float(loss_sum) / hi:.4f}")

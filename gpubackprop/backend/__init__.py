@@ -114,11 +114,17 @@ def _cpu_backend(reason: str) -> Backend:
 
 
 @functools.cache
-def _cuda_backend(device_id: int, reason: str) -> Backend:
-    from .cupy_ops import CupyOps
+def _cupy_ops(device_id: int) -> NumpyOps:
+    """One ops object (cuBLAS handle, scratch buffers) per GPU, shared by its backends."""
+    from .cupy_ops import CupyOps  # only with a GPU
 
+    return CupyOps(_compat.cupy_module(), device_id)
+
+
+@functools.cache
+def _cuda_backend(device_id: int, reason: str) -> Backend:
     cp = _compat.cupy_module()
-    return Backend(f"cuda:{device_id}", cp, CupyOps(cp), reason)
+    return Backend(f"cuda:{device_id}", cp, _cupy_ops(device_id), reason)
 
 
 def _why_no_gpu() -> str:

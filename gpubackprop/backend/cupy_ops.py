@@ -1,24 +1,134 @@
-"""The engine's ops on the GPU.
+"""The engine's ops on the GPU: cuBLAS GEMMs and the fused kernels of ``kernels/``.
 
 :class:`CupyOps` inherits every op from the NumPy reference
-(:class:`~gpubackprop.backend.numpy_ops.NumpyOps`), run with CuPy as the array
-module: matmuls go to cuBLAS through ``cupy.matmul``, elementwise work to CuPy
-ufuncs, column sums to CuPy's deterministic reduction. Fused CUDA kernels from
-``kernels/`` override single ops here; the math stays the reference's.
+(:class:`~gpubackprop.backend.numpy_ops.NumpyOps`) and overrides the ones with a
+faster GPU path; the math is the reference's and the tests compare the two:
+
+* GEMMs run on gpubackprop's own cuBLAS handle (:mod:`.cublas`), the same in
+  eager and CUDA-graph-captured steps;
+* a Dense layer's bias + activation is one kernel forward, and δ ⊙ f′ with the
+  bias gradient Δᵀ1 one deterministic kernel backward;
+* each loss writes its gradient and per-row/per-element terms in one kernel and
+  its value with one fixed-order reduction.
+
+Nothing here allocates once a shape has been seen: loss scratch buffers (and
+the loss value) live in a cache keyed by (purpose, shape, dtype), so a step can
+be captured into a CUDA graph. The loss value returned is that cached buffer:
+it holds the value until the next loss of the same shape is computed.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
+import numpy as np
+
+from .. import kernels
+from ..activations import Activation
+from .cublas import CublasHandle
 from .numpy_ops import NumpyOps
+
+Array = Any
 
 
 class CupyOps(NumpyOps):
-    """The reference ops over CuPy arrays (one instance per process)."""
+    """The engine's ops for one GPU (one instance per device)."""
 
-    def __init__(self, cupy: ModuleType) -> None:
+    def __init__(self, cupy: ModuleType, device_id: int) -> None:
         self.xp = cupy
+        self.device_id = device_id
+        self._blas: CublasHandle | None = None
+        self._scratch: dict[tuple[str, tuple[int, ...], str], Array] = {}
+
+    @property
+    def blas(self) -> CublasHandle:
+        """The cuBLAS handle of this device (created on first use)."""
+        if self._blas is None:
+            with self.xp.cuda.Device(self.device_id):
+                self._blas = CublasHandle(self.xp)
+        return self._blas
+
+    def scratch(self, purpose: str, shape: tuple[int, ...], dtype: Any) -> Array:
+        """A cached device buffer for ``purpose``; allocated once per shape and dtype."""
+        key = (purpose, tuple(shape), np.dtype(dtype).name)
+        buf = self._scratch.get(key)
+        if buf is None:
+            with self.xp.cuda.Device(self.device_id):
+                buf = self.xp.empty(shape, dtype=dtype)
+            self._scratch[key] = buf
+        return buf
+
+    def _value_buffers(self, n_terms: int, dtype: Any) -> tuple[Array, Array]:
+        """(value, reduction workspace) for a loss summed over ``n_terms`` terms."""
+        workspace = self.scratch(
+            "loss_workspace", (kernels.sum_reduce_workspace_size(n_terms),), dtype
+        )
+        return self.scratch("loss_value", (), dtype), workspace
+
+    # --- linear algebra --------------------------------------------------------------
+    def matmul(
+        self, a: Array, b: Array, out: Array, *, trans_a: bool = False, trans_b: bool = False
+    ) -> Array:
+        return self.blas.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b)
+
+    def column_sum(self, x: Array, out: Array) -> Array:
+        return kernels.column_sum(x, out)
+
+    # --- activations -------------------------------------------------------------------
+    def activation_forward(self, act: Activation, z: Array, out: Array) -> Array:
+        if z.ndim != 2:
+            return super().activation_forward(act, z, out)
+        return kernels.bias_act_forward(act.name, z, None, out)
+
+    def activation_backward(self, act: Activation, delta: Array, saved: Array, out: Array) -> Array:
+        return kernels.act_backward(act.name, delta, saved, out)
+
+    def bias_activation_forward(
+        self, act: Activation, z: Array, bias: Array | None, out: Array
+    ) -> Array:
+        if act.is_identity and bias is None and out is z:
+            return out
+        return kernels.bias_act_forward(act.name, z, bias, out)
+
+    def activation_backward_bias_grad(
+        self, act: Activation, delta: Array, saved: Array, dz: Array, db: Array | None
+    ) -> Array:
+        if db is None:
+            return delta if act.is_identity else self.activation_backward(act, delta, saved, dz)
+        if act.is_identity:
+            kernels.column_sum(delta, db)
+            return delta
+        kernels.act_backward_colsum(act.name, delta, saved, dz, db)
+        return dz
+
+    # --- losses ---------------------------------------------------------------------------
+    def mse(self, pred: Array, target: Array, grad: Array, *, mean: bool) -> Array:
+        squares = self.scratch("mse_squares", pred.shape, pred.dtype)
+        value, workspace = self._value_buffers(pred.size, pred.dtype)
+        scale = 1.0 / pred.size if mean else 1.0
+        kernels.mse_grad(pred, target, grad, squares, scale=scale, value=value, workspace=workspace)
+        return value
+
+    def softmax_cross_entropy_labels(self, logits: Array, labels: Array, grad: Array) -> Array:
+        row_loss = self.scratch("xent_rows", (logits.shape[0],), logits.dtype)
+        value, workspace = self._value_buffers(logits.shape[0], logits.dtype)
+        kernels.softmax_xent_labels(
+            logits, labels, grad, row_loss, value=value, workspace=workspace
+        )
+        return value
+
+    def softmax_cross_entropy_probs(self, logits: Array, probs: Array, grad: Array) -> Array:
+        row_loss = self.scratch("xent_rows", (logits.shape[0],), logits.dtype)
+        value, workspace = self._value_buffers(logits.shape[0], logits.dtype)
+        kernels.softmax_xent_probs(logits, probs, grad, row_loss, value=value, workspace=workspace)
+        return value
+
+    def bce_with_logits(self, logits: Array, target: Array, grad: Array) -> Array:
+        terms = self.scratch("bce_terms", logits.shape, logits.dtype)
+        value, workspace = self._value_buffers(logits.size, logits.dtype)
+        kernels.bce_logits(logits, target, grad, terms, value=value, workspace=workspace)
+        return value
 
 
 __all__ = ["CupyOps"]

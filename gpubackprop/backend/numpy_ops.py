@@ -58,6 +58,29 @@ class NumpyOps:
         """out = delta ⊙ f′, f′ from ``saved`` (the output a, or z if act.needs_input)."""
         return act.backward(self.xp, delta, saved, out)
 
+    # --- the fused pairs of a Dense layer (one kernel each on the GPU) ------------
+    def bias_activation_forward(
+        self, act: Activation, z: Array, bias: Array | None, out: Array
+    ) -> Array:
+        """z += b (when there is a bias), then out = f(z); ``out`` may be ``z``."""
+        if bias is not None:
+            self.add_bias(z, bias)
+        if act.is_identity and out is z:
+            return out
+        return self.activation_forward(act, z, out)
+
+    def activation_backward_bias_grad(
+        self, act: Activation, delta: Array, saved: Array, dz: Array, db: Array | None
+    ) -> Array:
+        """Δ_Z = delta ⊙ f′ and db = Δ_Zᵀ 1 (when ``db`` is given); returns Δ_Z.
+
+        For the identity Δ_Z is ``delta`` itself and ``dz`` is not written.
+        """
+        grad_z = delta if act.is_identity else self.activation_backward(act, delta, saved, dz)
+        if db is not None:
+            self.column_sum(grad_z, out=db)
+        return grad_z
+
     # --- losses: each returns the value as a 0-d array and writes ∂loss/∂pred ---
     def mse(self, pred: Array, target: Array, grad: Array, *, mean: bool) -> Array:
         """L = Σ (p − y)² / N  (N = p.size if mean else 1);  ∂L/∂p = 2 (p − y) / N."""

@@ -1,0 +1,163 @@
+"""The whole training step as one CUDA graph: record once, replay every step.
+
+On the GPU the small and medium networks are launch-bound: the GPU waits for
+Python between kernels. :class:`CompiledStep` records forward, loss, backward
+and the optimizer update into one CUDA graph and replays it, so one step costs
+one graph launch (plus two copies of the batch into static buffers)::
+
+    step = model.compile_step(gb.losses.SoftmaxCrossEntropy(), optimizer)
+    for xb, yb in batches:                 # device arrays of one fixed shape
+        step(xb, yb)                        # no host sync
+    loss = float(step(xb, yb, return_loss=True))   # float() syncs, when you ask
+
+How it stays correct:
+
+* The step runs the very code of the eager step (same kernels, same cuBLAS
+  handle, same buffers), so a replay gives the same bits as an eager step.
+* Before recording, one eager forward/loss/backward allocates every buffer and
+  compiles every kernel; ``optimizer.prepare`` allocates the optimizer state.
+  No parameter changes then, and nothing allocates or compiles while recording.
+* The learning rate and the step counter live in device memory: a schedule
+  that changes ``optimizer.lr`` between replays is followed.
+* A batch of another shape (or another target dtype) records a new graph
+  instead of replaying one made for other buffers.
+* Label values are not range-checked per step (that would need a host sync);
+  ``fit`` checks the whole dataset once, and an out-of-range label gives a NaN
+  loss, never a silent wrong gradient.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import CaptureError, ConfigError
+from .losses import Loss, get_loss
+
+if TYPE_CHECKING:
+    from .model import Sequential
+    from .optim import Optimizer
+
+Array = Any
+
+
+class CompiledStep:
+    """A training step of ``model`` recorded as a CUDA graph (see the module doc).
+
+    Attributes:
+        captures: how many graphs have been recorded (one per batch shape seen).
+        replays: how many steps have been replayed.
+    """
+
+    def __init__(self, model: Sequential, loss: Loss | str, optimizer: Optimizer) -> None:
+        from .model import check_optimizer  # model imports this module lazily
+
+        check_optimizer(optimizer)
+        if not model.backend.is_gpu:
+            raise ConfigError(
+                f"compile_step records a CUDA graph and needs a model on a GPU; this model "
+                f"is on {model.device}: use model.train_step there"
+            )
+        self.model = model
+        self.loss = get_loss(loss)
+        self.optimizer = optimizer
+        self.captures = 0
+        self.replays = 0
+        self._key: tuple[Any, ...] | None = None
+        self._graph: Any = None
+        self._x: Array = None
+        self._y: Array = None
+        self._value: Array = None
+        self._output: Array = None
+        self._pinned: list[Any] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledStep({self.loss!r}, {self.optimizer!r}, device={self.model.device!r}, "
+            f"captures={self.captures}, replays={self.replays})"
+        )
+
+    @property
+    def loss_value(self) -> Array:
+        """The last replayed step's loss, a 0-d device array (overwritten by the next)."""
+        return self._value
+
+    @property
+    def output(self) -> Array:
+        """The last replayed step's network output (the graph's static buffer)."""
+        return self._output
+
+    def __call__(self, x: Array, y: Array, *, return_loss: bool = False) -> Array | None:
+        """Copy (x, y) into the graph's static buffers and replay one training step.
+
+        ``x`` and ``y`` must be on the model's device. Returns the loss before the
+        update as a new 0-d device array when ``return_loss`` (``float()`` of it
+        syncs), else None: nothing here waits for the GPU.
+        """
+        model = self.model
+        backend = model.backend
+        backend.check_array(x, "compiled step: x")
+        backend.check_array(y, f"{self.loss.name}: target")
+        model.check_input(x.shape, x.dtype, "x")
+        if y.ndim == 0 or y.shape[0] != x.shape[0]:
+            raise ConfigError(
+                f"compiled step: {x.shape[0]} inputs but targets of shape {tuple(y.shape)}"
+            )
+        with backend.activate():
+            if x.dtype != model.dtype:
+                x = x.astype(model.dtype)
+            shape = (x.shape[0], model.output_width(x.shape[1]))
+            y = self.loss.prepare_target(backend, shape, model.dtype, y, check_values=False)
+            key = (tuple(x.shape), tuple(y.shape), y.dtype.str)
+            if key != self._key:
+                self._capture(x, y, key)
+            backend.xp.copyto(self._x, x)
+            backend.xp.copyto(self._y, y)
+            self.optimizer.sync_device_lr()
+            self._graph.launch(backend.xp.cuda.get_current_stream())
+            self.optimizer.step_count += 1
+            self.replays += 1
+            return self._value.copy() if return_loss else None
+
+    def _capture(self, x: Array, y: Array, key: tuple[Any, ...]) -> None:
+        """Record the step for this batch shape (warm-up first, nothing changes)."""
+        model, optimizer, loss = self.model, self.optimizer, self.loss
+        cp = model.backend.xp
+        self._graph = None
+        self._key = None
+        static_x = cp.empty(x.shape, dtype=x.dtype)
+        static_y = cp.empty(y.shape, dtype=y.dtype)
+        static_x[...] = x
+        static_y[...] = y
+        # Warm-up: every buffer allocated, every kernel compiled; parameters untouched
+        # (backward only overwrites the gradient buffer).
+        model._loss_and_grad(static_x, static_y, loss)
+        optimizer.prepare(model.flat_params, model.flat_grads)
+        batch = x.shape[0]
+        pinned = [layer._workspaces.get(batch) for layer in model.layers]
+        pinned.append(model._loss_grad_buffer((batch, model.output_width(x.shape[1]))))
+        cp.cuda.get_current_stream().synchronize()
+
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            model.backend.ops.blas.bind()  # handle + workspace on this stream, before capture
+            stream.begin_capture()
+            try:
+                value = model._loss_and_grad(static_x, static_y, loss)
+                optimizer._launch(model.flat_params, model.flat_grads)
+            except Exception as exc:
+                try:
+                    stream.end_capture()
+                except Exception:  # the capture is already invalid; report the cause
+                    pass
+                raise CaptureError(
+                    f"recording the training step failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            graph = stream.end_capture()
+        self._graph = graph
+        self._x, self._y, self._value, self._output = static_x, static_y, value, model._output
+        self._pinned = [stream, *pinned]
+        self._key = key
+        self.captures += 1
+
+
+__all__ = ["CompiledStep"]

@@ -1,0 +1,28 @@
+"""The wheel ships the CUDA sources, where the kernel loader looks first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_wheel_contains_the_kernel_sources(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("gpubackprop-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = sorted(p.name for p in (ROOT / "kernels").glob("*.cu*"))
+    assert sources, "no kernel sources in kernels/"
+    for name in sources:
+        assert f"gpubackprop/_kernels/{name}" in names
+    assert "gpubackprop/kernels.py" in names
