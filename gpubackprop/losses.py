@@ -95,7 +95,8 @@ class Loss:
                 f"{self.name}: target shape {tuple(target.shape)} does not match "
                 f"the output shape {shape}"
             )
-        return target.astype(dtype, copy=False)
+        with backend.activate():
+            return backend.xp.ascontiguousarray(target, dtype=dtype)
 
 
 class MSE(Loss):
@@ -176,7 +177,8 @@ class SoftmaxCrossEntropy(Loss):
                     f"{self.name}: label {bad} is out of range for {classes} classes "
                     f"(expected 0 <= label < {classes})"
                 )
-        return target.astype(np.int64, copy=False)
+        with backend.activate():
+            return backend.xp.ascontiguousarray(target, dtype=np.int64)
 
     def value_and_grad(self, backend: Backend, pred: Array, target: Array, grad: Array) -> Array:
         if target.ndim == 1:

@@ -226,9 +226,9 @@ class Sequential:
             x = np.asarray(x)
         self.backend.check_array(x, what)
         self.check_input(x.shape, x.dtype)
-        if x.dtype != self.dtype:
+        if x.dtype != self.dtype or not x.flags.c_contiguous:
             with self.backend.activate():
-                x = x.astype(self.dtype)
+                x = self.backend.xp.ascontiguousarray(x, dtype=self.dtype)
         return x
 
     # --- passes ------------------------------------------------------------------------

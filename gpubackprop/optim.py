@@ -136,6 +136,7 @@ class Optimizer(ABC):
         #: and what a subclass adds; see :meth:`_allocate_device`
         self._device: dict[str, Array] = {}
         self._device_lr: float | None = None
+        self._allocated = False
 
     # --- hyper-parameters ------------------------------------------------------------
     @property
@@ -214,8 +215,9 @@ class Optimizer(ABC):
                 f"{type(self).__name__}.step: optimizer state is for {self._size} parameters, "
                 f"got {size}; create a new optimizer or call reset()"
             )
-        if not self._scratch:
+        if not self._allocated:
             self._allocate(xp, params)
+            self._allocated = True
         self._check_state(params)
 
     def sync_device_lr(self) -> None:
@@ -250,9 +252,9 @@ class Optimizer(ABC):
 
     def _allocate(self, xp: ModuleType, params: Array) -> None:
         """First step (or first after load/reset): create scratch and zero state."""
-        self._scratch = [
-            xp.empty(params.shape, dtype=params.dtype) for _ in range(self._scratch_count())
-        ]
+        # the NumPy path works in scratch buffers; the GPU kernels need none
+        count = self._scratch_count() if xp is np else 0
+        self._scratch = [xp.empty(params.shape, dtype=params.dtype) for _ in range(count)]
         if self._zero_init_state:
             for name, value in self._state.items():
                 if value is None:
@@ -295,6 +297,7 @@ class Optimizer(ABC):
         self._scratch = []
         self._device = {}
         self._device_lr = None
+        self._allocated = False
 
     # --- serialisation ----------------------------------------------------------------
     def state_dict(self) -> dict[str, object]:
