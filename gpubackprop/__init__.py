@@ -8,7 +8,7 @@
 Importing the package never imports CuPy; CuPy loads when a GPU device is asked for.
 """
 
-from . import losses, optim
+from . import graph, losses, optim, viz
 from .activations import ACTIVATIONS
 from .backend import Backend, available_devices, get_backend
 from .capture import CompiledStep
@@ -19,13 +19,25 @@ from .errors import (
     DTypeError,
     GpuBackpropError,
     GradcheckError,
+    GraphvizError,
     LabelError,
     ShapeError,
 )
 from .gradcheck import GradcheckReport, gradcheck
+from .graph import (
+    Gate,
+    Tensor,
+    graph_gradcheck,
+    jacobian,
+    maximum,
+    softmax_cross_entropy,
+    topological_order,
+    zero_grad,
+)
 from .layers import Activation, Dense, Layer
 from .model import Sequential
 from .train import History
+from .viz import render, to_dot
 
 __version__ = "0.1.0"
 
@@ -39,18 +51,31 @@ __all__ = [
     "DTypeError",
     "Dense",
     "DeviceError",
+    "Gate",
     "GpuBackpropError",
     "GradcheckError",
     "GradcheckReport",
+    "GraphvizError",
     "History",
     "LabelError",
     "Layer",
     "Sequential",
     "ShapeError",
+    "Tensor",
     "__version__",
     "available_devices",
     "get_backend",
     "gradcheck",
+    "graph",
+    "graph_gradcheck",
+    "jacobian",
     "losses",
+    "maximum",
     "optim",
+    "render",
+    "softmax_cross_entropy",
+    "to_dot",
+    "topological_order",
+    "viz",
+    "zero_grad",
 ]

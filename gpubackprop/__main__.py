@@ -3,8 +3,9 @@
 * ``demo``: train an MLP on scikit-learn's handwritten digits, print the
   progress and test accuracy, save the learning curves (:mod:`gpubackprop.demo`).
 * ``info``: versions, CUDA and the devices seen (:mod:`gpubackprop.info`).
-* ``bench``: run ``bench/cpu_step.py`` of the source checkout with the
-  remaining arguments.
+* ``bench``: the GPU training-step benchmark, ``bench/gpu_step.py`` of the
+  source checkout (on a machine without a GPU it says so and exits 0);
+  ``bench --cpu`` runs ``bench/cpu_step.py``. Remaining arguments are passed on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .errors import GpuBackpropError
 
 #: The source checkout's benchmark folder (absent in an installed wheel).
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
-BENCH_SCRIPT = "cpu_step.py"
+BENCH_SCRIPTS = {"gpu": "gpu_step.py", "cpu": "cpu_step.py"}
 
 
 def _positive_int(text: str) -> int:
@@ -126,10 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "bench",
-        help=f"run the source checkout's bench/{BENCH_SCRIPT} (arguments are passed on)",
+        help="benchmark one training step on the GPU (--cpu: on the CPU) against PyTorch",
         description=(
-            f"Run bench/{BENCH_SCRIPT} from the source checkout with the remaining arguments "
-            "(try: gpubackprop bench --help). Benchmarks are not part of an installed wheel."
+            "Run bench/gpu_step.py (or, with --cpu first, bench/cpu_step.py) from the source "
+            "checkout with the remaining arguments (try: gpubackprop bench --help, "
+            "gpubackprop bench --cpu --help). Benchmarks are not part of an installed wheel."
         ),
         add_help=False,  # --help goes to the benchmark script
     )
@@ -149,8 +151,14 @@ def _as_script(script: Path, argv: list[str]) -> Iterator[None]:
 
 
 def run_bench(argv: list[str]) -> int:
-    """Load ``BENCH_DIR/cpu_step.py`` and return its ``main(argv)`` (None counts as 0)."""
-    script = BENCH_DIR / BENCH_SCRIPT
+    """Run ``BENCH_DIR/gpu_step.py`` (``--cpu`` first: ``cpu_step.py``) ``main(argv)``.
+
+    Returns its exit code (None counts as 0).
+    """
+    kind = "gpu"
+    if argv[:1] == ["--cpu"]:
+        kind, argv = "cpu", argv[1:]
+    script = BENCH_DIR / BENCH_SCRIPTS[kind]
     if not BENCH_DIR.is_dir():
         print(
             f"gpubackprop bench: no {BENCH_DIR}: the benchmarks live in the source "

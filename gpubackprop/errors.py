@@ -39,3 +39,7 @@ class GradcheckError(GpuBackpropError, AssertionError):
 
 class CaptureError(GpuBackpropError, RuntimeError):
     """A training step could not be recorded into a CUDA graph (the reason is in the message)."""
+
+
+class GraphvizError(GpuBackpropError, RuntimeError):
+    """Graphviz's ``dot`` program is missing or failed (the message says how to fix it)."""

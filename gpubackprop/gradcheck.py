@@ -12,6 +12,7 @@ exercises every output's gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +181,7 @@ def _check_loss(
 
 
 def gradcheck(
-    target: Sequential | Layer | Loss,
+    target: Sequential | Layer | Loss | Callable[..., Any],
     x: Any,
     y: Any = None,
     loss: Loss | str | None = None,
@@ -197,8 +198,10 @@ def gradcheck(
 
     Args:
         target: a float64 :class:`Sequential`; a :class:`Layer` not yet in a
-            model (it is wrapped in a float64 CPU model); or a :class:`Loss`
-            (then ``x`` is the prediction and ``y`` the target).
+            model (it is wrapped in a float64 CPU model); a :class:`Loss`
+            (then ``x`` is the prediction and ``y`` the target); or a function
+            of Tensors returning a scalar Tensor (a graph function: ``x`` and
+            ``y``, when given, are its inputs; see :func:`gpubackprop.graph_gradcheck`).
         x: the input batch (the prediction for a loss).
         y, loss: target and loss for L; without a loss, L = Σ output ⊙ R for
             a fixed random R.
@@ -214,6 +217,17 @@ def gradcheck(
         A :class:`GradcheckReport`, truthy when every checked entry passed.
     """
     rng = np.random.default_rng(seed)
+    if callable(target) and not isinstance(target, (Loss, Layer, Sequential)):
+        if loss is not None:
+            raise ConfigError("gradcheck of a graph function takes no loss: return a scalar")
+        from .graph import graph_gradcheck  # graph imports this module
+
+        inputs = [v for v in (x, y) if v is not None]
+        return graph_gradcheck(
+            target, *inputs, eps=eps, atol=atol, rtol=rtol,
+            max_checks_per_tensor=max_checks_per_tensor, seed=seed,
+            raise_exception=raise_exception,
+        )
     if isinstance(target, Loss):
         if y is None:
             raise ConfigError("gradcheck of a loss needs the target y")
@@ -223,11 +237,15 @@ def gradcheck(
         )
     else:
         if isinstance(target, Layer):
-            if target._owner is not None:
+            owner = target._owner
+            if target.standalone and isinstance(owner, Sequential):
+                target = owner  # a standalone layer built for graph use
+            elif owner is not None:
                 raise ConfigError(
                     f"{target.label} belongs to a model: gradcheck that model instead"
                 )
-            target = Sequential([target], device="cpu", dtype="float64", seed=seed)
+            else:
+                target = Sequential([target], device="cpu", dtype="float64", seed=seed)
         if not isinstance(target, Sequential):
             raise ConfigError(
                 f"gradcheck takes a Sequential, a Layer or a Loss, got {type(target).__name__}"

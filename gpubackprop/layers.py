@@ -17,7 +17,7 @@ shape (out, in), Δ already carrying the loss's 1/B)::
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from .activations import Activation as ActivationSpec
 from .activations import get_activation
 from .backend import Backend
 from .errors import ConfigError, ShapeError
+
+if TYPE_CHECKING:
+    from .graph import Tensor
 
 Array = Any
 
@@ -48,6 +51,8 @@ class Layer:
         self.grads: dict[str, Array] = {}
         self._workspaces: dict[int, dict[str, Array]] = {}
         self._owner: object | None = None
+        #: True once :meth:`build` gave the layer parameters of its own
+        self.standalone = False
 
     # --- description ---------------------------------------------------------
     @property
@@ -130,6 +135,102 @@ class Layer:
         """Write parameter gradients; return ∂L/∂input if asked (an internal buffer)."""
         raise NotImplementedError
 
+    # --- the layer as a coarse gate of a computational graph (gpubackprop.graph) ----------
+    #: the attributes :meth:`backward` reads, saved per gate call (see :meth:`gate_forward`)
+    _GATE_STATE: tuple[str, ...] = ()
+    #: the parameter tensors, made once by :meth:`parameter_tensors`
+    _param_tensors: dict[str, Tensor] | None = None
+
+    def __call__(self, x: Tensor | Array) -> Tensor:
+        """``layer(t)``: the layer as one coarse gate of a graph, y = layer.forward(t).
+
+        The result is a :class:`~gpubackprop.Tensor` whose backward is this layer's
+        own fused backward (∂L/∂x = Δ_Z W, dW = Δ_Zᵀ x, db = Δ_Zᵀ 1), so layers and
+        primitive gates mix freely. A layer with no parameters yet is first built
+        on the tensor's device and dtype (unseeded; see :meth:`build`).
+        """
+        from .graph import layer_gate
+
+        return layer_gate(self, x)
+
+    def build(self, device: str | Backend = "cpu", dtype: Any = "float32",
+              seed: int | None = None) -> Layer:
+        """Give a standalone layer parameters of its own; returns the layer.
+
+        It is wrapped in a one-layer :class:`~gpubackprop.Sequential`, which
+        allocates its flat parameter and gradient buffers and initialises W (He
+        or Xavier, from ``seed``) and b = 0, exactly as in a model. The layer then
+        belongs to that internal model and cannot join another one. In a graph,
+        update it through :meth:`parameter_tensors` (``t.data -= lr * t.grad``
+        writes into the flat buffer), whose gradients sum over every call.
+        """
+        if self._owner is not None:
+            raise ConfigError(
+                f"{self.label} already has parameters (it belongs to a model); "
+                "build only a standalone layer"
+            )
+        from .model import Sequential
+
+        Sequential([self], device=device, dtype=dtype, seed=seed)
+        self.standalone = True
+        return self
+
+    def parameter_tensors(self) -> dict[str, Tensor]:
+        """Name -> graph Tensor over this layer's live parameter view (requires grad).
+
+        After ``backward()`` each tensor's ``.grad`` holds ∂L/∂param summed over
+        every call of the layer in the graph (while ``self.grads`` holds only the
+        last call's, as the layer engine overwrites it). The same Tensor objects
+        are returned every time, so their gradients accumulate like any tensor's.
+        """
+        if self.backend is None:
+            raise ConfigError(
+                f"{self.label} has no parameters yet: call layer.build(device, dtype, seed) "
+                "or apply it to a Tensor first"
+            )
+        if self._param_tensors is None:
+            from .graph import Tensor
+
+            self._param_tensors = {
+                name: Tensor(view, requires_grad=True, name=name)
+                for name, view in self.params.items()
+            }
+        return dict(self._param_tensors)
+
+    def gate_forward(self, x: Array) -> tuple[Array, dict[str, Any]]:
+        """Forward for a graph gate: (a new output array, the state backward needs).
+
+        :meth:`forward` returns an internal buffer that the next call overwrites;
+        here the output and every saved work buffer are copied, so one layer may
+        appear several times in a graph.
+        """
+        out = self.forward(x)
+        result = out.copy()
+        buffers = {id(b) for ws in self._workspaces.values() for b in ws.values()}
+        state: dict[str, Any] = {}
+        for attr in self._GATE_STATE:
+            value = getattr(self, attr)
+            if value is out:
+                value = result
+            elif id(value) in buffers:
+                value = value.copy()
+            state[attr] = value
+        return result, state
+
+    def gate_backward(
+        self, state: dict[str, Any], delta: Array, need_input_grad: bool
+    ) -> tuple[Array | None, dict[str, Array]]:
+        """Backward for a graph gate from the state :meth:`gate_forward` returned.
+
+        Runs :meth:`backward` (which overwrites ``self.grads``) and returns
+        (∂L/∂x or None, {name: a copy of ∂L/∂param}).
+        """
+        for attr, value in state.items():
+            setattr(self, attr, value)
+        dx = self.backward(delta, need_input_grad)
+        grads = {name: g.copy() for name, g in self.grads.items()}
+        return (None if dx is None else dx.copy()), grads
+
 
 class Dense(Layer):
     """Fully connected layer ``a_out = f(a_in Wᵀ + b)``.
@@ -165,6 +266,18 @@ class Dense(Layer):
         self._input: Array | None = None
         self._saved: Array | None = None
         self._batch = 0
+
+    _GATE_STATE = ("_input", "_saved", "_batch")
+
+    @property
+    def weight_tensor(self) -> Tensor:
+        """W (out, in) as a graph Tensor; ``.grad`` = ∂L/∂W after ``backward()``."""
+        return self.parameter_tensors()["weight"]
+
+    @property
+    def bias_tensor(self) -> Tensor | None:
+        """b (out,) as a graph Tensor (None without a bias); ``.grad`` = ∂L/∂b."""
+        return self.parameter_tensors().get("bias")
 
     def describe(self) -> str:
         act = "" if self.activation.is_identity else f", {self.activation.name}"
@@ -245,6 +358,8 @@ class Activation(Layer):
         self.activation: ActivationSpec = get_activation(name)
         self._saved: Array | None = None
         self._shape: tuple[int, ...] = ()
+
+    _GATE_STATE = ("_saved", "_shape")
 
     def describe(self) -> str:
         return f"Activation {self.activation.name}"

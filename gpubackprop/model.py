@@ -336,6 +336,19 @@ class Sequential:
             optimizer.step(self.flat_params, self.flat_grads)
         return float(value)
 
+    def explain(
+        self, x: Any, y: Any = None, loss: Loss | str | None = None, *, file: Any = None
+    ) -> str:
+        """Print and return, layer by layer, the shapes and the exact formulas used
+        forward and backward for batch ``x`` (z = a Wᵀ + b, δ = ∂L/∂a ⊙ σ′,
+        dW = δᵀ a, db = δᵀ 1, ∂L/∂a_prev = δ W), with statistics of the actual
+        values; given ``y`` and ``loss``, also the loss and the gradient norms.
+        No parameter changes.
+        """
+        from .explain import explain
+
+        return explain(self, x, y, loss, file=file)
+
     def compile_step(self, loss: Loss | str, optimizer: Optimizer) -> CompiledStep:
         """The training step (forward, loss, backward, update) as a replayable CUDA graph.
 

@@ -173,7 +173,7 @@ def test_bench_runs_the_script_main_with_the_remaining_arguments(
     monkeypatch.setattr(cli, "BENCH_DIR", bench)
     monkeypatch.delitem(sys.modules, "helper_for_test_cli", raising=False)
     argv_before, path_before = sys.argv[:], sys.path[:]
-    assert cli.main(["bench", "--networks", "small", "-h", "x"]) == 3
+    assert cli.main(["bench", "--cpu", "--networks", "small", "-h", "x"]) == 3
     out = capsys.readouterr().out
     assert f"argv ['--networks', 'small', '-h', 'x'] prog {bench / 'cpu_step.py'} answer 7" in out
     assert sys.argv == argv_before and sys.path == path_before
@@ -188,3 +188,13 @@ def test_import_pulls_in_neither_cupy_nor_the_demo_extra() -> None:
     )
     proc = _run("-c", code)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_bench_defaults_to_the_gpu_benchmark_which_says_when_there_is_no_gpu(capsys) -> None:
+    pytest.importorskip("matplotlib")
+    from gpubackprop.backend import has_gpu
+
+    if has_gpu():
+        pytest.skip("a GPU is present: the real benchmark would run")
+    assert cli.main(["bench"]) == 0
+    assert "GPU" in capsys.readouterr().out

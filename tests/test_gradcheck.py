@@ -313,3 +313,29 @@ def test_loss_without_target_rejected() -> None:
 def test_bad_target_type_rejected() -> None:
     with pytest.raises(gb.ConfigError, match="Sequential, a Layer or a Loss"):
         gb.gradcheck("model", np.zeros((2, 3)))  # type: ignore[arg-type]
+
+
+def test_gradcheck_routes_graph_functions() -> None:
+    x = gb.Tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True)
+    report = gb.gradcheck(lambda t: (t.tanh() * t).sum(), x)
+    assert report.ok
+
+    def wrong(t):  # a sigmoid whose gradient is broken by a constant factor
+        class Doubled(gb.Gate):
+            def forward(self, a):
+                return a * 2.0
+
+            def backward(self, grad, needs):
+                return (grad * 3.0,)
+
+        return Doubled()(t).sum()
+
+    with pytest.raises(gb.GradcheckError):
+        gb.gradcheck(wrong, x)
+    with pytest.raises(gb.ConfigError, match="no loss"):
+        gb.gradcheck(lambda t: t.sum(), x, loss="mse")
+
+
+def test_gradcheck_of_a_built_standalone_layer() -> None:
+    layer = gb.Dense(4, 3, "tanh").build(dtype="float64", seed=0)
+    assert gb.gradcheck(layer, np.random.default_rng(1).standard_normal((5, 4))).ok

@@ -1,0 +1,211 @@
+"""``model.explain(x)``: the exact forward and backward formulas, layer by layer.
+
+For each layer it prints what the engine computes, with the shapes of this
+batch filled in, the arrays it keeps for backward, and (after running the
+batch) statistics of the actual values: activations forward, and with a
+target and a loss, the deltas and gradient norms backward. Every formula is
+the one the code runs (``layers.py``), in the engine's batch-major convention.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from .errors import ConfigError
+from .layers import Activation, Dense, Layer
+from .losses import MSE, BCEWithLogits, Loss, SoftmaxCrossEntropy, get_loss
+
+if TYPE_CHECKING:
+    from .model import Sequential
+
+Array = Any
+
+
+def _shape(*dims: int) -> str:
+    return str(tuple(int(d) for d in dims))
+
+
+def _stats(backend: Any, x: Array) -> str:
+    """mean, std, min, max and the share of exact zeros of an array."""
+    a = np.asarray(backend.to_numpy(x), dtype=np.float64)
+    zeros = float(np.mean(a == 0.0)) if a.size else 0.0
+    return (
+        f"mean {a.mean():+.3g}  std {a.std():.3g}  min {a.min():+.3g}  max {a.max():+.3g}"
+        f"  zeros {100 * zeros:.0f}%"
+    )
+
+
+def _norm(backend: Any, x: Array) -> float:
+    return float(np.linalg.norm(np.asarray(backend.to_numpy(x), dtype=np.float64)))
+
+
+def _derivative(name: str, k: int) -> str:
+    """The local derivative of activation ``name`` at layer k, written from a_k or z_k."""
+    a, z = f"a_{k}", f"z_{k}"
+    return {
+        "sigmoid": f"{a} ⊙ (1 − {a})",
+        "tanh": f"(1 − {a}²)",
+        "relu": f"[{a} > 0]",
+        "leaky_relu": f"(1 if {a} > 0 else 0.01)",
+        "elu": f"(1 if {a} > 0 else {a} + 1)",
+        "softplus": f"(1 − e^(−{a}))",
+        "gelu": f"(Φ({z}) + {z} φ({z}))",
+        "gelu_tanh": f"gelu_tanh′({z})",
+        "silu": f"σ({z})(1 + {z}(1 − σ({z})))",
+    }.get(name, f"{name}′")
+
+
+def _dense_lines(layer: Dense, batch: int, k: int, first: bool) -> list[str]:
+    n_in, n_out = layer.in_features, layer.out_features
+    act = layer.activation
+    a_prev = "x" if first else f"a_{k - 1}"
+    b = " + b" if layer.use_bias else ""
+    lines = [
+        f"  forward   z_{k} = {a_prev} Wᵀ{b}"
+        f"      {_shape(batch, n_in)} · {_shape(n_in, n_out)} -> {_shape(batch, n_out)}"
+    ]
+    if act.is_identity:
+        lines.append(f"            a_{k} = z_{k}  (linear)")
+    else:
+        lines.append(f"            a_{k} = {act.name}(z_{k})   {_shape(batch, n_out)}")
+    keep = f"z_{k}" if act.needs_input else f"a_{k}"
+    kept = "" if act.is_identity else f" and {keep} {_shape(batch, n_out)} for the derivative"
+    lines.append(f"            keeps {a_prev} {_shape(batch, n_in)} for dW{kept}")
+    if act.is_identity:
+        lines.append(f"  backward  δ_{k} = ∂L/∂a_{k}                 {_shape(batch, n_out)}")
+    else:
+        lines.append(
+            f"  backward  δ_{k} = ∂L/∂a_{k} ⊙ {_derivative(act.name, k)}"
+            f"      {_shape(batch, n_out)}"
+        )
+    lines.append(
+        f"            dW = δ_{k}ᵀ {a_prev}"
+        f"      {_shape(n_out, batch)} · {_shape(batch, n_in)} -> {_shape(n_out, n_in)}"
+    )
+    if layer.use_bias:
+        lines.append(
+            f"            db = δ_{k}ᵀ 1        {_shape(n_out, batch)} · {_shape(batch)} -> "
+            f"{_shape(n_out)}"
+        )
+    if first:
+        lines.append("            (∂L/∂x is not needed: the first layer skips δ W)")
+    else:
+        lines.append(
+            f"            ∂L/∂a_{k - 1} = δ_{k} W"
+            f"      {_shape(batch, n_out)} · {_shape(n_out, n_in)} -> {_shape(batch, n_in)}"
+        )
+    return lines
+
+
+def _activation_lines(layer: Activation, batch: int, width: int, k: int, first: bool) -> list[str]:
+    a_prev = "x" if first else f"a_{k - 1}"
+    name = layer.activation.name
+    return [
+        f"  forward   a_{k} = {name}({a_prev})      {_shape(batch, width)}",
+        f"  backward  ∂L/∂{a_prev} = ∂L/∂a_{k} ⊙ f′   {_shape(batch, width)}   "
+        f"(f′ = {_derivative(name, k)})",
+    ]
+
+
+def _loss_lines(loss: Loss, batch: int, width: int, k: int) -> list[str]:
+    out = f"a_{k}"
+    if isinstance(loss, SoftmaxCrossEntropy):
+        return [
+            f"  L = 1/B Σ_b (logsumexp({out}_b) − {out}_b[y_b])      B = {batch}",
+            f"  ∂L/∂{out} = (softmax({out}) − onehot(y)) / B       {_shape(batch, width)}"
+            "   (the only 1/B of the step)",
+        ]
+    if isinstance(loss, BCEWithLogits):
+        return [
+            f"  L = 1/N Σ (max({out},0) − {out}·y + log(1 + e^(−|{out}|)))   N = {batch * width}",
+            f"  ∂L/∂{out} = (σ({out}) − y) / N       {_shape(batch, width)}",
+        ]
+    if isinstance(loss, MSE) and loss.reduction == "sum":
+        return [
+            f"  L = Σ ({out} − y)²",
+            f"  ∂L/∂{out} = 2 ({out} − y)       {_shape(batch, width)}",
+        ]
+    return [
+        f"  L = 1/N Σ ({out} − y)²      N = {batch}·{width} = {batch * width}",
+        f"  ∂L/∂{out} = 2 ({out} − y) / N       {_shape(batch, width)}",
+    ]
+
+
+def explain(
+    model: Sequential,
+    x: Any,
+    y: Any = None,
+    loss: Loss | str | None = None,
+    *,
+    file: TextIO | None = None,
+) -> str:
+    """Print (to ``file``, stdout by default) and return the layer-by-layer account.
+
+    With ``y`` and ``loss`` the batch is also run backward (the gradient buffer is
+    written, no parameter changes) and each layer shows its δ and gradient norms.
+    """
+    backend = model.backend
+    xb = model._prepare_input(x if backend.is_native(x) else model.to_device(x))
+    batch, width = xb.shape
+    resolved = None if loss is None else get_loss(loss)
+    outputs: list[Array] = []
+    with backend.activate():
+        a = xb
+        for layer in model.layers:
+            a = layer.forward(a)
+            outputs.append(a)
+    model._output = a
+    value = None
+    if resolved is not None:
+        if y is None:
+            raise ConfigError("explain: a loss needs the target y")
+        _, yb, resolved = model._prepare_batch(
+            xb, y if backend.is_native(y) else backend.asarray(y), resolved
+        )
+        value = float(model._loss_and_grad(xb, yb, resolved))
+
+    lines = [
+        f"{type(model).__name__} on {model.device}, {model.dtype.name}, batch B = {batch}: "
+        f"{model.num_parameters:,} parameters in one flat buffer",
+        "Convention: batch-major activations (B, n); W is (out, in) as in z = W a + b, "
+        "so a layer computes z = a Wᵀ + b.",
+        f"input x {_shape(batch, width)}: {_stats(backend, xb)}",
+    ]
+    grads = model.gradients()
+    for k, (layer, out) in enumerate(zip(model.layers, outputs, strict=True), start=1):
+        lines.append("")
+        lines.append(f"layer {layer.index}: {layer.describe()}  ->  a_{k} {tuple(out.shape)}")
+        if isinstance(layer, Dense):
+            lines += _dense_lines(layer, batch, k, first=layer.index == 0)
+        elif isinstance(layer, Activation):
+            lines += _activation_lines(layer, batch, int(out.shape[1]), k, layer.index == 0)
+        else:
+            lines.append(f"  {type(layer).__name__}: see its docstring")
+        lines.append(f"  values    a_{k}: {_stats(backend, out)}")
+        if value is not None and isinstance(layer, Layer):
+            for name in ("weight", "bias"):
+                key = f"{layer.index}.{name}"
+                if key in grads:
+                    p = model.parameters()[key]
+                    lines.append(
+                        f"  gradient  |d{name[0].upper() if name == 'weight' else 'b'}| = "
+                        f"{_norm(backend, grads[key]):.4g}   (|{name}| = {_norm(backend, p):.4g})"
+                    )
+    if resolved is not None:
+        out_width = int(outputs[-1].shape[1])
+        lines.append("")
+        lines.append(f"loss: {resolved!r} = {value:.6g}")
+        lines += _loss_lines(resolved, batch, out_width, len(model.layers))
+        lines.append(
+            "Backward runs from the last layer to the first; each writes its dW, db "
+            "into the flat gradient buffer (overwritten, not accumulated)."
+        )
+    text = "\n".join(lines)
+    print(text, file=file if file is not None else sys.stdout)
+    return text
+
+
+__all__ = ["explain"]

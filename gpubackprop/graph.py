@@ -1,0 +1,1050 @@
+"""Computational graphs: tensors, gates, and backprop in reverse topological order.
+
+A :class:`Tensor` wraps an array (NumPy on the CPU, CuPy on a GPU) and remembers
+the :class:`Gate` that produced it and the gate's inputs. Every operation on
+tensors is one gate, applied eagerly: the forward value is computed at once and
+the gate keeps what its backward needs (the seed notes' ``MultiplyGate`` keeps
+x and y). ``loss.backward()`` then visits the graph in reverse topological order
+and applies the chain rule at every node::
+
+    ∂L/∂input = ∂L/∂output · ∂output/∂input     (downstream = upstream × local)
+
+summing over every gate that reads a tensor (fan-out). The three gates of the
+seed notes show the patterns:
+
+* add ``z = x + y`` is a *distributor*: ∂L/∂x = ∂L/∂y = ∂L/∂z;
+* max ``z = max(x, y)`` is a *router*: ∂L/∂z goes to the larger input only;
+* mul ``z = x · y`` is a *switcher*: ∂L/∂x = y · ∂L/∂z, ∂L/∂y = x · ∂L/∂z.
+
+**The shape rule.** A gradient has the shape of its variable: ``t.grad.shape ==
+t.shape`` for every tensor. Broadcasting gates sum the upstream gradient over the
+broadcast axes, and the engine checks every gradient a gate returns.
+
+**Backward twice.** Gates keep their saved arrays, so ``backward()`` may be
+called again on the same graph; each call *adds* its gradients into ``.grad``
+(as in PyTorch). Call :func:`zero_grad` (or ``t.zero_grad()``) between calls to
+start from zero.
+
+**Layers are coarse gates.** ``layer(t)`` applies a :class:`~gpubackprop.Dense`
+(or any layer) as one gate whose backward is the layer's own fused backward;
+see :class:`LayerGate`.
+
+**Dtypes.** Results follow NumPy's promotion rules, with Python scalars *weak*:
+``t32 * 0.5`` stays float32, ``t32 + t64`` is float64. A gradient always has the
+dtype of its tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .activations import ACTIVATIONS
+from .backend import Backend, backend_of, is_cupy_array
+from .errors import (
+    ConfigError,
+    DeviceError,
+    DTypeError,
+    GradcheckError,
+    ShapeError,
+)
+from .gradcheck import GradcheckReport, _compare, _indices
+from .losses import SoftmaxCrossEntropy
+
+if TYPE_CHECKING:
+    from .layers import Layer
+
+Array = Any
+_PY_SCALARS = (bool, int, float)
+
+
+# --- tensors ------------------------------------------------------------------------------
+class Tensor:
+    """An array in a computational graph: its value, its gradient and its history.
+
+    Args:
+        data: a NumPy or CuPy array (wrapped without a copy; the tensor lives on the
+            array's device), or a Python scalar / list (a NumPy array on the CPU).
+        requires_grad: whether ``backward()`` computes ∂L/∂this (needs a float dtype).
+        name: a label for pictures (:func:`gpubackprop.to_dot`) and error messages.
+
+    Attributes:
+        data: the value.
+        grad: ∂L/∂data after ``backward()`` (``None`` before), always of shape
+            ``data.shape`` and dtype ``data.dtype``; accumulates over backward calls.
+        gate: the :class:`Gate` that produced this tensor (``None`` for a leaf).
+        parents: the gate's input tensors.
+        backend: the device's :class:`~gpubackprop.Backend`.
+
+    Operators: ``+ - * /`` (NumPy broadcasting), unary ``-``, ``** scalar``, ``@``;
+    methods ``.T``, ``.reshape``, ``.sum``, ``.mean``, ``.exp``, ``.log``, ``.tanh``,
+    ``.sigmoid``, ``.relu``. Python scalars and arrays mix in as constants.
+    """
+
+    __slots__ = ("backend", "data", "gate", "grad", "name", "parents", "requires_grad")
+    # NumPy (and CuPy) arrays defer to the Tensor's reflected operators: array * t
+    __array_ufunc__ = None
+    __array_priority__ = 1000
+
+    def __init__(self, data: Any, requires_grad: bool = False, *, name: str | None = None) -> None:
+        if not (isinstance(data, np.ndarray) or is_cupy_array(data)):
+            data = np.asarray(data)
+        if data.dtype.kind not in "biuf":
+            raise DTypeError(f"Tensor: data must be a real numeric array, got dtype {data.dtype}")
+        if requires_grad and data.dtype.kind != "f":
+            raise DTypeError(
+                f"Tensor: requires_grad=True needs a float dtype, got {data.dtype} "
+                "(gradients of integers are not defined)"
+            )
+        self.data = data
+        self.requires_grad = bool(requires_grad)
+        self.name = name
+        self.grad: Array | None = None
+        self.gate: Gate | None = None
+        self.parents: tuple[Tensor, ...] = ()
+        self.backend: Backend = backend_of(data)
+
+    @classmethod
+    def _from_gate(cls, data: Array, backend: Backend, gate: Gate, parents: tuple[Tensor, ...]
+                   ) -> Tensor:
+        """A gate's output (no validation: the gate made the array on ``backend``)."""
+        out = cls.__new__(cls)
+        out.data = data
+        out.requires_grad = any(p.requires_grad for p in parents)
+        out.name = None
+        out.grad = None
+        out.gate = gate
+        out.parents = parents
+        out.backend = backend
+        return out
+
+    # --- description --------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of ``data`` (and of ``grad``)."""
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return int(self.data.ndim)
+
+    @property
+    def size(self) -> int:
+        """Number of elements, Π shape."""
+        return int(self.data.size)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of ``data`` (and of ``grad``)."""
+        return self.data.dtype
+
+    @property
+    def device(self) -> str:
+        """``"cpu"`` or ``"cuda:N"``."""
+        return self.backend.device
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for a tensor made by the user (no gate produced it)."""
+        return self.gate is None
+
+    def __repr__(self) -> str:
+        op = "" if self.gate is None else f", gate={self.gate.describe()!r}"
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        name = "" if self.name is None else f", name={self.name!r}"
+        return (f"Tensor(shape={self.shape}, dtype={self.dtype.name}, device={self.device!r}"
+                f"{grad}{op}{name})")
+
+    def item(self) -> float:
+        """The value of a one-element tensor as a Python float."""
+        if self.size != 1:
+            raise ShapeError(f"item(): the tensor has {self.size} elements (shape {self.shape})")
+        return float(self.data.reshape(-1)[0])
+
+    def numpy(self) -> np.ndarray:
+        """A host (NumPy) copy of ``data``."""
+        return np.array(self.backend.to_numpy(self.data))
+
+    # --- backprop -------------------------------------------------------------------------
+    def backward(self, grad: Any = None) -> None:
+        """Backprop from this tensor: add ∂L/∂t into ``t.grad`` for every t that requires it.
+
+        L is this tensor when it has one element (then ∂L/∂L = 1); otherwise pass
+        ``grad`` = ∂L/∂self (the shape of self), i.e. L = Σ grad ⊙ self. Gates are
+        visited in reverse topological order (iteratively: no recursion limit), and
+        a tensor read by several gates receives the sum of their gradients.
+
+        Calling it again adds the same gradients once more (buffers are kept);
+        call :func:`zero_grad` first to recompute from zero.
+        """
+        if not self.requires_grad:
+            raise ConfigError(
+                "backward(): this tensor does not require grad (no input of the graph that "
+                "produced it was created with requires_grad=True)"
+            )
+        seed = self._seed(grad)
+        order = topological_order(self, grad_only=True)
+        grads = _backprop(self, seed, order)
+        with self.backend.activate():
+            for node in order:
+                node._add_grad(grads[id(node)])
+
+    def _seed(self, grad: Any) -> Array:
+        """∂L/∂self: ones for a one-element tensor, else the ``grad`` argument, checked."""
+        xp = self.backend.xp
+        with self.backend.activate():
+            if grad is None:
+                if self.size != 1:
+                    raise ShapeError(
+                        f"backward() without a gradient needs a scalar (one-element) tensor, "
+                        f"got shape {self.shape}; pass grad=∂L/∂t of shape {self.shape}"
+                    )
+                return xp.ones(self.shape, dtype=self.dtype)
+            seed = _lift(grad, self)
+            _check_devices("backward", (self, seed))
+            if seed.shape != self.shape:
+                raise ShapeError(
+                    f"backward(): grad has shape {seed.shape} but the tensor has shape "
+                    f"{self.shape}; a gradient has the shape of its variable"
+                )
+            return xp.asarray(seed.data, dtype=self.dtype)
+
+    def _add_grad(self, g: Array) -> None:
+        """grad += g (the first time: grad = a fresh C-contiguous copy of g)."""
+        if self.grad is None:
+            self.grad = self.backend.xp.array(g, dtype=self.dtype, order="C")
+        else:
+            self.grad += g
+
+    def zero_grad(self) -> None:
+        """grad ← 0 in place (nothing to do before the first backward, when grad is None)."""
+        if self.grad is not None:
+            self.grad[...] = 0
+
+    # --- gates as operators ---------------------------------------------------------------
+    def __add__(self, other: Any) -> Tensor:
+        return AddGate()(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return AddGate()(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return SubGate()(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return SubGate()(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return MulGate()(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return MulGate()(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return DivGate()(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return DivGate()(other, self)
+
+    def __neg__(self) -> Tensor:
+        return NegGate()(self)
+
+    def __pow__(self, exponent: float) -> Tensor:
+        return PowGate(exponent)(self)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return MatMulGate()(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return MatMulGate()(other, self)
+
+    @property
+    def T(self) -> Tensor:
+        """The transpose (all axes reversed); ∂L/∂x = (∂L/∂xᵀ)ᵀ."""
+        return TransposeGate()(self)
+
+    def reshape(self, *shape: int | Sequence[int]) -> Tensor:
+        """The same elements in a new shape; ∂L/∂x = reshape(∂L/∂y, x.shape)."""
+        single = len(shape) == 1 and not isinstance(shape[0], (int, np.integer))
+        dims = shape[0] if single else shape
+        return ReshapeGate(tuple(int(s) for s in dims))(self)
+
+    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        """y = Σ_axis x; ∂L/∂x = ∂L/∂y broadcast back over the summed axes."""
+        return SumGate(axis, keepdims)(self)
+
+    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        """y = (1/n) Σ_axis x (n = elements summed); ∂L/∂x = ∂L/∂y / n, broadcast back."""
+        return MeanGate(axis, keepdims)(self)
+
+    def exp(self) -> Tensor:
+        """y = eˣ; ∂L/∂x = ∂L/∂y · y."""
+        return ExpGate()(self)
+
+    def log(self) -> Tensor:
+        """y = ln x; ∂L/∂x = ∂L/∂y / x."""
+        return LogGate()(self)
+
+    def tanh(self) -> Tensor:
+        """y = tanh x; ∂L/∂x = ∂L/∂y · (1 − y²)."""
+        return ActivationGate("tanh")(self)
+
+    def sigmoid(self) -> Tensor:
+        """y = σ(x) = 1 / (1 + e⁻ˣ), one fused gate; ∂L/∂x = ∂L/∂y · y (1 − y)."""
+        return ActivationGate("sigmoid")(self)
+
+    def relu(self) -> Tensor:
+        """y = max(x, 0); ∂L/∂x = ∂L/∂y · [y > 0]."""
+        return ActivationGate("relu")(self)
+
+
+def _lift(value: Any, like: Tensor | None) -> Tensor:
+    """``value`` as a Tensor: Tensors as they are, anything else a constant.
+
+    A Python scalar is *weak* (as in NumPy 2): it becomes a 0-d array of
+    result_type(like.dtype, value) on like's device, so ``t32 * 0.5`` stays float32.
+    Arrays keep their own device and dtype (a mismatch is caught by the gate).
+    """
+    if isinstance(value, Tensor):
+        return value
+    if like is not None and isinstance(value, _PY_SCALARS) and not isinstance(value, np.generic):
+        dtype = np.result_type(like.dtype, value)
+        with like.backend.activate():
+            return Tensor(like.backend.xp.asarray(value, dtype=dtype))
+    return Tensor(value)
+
+
+def _check_devices(what: str, tensors: Sequence[Tensor]) -> Backend:
+    """The inputs' common backend; DeviceError naming both devices if they differ."""
+    backend = tensors[0].backend
+    for t in tensors[1:]:
+        if t.backend.device != backend.device:
+            raise DeviceError(
+                f"{what}: inputs live on {backend.device} and {t.backend.device}; "
+                "gpubackprop never copies between devices implicitly: move one of them "
+                "first (e.g. cupy.asarray / cupy.asnumpy)"
+            )
+    return backend
+
+
+# --- gates --------------------------------------------------------------------------------
+class Gate:
+    """One node of a graph: a forward on arrays and its backward, as in the seed notes.
+
+    Subclasses set :attr:`name` and define :meth:`forward` (save what backward
+    needs on ``self``) and :meth:`backward`. Calling a gate on tensors applies it:
+    ``MyGate()(x, y)`` returns the output Tensor. A gate object is one node, used
+    once; create a new one for every application.
+    """
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+
+    @property
+    def xp(self) -> ModuleType:
+        """The array module of the inputs' device (NumPy or CuPy)."""
+        assert self.backend is not None
+        return self.backend.xp
+
+    def describe(self) -> str:
+        """How pictures and errors name this node (e.g. ``"sum(axis=0)"``)."""
+        return self.name
+
+    def forward(self, *inputs: Array) -> Array:
+        """z = f(inputs) on arrays; keep on ``self`` what :meth:`backward` needs."""
+        raise NotImplementedError
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        """∂L/∂input_i = ∂L/∂z · ∂z/∂input_i for each i with ``needs[i]`` (else None).
+
+        ``grad`` (∂L/∂z, read-only) has the output's shape and dtype; each returned
+        gradient must have its input's shape.
+        """
+        raise NotImplementedError
+
+    def __call__(self, *inputs: Any) -> Tensor:
+        """Apply the gate: z = forward(inputs), recorded in the graph.
+
+        Arrays and Python scalars among the inputs are wrapped as constants on the
+        first Tensor's device; all inputs must live on one device (DeviceError).
+        """
+        if self.backend is not None:
+            raise ConfigError(
+                f"the {self.describe()} gate object was already applied; a gate is one node "
+                "of the graph: create a new one for each use"
+            )
+        like = next((v for v in inputs if isinstance(v, Tensor)), None)
+        tensors = tuple(_lift(v, like) for v in inputs)
+        backend = _check_devices(self.describe(), tensors)
+        self.backend = backend
+        with backend.activate():
+            out = self.forward(*(t.data for t in tensors))
+        return Tensor._from_gate(out, backend, self, tensors)
+
+
+def _broadcast_shape(what: str, a: Array, b: Array) -> tuple[int, ...]:
+    """The broadcast shape of a and b; ShapeError naming both shapes if there is none."""
+    try:
+        return tuple(np.broadcast_shapes(a.shape, b.shape))
+    except ValueError:
+        raise ShapeError(
+            f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} do not broadcast "
+            "(NumPy rules: trailing axes must be equal or 1)"
+        ) from None
+
+
+def _unbroadcast(xp: ModuleType, g: Array, shape: tuple[int, ...]) -> Array:
+    """Σ of g over the axes broadcasting added or stretched, so the result has ``shape``.
+
+    If x of shape ``shape`` was broadcast to g.shape in the forward, every copy
+    of an element contributed to L, so ∂L/∂x sums the copies' gradients.
+    """
+    if tuple(g.shape) == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+    )
+    return xp.sum(g, axis=axes, keepdims=True).reshape(shape)
+
+
+class _BinaryGate(Gate):
+    """A broadcasting elementwise gate z = a ∘ b; keeps the input shapes."""
+
+    def forward(self, a: Array, b: Array) -> Array:
+        _broadcast_shape(self.name, a, b)
+        self.shapes = (tuple(a.shape), tuple(b.shape))
+        return self.compute(a, b)
+
+    def compute(self, a: Array, b: Array) -> Array:
+        raise NotImplementedError
+
+
+class AddGate(_BinaryGate):
+    """z = a + b, the distributor: ∂L/∂a = ∂L/∂b = ∂L/∂z (summed to each shape)."""
+
+    name = "add"
+
+    def compute(self, a: Array, b: Array) -> Array:
+        return a + b
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return [_unbroadcast(self.xp, grad, s) if n else None
+                for s, n in zip(self.shapes, needs, strict=True)]
+
+
+class SubGate(_BinaryGate):
+    """z = a − b: ∂L/∂a = ∂L/∂z, ∂L/∂b = −∂L/∂z (summed to each shape)."""
+
+    name = "sub"
+
+    def compute(self, a: Array, b: Array) -> Array:
+        return a - b
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        sa, sb = self.shapes
+        return (_unbroadcast(self.xp, grad, sa) if needs[0] else None,
+                _unbroadcast(self.xp, -grad, sb) if needs[1] else None)
+
+
+class MulGate(_BinaryGate):
+    """z = a · b, the switcher: ∂L/∂a = b · ∂L/∂z, ∂L/∂b = a · ∂L/∂z."""
+
+    name = "mul"
+
+    def compute(self, a: Array, b: Array) -> Array:
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        sa, sb = self.shapes
+        return (_unbroadcast(self.xp, grad * self.b, sa) if needs[0] else None,
+                _unbroadcast(self.xp, grad * self.a, sb) if needs[1] else None)
+
+
+class DivGate(_BinaryGate):
+    """z = a / b: ∂L/∂a = ∂L/∂z / b, ∂L/∂b = −∂L/∂z · a / b²."""
+
+    name = "div"
+
+    def compute(self, a: Array, b: Array) -> Array:
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        sa, sb = self.shapes
+        return (_unbroadcast(self.xp, grad / self.b, sa) if needs[0] else None,
+                _unbroadcast(self.xp, -grad * self.a / (self.b * self.b), sb)
+                if needs[1] else None)
+
+
+class MaximumGate(_BinaryGate):
+    """z = max(a, b) elementwise, the router: ∂L/∂z goes to the larger input.
+
+    ∂L/∂a = ∂L/∂z · [a ≥ b], ∂L/∂b = ∂L/∂z · [a < b]: on a tie the whole gradient
+    goes to ``a`` (the first argument), so it is routed, never split.
+    """
+
+    name = "max"
+
+    def compute(self, a: Array, b: Array) -> Array:
+        self.a_wins = a >= b
+        return self.xp.maximum(a, b)
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        sa, sb = self.shapes
+        where = self.xp.where
+        return (_unbroadcast(self.xp, where(self.a_wins, grad, 0), sa) if needs[0] else None,
+                _unbroadcast(self.xp, where(self.a_wins, 0, grad), sb) if needs[1] else None)
+
+
+class NegGate(Gate):
+    """z = −x: ∂L/∂x = −∂L/∂z."""
+
+    name = "neg"
+
+    def forward(self, x: Array) -> Array:
+        return -x
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return (-grad,)
+
+
+class PowGate(Gate):
+    """z = xᵖ for a Python number p: ∂L/∂x = ∂L/∂z · p xᵖ⁻¹."""
+
+    name = "pow"
+
+    def __init__(self, exponent: float) -> None:
+        super().__init__()
+        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)):
+            raise ConfigError(
+                f"** takes a Python number as the exponent, got {type(exponent).__name__}"
+            )
+        self.exponent = exponent
+
+    def describe(self) -> str:
+        return f"** {self.exponent}"
+
+    def forward(self, x: Array) -> Array:
+        self.x = x
+        return x**self.exponent
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        p = self.exponent
+        return (grad * (p * self.x ** (p - 1)),)
+
+
+class MatMulGate(Gate):
+    """Z = A B (NumPy's matmul): ∂L/∂A = ∂L/∂Z Bᵀ, ∂L/∂B = Aᵀ ∂L/∂Z.
+
+    A 1-D A is a row (1, n) and a 1-D B a column (n, 1), with that axis dropped
+    from Z, as in NumPy; batch axes broadcast, and their gradients are summed back.
+    """
+
+    name = "matmul"
+
+    def forward(self, a: Array, b: Array) -> Array:
+        sa, sb = tuple(a.shape), tuple(b.shape)
+        if not sa or not sb:
+            raise ShapeError(
+                f"matmul: both operands need at least one axis, got shapes {sa} and {sb} "
+                "(use * to scale by a scalar)"
+            )
+        k_b = sb[0] if len(sb) == 1 else sb[-2]
+        if sa[-1] != k_b:
+            raise ShapeError(
+                f"matmul: shapes {sa} and {sb} do not align: the first has {sa[-1]} columns, "
+                f"the second {k_b} rows"
+            )
+        try:
+            out = self.xp.matmul(a, b)
+        except ValueError:
+            raise ShapeError(f"matmul: the batch axes of shapes {sa} and {sb} do not broadcast"
+                             ) from None
+        self.a, self.b = a, b
+        return out
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        xp = self.xp
+        a = self.a[None, :] if self.a.ndim == 1 else self.a
+        b = self.b[:, None] if self.b.ndim == 1 else self.b
+        g = grad[..., None] if self.b.ndim == 1 else grad  # restore the dropped axes
+        if self.a.ndim == 1:
+            g = g[..., None, :]
+        da = db = None
+        if needs[0]:
+            da = _unbroadcast(xp, xp.matmul(g, xp.swapaxes(b, -1, -2)), a.shape)
+            da = da.reshape(self.a.shape)
+        if needs[1]:
+            db = _unbroadcast(xp, xp.matmul(xp.swapaxes(a, -1, -2), g), b.shape)
+            db = db.reshape(self.b.shape)
+        return (da, db)
+
+
+class TransposeGate(Gate):
+    """Z = Xᵀ (all axes reversed): ∂L/∂X = (∂L/∂Z)ᵀ."""
+
+    name = "T"
+
+    def forward(self, x: Array) -> Array:
+        return x.T
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return (grad.T,)
+
+
+class ReshapeGate(Gate):
+    """Z = reshape(X, shape): ∂L/∂X = reshape(∂L/∂Z, X.shape)."""
+
+    name = "reshape"
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def describe(self) -> str:
+        return f"reshape{self.shape}"
+
+    def forward(self, x: Array) -> Array:
+        self.in_shape = tuple(x.shape)
+        try:
+            return x.reshape(self.shape)
+        except ValueError:
+            raise ShapeError(
+                f"reshape: cannot reshape shape {self.in_shape} ({x.size} elements) "
+                f"into {self.shape}"
+            ) from None
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return (grad.reshape(self.in_shape),)
+
+
+def _normalize_axes(axis: int | Sequence[int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Sorted non-negative axes (every axis for None); ShapeError for an axis out of range."""
+    ndim = len(shape)
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = set()
+    for a in axes:
+        if not -ndim <= int(a) < ndim:
+            raise ShapeError(f"axis {a} is out of range for a tensor of shape {shape}")
+        out.add(int(a) % ndim)
+    return tuple(sorted(out))
+
+
+class SumGate(Gate):
+    """y = Σ_axis x: every x summed into y gets ∂L/∂y, so ∂L/∂x = broadcast(∂L/∂y, x.shape)."""
+
+    name = "sum"
+
+    def __init__(self, axis: int | Sequence[int] | None, keepdims: bool) -> None:
+        super().__init__()
+        self.axis = axis
+        self.keepdims = bool(keepdims)
+
+    def describe(self) -> str:
+        return self.name if self.axis is None else f"{self.name}(axis={self.axis})"
+
+    def forward(self, x: Array) -> Array:
+        self.in_shape = tuple(x.shape)
+        self.axes = _normalize_axes(self.axis, self.in_shape)
+        self.count = math.prod(self.in_shape[a] for a in self.axes)
+        return self.reduce(x)
+
+    def reduce(self, x: Array) -> Array:
+        return x.sum(axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        kept = tuple(1 if i in self.axes else n for i, n in enumerate(self.in_shape))
+        return (self.xp.broadcast_to(grad.reshape(kept), self.in_shape),)
+
+
+class MeanGate(SumGate):
+    """y = (1/n) Σ_axis x, n = number of elements summed: ∂L/∂x = broadcast(∂L/∂y) / n."""
+
+    name = "mean"
+
+    def reduce(self, x: Array) -> Array:
+        return x.mean(axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        (g,) = super().backward(grad, needs)
+        return (g / self.count,)
+
+
+class ExpGate(Gate):
+    """y = eˣ: ∂L/∂x = ∂L/∂y · y (the output is kept, not the input)."""
+
+    name = "exp"
+
+    def forward(self, x: Array) -> Array:
+        self.y = self.xp.exp(x)
+        return self.y
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return (grad * self.y,)
+
+
+class LogGate(Gate):
+    """y = ln x: ∂L/∂x = ∂L/∂y / x."""
+
+    name = "log"
+
+    def forward(self, x: Array) -> Array:
+        self.x = x
+        return self.xp.log(x)
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return (grad / self.x,)
+
+
+class ActivationGate(Gate):
+    """y = f(x) for an activation of the table in :mod:`gpubackprop.activations`.
+
+    One fused gate: ∂L/∂x = ∂L/∂y ⊙ f′, with f′ from the output where it can
+    (σ′ = y(1 − y), tanh′ = 1 − y², relu′ = [y > 0]), the same functions the
+    Dense layer uses.
+    """
+
+    def __init__(self, activation: str) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {activation!r}")
+        self.spec = ACTIVATIONS[activation]
+        self.name = activation
+
+    def forward(self, x: Array) -> Array:
+        z = x.astype(np.result_type(x.dtype, 1.0), copy=False)
+        y = self.xp.empty_like(z)
+        self.spec.forward(self.xp, z, y)
+        self.saved = z if self.spec.needs_input else y
+        return y
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        out = self.xp.empty_like(self.saved)
+        return (self.spec.backward(self.xp, grad, self.saved, out),)
+
+
+class SoftmaxCrossEntropyGate(Gate):
+    """L = 1/B Σ_b (logsumexp(z_b) − z_b[y_b]), one fused gate over logits z (B, C).
+
+    ∂L/∂z = (softmax(z) − onehot(y)) / B, written by the backend's fused loss op in
+    the forward pass and scaled by the upstream ∂L_total/∂L in the backward.
+    Targets: integer labels (B,) or rows of probabilities (B, C); no gradient flows
+    to them.
+    """
+
+    name = "softmax_cross_entropy"
+
+    def forward(self, logits: Array, targets: Array) -> Array:
+        if logits.dtype not in (np.float32, np.float64):
+            raise DTypeError(
+                f"softmax_cross_entropy: logits must be float32 or float64, got {logits.dtype}"
+            )
+        assert self.backend is not None
+        loss = SoftmaxCrossEntropy()
+        logits = self.xp.ascontiguousarray(logits)
+        targets = loss.prepare_target(self.backend, tuple(logits.shape), logits.dtype, targets)
+        self.dlogits = self.xp.empty_like(logits)
+        value = loss.value_and_grad(self.backend, logits, targets, self.dlogits)
+        # a copy: the GPU op returns a cached buffer that the next loss overwrites
+        return self.xp.array(value, dtype=logits.dtype)
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return (grad * self.dlogits, None)
+
+
+class LayerGate(Gate):
+    """A whole layer as one coarse gate: y = layer(x; W, b), backward = the layer's own.
+
+    Inputs are x and the layer's parameter tensors (:meth:`Layer.parameter_tensors`).
+    The forward is ``layer.forward`` (output and saved buffers copied, so one
+    layer may appear several times in a graph); the backward restores that call's
+    state and runs the layer's fused backward, ``layer.backward(Δ, need_input_grad)``,
+    which writes dW = Δ_Zᵀ x and db = Δ_Zᵀ 1 into ``layer.grads`` (overwriting);
+    the gate hands copies to the engine, which *adds* them into the parameter
+    tensors' ``.grad``, so a layer used k times gets the sum of its k contributions.
+    """
+
+    def __init__(self, layer: Layer, param_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.layer = layer
+        self.param_names = param_names
+        self.name = type(layer).__name__
+
+    def describe(self) -> str:
+        return self.layer.describe()
+
+    def forward(self, x: Array, *params: Array) -> Array:
+        layer = self.layer
+        if x.ndim != 2 or (layer.input_features is not None and x.shape[1] != layer.input_features):
+            width = "n" if layer.input_features is None else layer.input_features
+            raise ShapeError(
+                f"{layer.label}: expected an input of shape (batch, {width}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.dtype != layer.dtype:
+            assert layer.dtype is not None
+            raise DTypeError(
+                f"{layer.label}: its parameters are {layer.dtype.name} but the input tensor "
+                f"is {x.dtype}; build the layer with the input's dtype"
+            )
+        out, self.state = layer.gate_forward(self.xp.ascontiguousarray(x))
+        return out
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        delta = self.xp.ascontiguousarray(grad, dtype=self.layer.dtype)
+        dx, grads = self.layer.gate_backward(self.state, delta, need_input_grad=needs[0])
+        return (dx, *(grads[name] for name in self.param_names))
+
+
+def layer_gate(layer: Layer, x: Any) -> Tensor:
+    """``layer(x)`` as a graph gate (what ``Layer.__call__`` runs); see :class:`LayerGate`.
+
+    y = layer.forward(x); ∂L/∂x, ∂L/∂W, ∂L/∂b from ``layer.backward``. A layer
+    with no parameters yet (not in a model, never built) is first built on x's
+    device and dtype with an unseeded initialisation; call
+    ``layer.build(device, dtype, seed)`` beforehand for a reproducible one.
+    """
+    x = _lift(x, None)
+    if layer.backend is None:
+        if x.dtype not in (np.float32, np.float64):
+            raise DTypeError(
+                f"{layer.label}: a layer is built with its input's dtype, which must be "
+                f"float32 or float64, got {x.dtype}"
+            )
+        layer.build(device=x.device, dtype=x.dtype)
+    params = layer.parameter_tensors()
+    return LayerGate(layer, tuple(params))(x, *params.values())
+
+
+# --- functions ----------------------------------------------------------------------------
+def maximum(a: Any, b: Any) -> Tensor:
+    """z = max(a, b) elementwise (broadcasting), the router gate.
+
+    ∂L/∂a = ∂L/∂z · [a ≥ b], ∂L/∂b = ∂L/∂z · [a < b] (a tie routes to ``a``).
+    """
+    return MaximumGate()(a, b)
+
+
+def softmax_cross_entropy(logits: Any, labels: Any) -> Tensor:
+    """L = 1/B Σ_b (logsumexp(z_b) − z_b[y_b]) as one fused gate; ∂L/∂z = (softmax(z) − Y)/B.
+
+    ``logits`` (B, C) float32/float64; ``labels`` integer classes (B,) or rows of
+    probabilities (B, C) (validated as :class:`gpubackprop.losses.SoftmaxCrossEntropy`
+    does). Returns a 0-d tensor.
+    """
+    if isinstance(labels, Tensor) and labels.requires_grad:
+        raise ConfigError(
+            "softmax_cross_entropy: there is no gradient with respect to the targets; "
+            "pass them with requires_grad=False"
+        )
+    return SoftmaxCrossEntropyGate()(logits, labels)
+
+
+def zero_grad(*items: Tensor | Layer) -> None:
+    """grad ← 0 for each tensor, and for each layer's parameter tensors.
+
+    Gradients accumulate over ``backward()`` calls (∂L₁/∂t + ∂L₂/∂t + …); call this
+    before a backward pass that should start from zero.
+    """
+    for item in items:
+        if isinstance(item, Tensor):
+            item.zero_grad()
+        else:
+            for t in item.parameter_tensors().values():
+                t.zero_grad()
+
+
+def topological_order(root: Tensor, *, grad_only: bool = False) -> list[Tensor]:
+    """Every tensor ``root`` depends on, each after all of its inputs (root last).
+
+    An iterative depth-first search (an explicit stack, no recursion), so graphs
+    of any depth work. With ``grad_only``, only tensors that require grad (the
+    ones backward visits). Forward order = this list; backward = it reversed.
+    """
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        node, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for parent in reversed(node.parents):  # the first input is visited first
+            if id(parent) not in visited and (parent.requires_grad or not grad_only):
+                stack.append((parent, False))
+    return order
+
+
+def _backprop(root: Tensor, seed: Array, order: list[Tensor]) -> dict[int, Array]:
+    """∂L/∂t for every t in ``order`` (keyed by id), L = Σ seed ⊙ root.
+
+    Reverse topological order: when a node is reached, every gate that reads it
+    has already added its share into ``grads``; the node's gate then passes
+    ∂L/∂node on to its inputs. Nothing is written into ``.grad``.
+    """
+    grads: dict[int, Array] = {id(root): seed}
+    with root.backend.activate():
+        for node in reversed(order):
+            if node.gate is None:
+                continue
+            parents = node.parents
+            needs = tuple(p.requires_grad for p in parents)
+            upstream = node.gate.backward(grads[id(node)], needs)
+            for i, (parent, g) in enumerate(zip(parents, upstream, strict=True)):
+                if not needs[i]:
+                    continue
+                if g is None or tuple(g.shape) != parent.shape:
+                    got = None if g is None else tuple(g.shape)
+                    raise ShapeError(
+                        f"{node.gate.describe()} gate: the gradient for input {i} has shape "
+                        f"{got}, but the input has shape {parent.shape}; a gradient always "
+                        "has the shape of its variable"
+                    )
+                if g.dtype != parent.dtype:
+                    g = g.astype(parent.dtype)
+                key = id(parent)
+                grads[key] = g if key not in grads else grads[key] + g
+    return grads
+
+
+def jacobian(f: Callable[[Tensor], Any], x: Any) -> Array:
+    """The Jacobian J[i, j] = ∂y_i/∂x_j of y = f(x), by backprop: one backward per row.
+
+    Row i is the gradient of y_i (seed eᵢ). For tensors of any shape, i and j
+    index ``y.reshape(-1)`` and ``x.reshape(-1)`` (C order), so J has shape
+    (y.size, x.size). ``x`` is an array or Tensor (its values are used in a new
+    leaf); ``f`` maps a Tensor to a Tensor. The result is an array on x's device.
+    """
+    source = x.data if isinstance(x, Tensor) else _lift(x, None).data
+    leaf = Tensor(source, requires_grad=True)
+    y = _lift(f(leaf), leaf)
+    xp = leaf.backend.xp
+    with leaf.backend.activate():
+        jac = xp.zeros((y.size, leaf.size), dtype=np.result_type(y.dtype, leaf.dtype))
+        if not y.requires_grad:
+            return jac
+        order = topological_order(y, grad_only=True)
+        for i in range(y.size):
+            seed = xp.zeros(y.size, dtype=y.dtype)
+            seed[i] = 1
+            g = _backprop(y, seed.reshape(y.shape), order).get(id(leaf))
+            if g is not None:
+                jac[i] = g.reshape(-1)
+    return jac
+
+
+def graph_gradcheck(
+    f: Callable[..., Any],
+    *inputs: Any,
+    eps: float = 1e-6,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+    max_checks_per_tensor: int | None = None,
+    seed: int = 0,
+    raise_exception: bool = True,
+) -> GradcheckReport:
+    """Check the backprop gradients of a graph function against central differences.
+
+    ∂L/∂x_i ≈ (L(x + ε eᵢ) − L(x − ε eᵢ)) / 2ε, passing where
+    |analytic − numeric| ≤ atol + rtol·|numeric|. ``f(*tensors)`` returns a Tensor;
+    L is it when it has one element, else L = Σ f ⊙ R for a fixed random R.
+
+    ``inputs`` are float64 arrays (copied into new leaves) or float64 Tensors (used
+    as they are, perturbed in place and restored, so a layer's ``weight_tensor``
+    can be checked too). Returns a :class:`~gpubackprop.gradcheck.GradcheckReport`
+    (one entry per input); raises GradcheckError on failure if ``raise_exception``.
+    """
+    rng = np.random.default_rng(seed)
+    tensors: list[Tensor] = []
+    for i, value in enumerate(inputs):
+        given = value if isinstance(value, Tensor) else _lift(value, None)
+        if given.dtype != np.float64:
+            raise DTypeError(
+                f"graph_gradcheck needs float64 inputs (finite differences in float32 are "
+                f"too coarse); input {i} is {given.dtype}"
+            )
+        if given is not value:  # an array: check a copy, leave the caller's alone
+            tensors.append(Tensor(given.data.copy(), requires_grad=True, name=f"input {i}"))
+        elif value.requires_grad:
+            tensors.append(value)
+        else:
+            tensors.append(Tensor(value.data, requires_grad=True, name=value.name))
+    out = _lift(f(*tensors), tensors[0])
+    backend = out.backend
+    projection = None
+    if out.size != 1:
+        with backend.activate():
+            projection = backend.asarray(rng.standard_normal(out.shape), dtype=out.dtype)
+
+    def value() -> float:
+        y = _lift(f(*tensors), tensors[0]).data
+        return float(y.reshape(-1)[0] if projection is None else backend.xp.vdot(y, projection))
+
+    report = GradcheckReport(eps=eps, atol=atol, rtol=rtol)
+    grads: dict[int, Array] = {}
+    if out.requires_grad:
+        seed_grad = out._seed(None if projection is None else projection)
+        grads = _backprop(out, seed_grad, topological_order(out, grad_only=True))
+    for i, t in enumerate(tensors):
+        g = grads.get(id(t))
+        analytic = np.zeros(t.shape) if g is None else t.backend.to_numpy(g)
+        idx = _indices(t.shape, max_checks_per_tensor, rng)
+        numeric = np.zeros(t.shape)
+        for j in idx:
+            saved = float(t.data[j])
+            t.data[j] = saved + eps
+            plus = value()
+            t.data[j] = saved - eps
+            minus = value()
+            t.data[j] = saved
+            numeric[j] = (plus - minus) / (2.0 * eps)
+        name = t.name if t.name is not None else f"input {i}"
+        report.entries.append(_compare(name, analytic, numeric, idx, atol, rtol))
+    if raise_exception and not report.ok:
+        raise GradcheckError("graph gradient check failed:\n" + str(report))
+    return report
+
+
+__all__ = [
+    "ActivationGate",
+    "AddGate",
+    "DivGate",
+    "ExpGate",
+    "Gate",
+    "LayerGate",
+    "LogGate",
+    "MatMulGate",
+    "MaximumGate",
+    "MeanGate",
+    "MulGate",
+    "NegGate",
+    "PowGate",
+    "ReshapeGate",
+    "SoftmaxCrossEntropyGate",
+    "SubGate",
+    "SumGate",
+    "Tensor",
+    "TransposeGate",
+    "graph_gradcheck",
+    "jacobian",
+    "layer_gate",
+    "maximum",
+    "softmax_cross_entropy",
+    "topological_order",
+    "zero_grad",
+]

@@ -1,0 +1,48 @@
+"""model.explain: the formulas with this batch's shapes, and the real numbers."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+import gpubackprop as gb
+
+
+def _model() -> gb.Sequential:
+    return gb.Sequential(
+        [gb.Dense(7, 5, "sigmoid"), gb.Activation("relu"), gb.Dense(5, 3)], device="cpu", seed=0
+    )
+
+
+def test_explain_forward_lists_each_layer_with_shapes() -> None:
+    model = _model()
+    x = np.random.default_rng(0).random((4, 7))
+    text = model.explain(x, file=io.StringIO())
+    assert "z_1 = x Wᵀ + b      (4, 7) · (7, 5) -> (4, 5)" in text
+    assert "δ_1 = ∂L/∂a_1 ⊙ a_1 ⊙ (1 − a_1)" in text
+    assert "dW = δ_3ᵀ a_2      (3, 4) · (4, 5) -> (3, 5)" in text
+    assert "∂L/∂a_2 = δ_3 W      (4, 3) · (3, 5) -> (4, 5)" in text
+    assert "the first layer skips δ W" in text
+    assert "layer 1: Activation relu" in text
+    assert "loss" not in text.split("\n")[-1]
+
+
+def test_explain_backward_reports_the_real_gradient_norms() -> None:
+    model = _model()
+    rng = np.random.default_rng(1)
+    x, y = rng.random((6, 7)), rng.integers(0, 3, 6)
+    before = model.flat_params.copy()
+    text = model.explain(x, y, "cross_entropy", file=io.StringIO())
+    np.testing.assert_array_equal(model.flat_params, before)  # nothing was updated
+    expected_loss = model.loss_and_grad(x, y, "cross_entropy")
+    assert f"= {expected_loss:.6g}" in text
+    norm = float(np.linalg.norm(model.gradients()["2.weight"]))
+    assert f"|dW| = {norm:.4g}" in text
+    assert "(softmax(a_3) − onehot(y)) / B" in text
+
+
+def test_explain_needs_a_target_with_a_loss() -> None:
+    with pytest.raises(gb.ConfigError, match="target"):
+        _model().explain(np.zeros((2, 7)), loss="mse", file=io.StringIO())
