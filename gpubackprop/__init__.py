@@ -12,6 +12,7 @@ from . import graph, losses, optim, viz
 from .activations import ACTIVATIONS
 from .backend import Backend, available_devices, get_backend
 from .capture import CompiledStep
+from .charrnn import CharRNN
 from .errors import (
     CaptureError,
     ConfigError,
@@ -36,6 +37,7 @@ from .graph import (
 )
 from .layers import Activation, Dense, Layer
 from .model import Sequential
+from .rnn import RNN, clip_grad_norm
 from .train import History
 from .viz import render, to_dot
 
@@ -43,9 +45,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "RNN",
     "Activation",
     "Backend",
     "CaptureError",
+    "CharRNN",
     "CompiledStep",
     "ConfigError",
     "DTypeError",
@@ -64,6 +68,7 @@ __all__ = [
     "Tensor",
     "__version__",
     "available_devices",
+    "clip_grad_norm",
     "get_backend",
     "gradcheck",
     "graph",

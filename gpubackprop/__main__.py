@@ -1,8 +1,10 @@
-"""The command line: ``python -m gpubackprop {demo,info,bench}`` (also ``gpubackprop ...``).
+"""The command line: ``python -m gpubackprop {demo,info,charrnn,bench}`` (also ``gpubackprop ...``).
 
 * ``demo``: train an MLP on scikit-learn's handwritten digits, print the
   progress and test accuracy, save the learning curves (:mod:`gpubackprop.demo`).
 * ``info``: versions, CUDA and the devices seen (:mod:`gpubackprop.info`).
+* ``charrnn``: train a character-level RNN by backprop through time on a text
+  and sample from it (:mod:`gpubackprop.charrnn`).
 * ``bench``: the GPU training-step benchmark, ``bench/gpu_step.py`` of the
   source checkout (on a machine without a GPU it says so and exits 0);
   ``bench --cpu`` runs ``bench/cpu_step.py``. Remaining arguments are passed on.
@@ -126,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser(
+        "charrnn",
+        help="train a character-level RNN by backprop through time and sample from it",
+        description="Train a char-level RNN language model (try: gpubackprop charrnn --help).",
+        add_help=False,  # --help goes to the charrnn parser
+    )
+    commands.add_parser(
         "bench",
         help="benchmark one training step on the GPU (--cpu: on the CPU) against PyTorch",
         description=(
@@ -182,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
         return run_bench(extra)
+    if args.command == "charrnn":
+        from .charrnn import main as charrnn_main
+
+        return charrnn_main(extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -198,3 +198,28 @@ def test_bench_defaults_to_the_gpu_benchmark_which_says_when_there_is_no_gpu(cap
         pytest.skip("a GPU is present: the real benchmark would run")
     assert cli.main(["bench"]) == 0
     assert "GPU" in capsys.readouterr().out
+
+
+def test_charrnn_subcommand_trains_and_samples(tmp_path, capsys) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 20)
+    code = cli.main(
+        [
+            "charrnn",
+            "--text",
+            str(text),
+            "--steps",
+            "30",
+            "--hidden",
+            "16",
+            "--device",
+            "cpu",
+            "--batch",
+            "4",
+            "--seq-len",
+            "8",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert "loss" in capsys.readouterr().out

@@ -1,0 +1,51 @@
+"""A character-level RNN learns a short story: truncated BPTT, Adam, gradient clipping.
+
+Run: python examples/char_rnn.py [--steps 300] [--device auto]
+(the full trainer with progress bars is ``python -m gpubackprop charrnn``)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import gpubackprop as gb
+from gpubackprop.charrnn import default_text, text_streams
+
+
+def main(argv: list[str] | None = None) -> list[float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    text = default_text()
+    chars = "".join(sorted(set(text)))
+    model = gb.CharRNN(len(chars), 96, device=args.device, seed=0, chars=chars)
+    print(model, "on", model.device)
+
+    # 16 parallel streams through the text, read in windows of 24 characters
+    inputs, targets = text_streams(model.encode(text), batch=16, seq_len=24)
+    inputs, targets = model.backend.asarray(inputs), model.backend.asarray(targets)
+    windows = inputs.shape[1] // 24
+    optimizer = gb.optim.Adam(lr=3e-3)
+
+    losses, h = [], None
+    for step in range(args.steps):
+        k = step % windows
+        if k == 0:
+            h = None  # a new pass over the text starts from a zero state
+        cols = slice(24 * k, 24 * (k + 1))
+        # h: the previous window's last state, carried over (values only, detached)
+        loss, h = model.loss_and_grad(inputs[:, cols], targets[:, cols], h)
+        gb.clip_grad_norm(model.flat_grads, 5.0)  # one global norm over every parameter
+        optimizer.step(model.flat_params, model.flat_grads)  # RNN and readout in one buffer
+        losses.append(loss)
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"step {step:4d}  loss {loss:.3f} nats/char")
+
+    print("sample:", "The" + model.sample("The", 160, temperature=0.7, rng=0))
+    return losses
+
+
+if __name__ == "__main__":
+    main()

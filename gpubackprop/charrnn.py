@@ -1,0 +1,587 @@
+"""A character-level language model on :class:`~gpubackprop.RNN`, and its trainer.
+
+:class:`CharRNN` reads a sequence of character indices c_1 .. c_T and predicts
+each next character::
+
+    h_t = tanh(Wxh[:, c_t] + h_{t−1} Whhᵀ + b_h)          (the RNN on one-hot x_t)
+    y_t = h_t Whyᵀ + b_y                                  (logits over the vocabulary)
+    L   = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}]
+
+A one-hot x_t times Wxhᵀ is column c_t of Wxh, so the input projection is a
+gather of Wxh's columns rather than a matmul with a one-hot matrix. Backward is
+the seed notes' char-RNN, batch-major::
+
+    dy     = (softmax(y) − onehot(target)) / (B·T)        (the loss op writes this)
+    dWhy   = Σ dyᵀ h          db_y = Σ dyᵀ 1             ∂L/∂h_t = dy_t Why
+    ... then the RNN's BPTT (see :mod:`gpubackprop.rnn`) for dWhh, db_h and dhraw,
+    dWxh   = Σ dhrawᵀ onehot(c)                          (column c gets the rows of c)
+
+The last sum is a GEMM with a one-hot matrix, not a scatter-add, so it is
+deterministic on the GPU too (no float atomics).
+
+``python -m gpubackprop charrnn`` (:func:`main`) trains one on a text with
+truncated BPTT: the text is cut into B parallel streams, each read in windows of
+T characters; the hidden state is carried from one window to the next (detached)
+and reset at the start of each pass. Adam and gradient-norm clipping do the
+updates. By default it trains on a short original story shipped with the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .backend import Backend
+from .errors import ConfigError, DTypeError, GpuBackpropError, LabelError, ShapeError
+from .optim import Adam
+from .progress import ProgressBar
+from .rnn import RNN, allocate_flat, clip_grad_norm, positive_int
+
+Array = Any
+
+#: The text :func:`run_charrnn` trains on by default (in ``gpubackprop/data/``).
+DEFAULT_TEXT = "lighthouse.txt"
+DEFAULT_STEPS = 1000
+DEFAULT_HIDDEN = 192
+DEFAULT_SEQ_LEN = 32
+DEFAULT_BATCH = 32
+DEFAULT_LR = 3e-3
+DEFAULT_SAMPLE_EVERY = 250
+#: Gradients are clipped to this global L2 norm before every update.
+CLIP_NORM = 5.0
+#: Characters per printed sample, and the temperature they are drawn at.
+SAMPLE_LENGTH = 240
+SAMPLE_TEMPERATURE = 0.5
+#: The default run should end below this fraction of ln(vocabulary size) nats/char.
+TARGET_FRACTION = 0.6
+
+
+def default_text() -> str:
+    """The training text shipped with the package (an original, public-domain story)."""
+    return resources.files("gpubackprop").joinpath("data", DEFAULT_TEXT).read_text("utf-8")
+
+
+class CharRNN:
+    """Next-character model: one-hot input, a tanh :class:`RNN`, a linear readout.
+
+    Args:
+        vocab_size: number of distinct characters V.
+        hidden_size: width of the hidden state.
+        device, dtype, seed: as for :class:`~gpubackprop.RNN` (the seed fixes every
+            initial weight, RNN and readout).
+        chars: the vocabulary as a string, index i ↔ ``chars[i]`` (needed by
+            :meth:`encode`, :meth:`decode` and :meth:`sample`).
+
+    Every parameter lives in ONE flat buffer (``flat_params``; gradients in
+    ``flat_grads``), laid out as the RNN's ``Wxh`` (hidden, V), ``Whh``, ``bh``
+    followed by the readout's ``Why`` (V, hidden) and ``by`` (V,); ``self.rnn``
+    works on views of the first part, so one optimizer step updates everything.
+    The readout starts Xavier uniform, limit √(6/(hidden+V)), with b_y = 0.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        device: str | Backend = "auto",
+        dtype: Any = "float32",
+        seed: int | None = None,
+        *,
+        chars: str | None = None,
+    ) -> None:
+        self.vocab_size = positive_int("CharRNN", "vocab_size", vocab_size)
+        self.hidden_size = positive_int("CharRNN", "hidden_size", hidden_size)
+        if chars is not None and (len(chars) != self.vocab_size or len(set(chars)) != len(chars)):
+            raise ConfigError(
+                f"CharRNN: chars must be {self.vocab_size} distinct characters, got {chars!r}"
+            )
+        self.chars = chars
+        self._index = {c: i for i, c in enumerate(chars or "")}
+        rng = np.random.default_rng(seed)
+        self.rnn = RNN(vocab_size, hidden_size, "tanh", device=device, dtype=dtype, seed=rng)
+        self.backend, self.dtype = self.rnn.backend, self.rnn.dtype
+        v, h = self.vocab_size, self.hidden_size
+        shapes = [*self.rnn.param_shapes(), ("Why", (v, h)), ("by", (v,))]
+        self.flat_params, self.flat_grads, self.params, self.grads = allocate_flat(
+            self.backend, self.dtype, shapes
+        )
+        n_rnn = self.rnn.num_parameters
+        self.rnn._move_into(self.flat_params[:n_rnn], self.flat_grads[:n_rnn])
+        limit = math.sqrt(6.0 / (h + v))
+        with self.backend.activate():
+            self.params["Why"][...] = self.backend.asarray(
+                rng.uniform(-limit, limit, (v, h)).astype(self.dtype)
+            )
+
+    # --- description -------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"CharRNN(vocab={self.vocab_size}, hidden={self.hidden_size})"
+
+    def __repr__(self) -> str:
+        return (
+            f"CharRNN({self.vocab_size}, {self.hidden_size}, device={self.device!r}, "
+            f"dtype={self.dtype.name!r})  # {self.num_parameters:,} parameters"
+        )
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.flat_params.size)
+
+    def parameters(self) -> OrderedDict[str, Array]:
+        """``"Wxh"``, ``"Whh"``, ``"bh"``, ``"Why"``, ``"by"`` -> live views of flat_params."""
+        return OrderedDict(self.params)
+
+    def gradients(self) -> OrderedDict[str, Array]:
+        """The same names -> live views of flat_grads (filled by :meth:`loss_and_grad`)."""
+        return OrderedDict(self.grads)
+
+    # --- text <-> indices -----------------------------------------------------------------
+    def _need_chars(self, what: str) -> str:
+        if self.chars is None:
+            raise ConfigError(
+                f"{self.describe()}.{what} needs the vocabulary: build it with chars=..."
+            )
+        return self.chars
+
+    def encode(self, text: str) -> np.ndarray:
+        """The indices of ``text``'s characters (int64, on the host)."""
+        self._need_chars("encode")
+        try:
+            return np.fromiter((self._index[c] for c in text), dtype=np.int64, count=len(text))
+        except KeyError as exc:
+            raise LabelError(
+                f"{self.describe()}: character {exc.args[0]!r} is not in the vocabulary"
+            ) from None
+
+    def decode(self, indices: Sequence[int] | np.ndarray) -> str:
+        """The characters of ``indices``."""
+        chars = self._need_chars("decode")
+        return "".join(chars[int(i)] for i in indices)
+
+    # --- passes ----------------------------------------------------------------------------
+    def _indices(self, x: Any, what: str) -> Array:
+        """Validate a (B, T) array of character indices on the model's device."""
+        if not self.backend.is_gpu and isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        self.backend.check_array(x, f"{self.describe()}: {what}")
+        if x.dtype.kind not in "iu":
+            raise DTypeError(
+                f"{self.describe()}: {what} must be integer character indices, got {x.dtype}"
+            )
+        if x.ndim != 2 or x.size == 0:
+            hint = " (one sequence? use x[None])" if x.ndim == 1 else ""
+            raise ShapeError(
+                f"{self.describe()}: expected {what} of shape (batch, time), non-empty, "
+                f"got shape {tuple(x.shape)}{hint}"
+            )
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high >= self.vocab_size:
+            bad = low if low < 0 else high
+            raise LabelError(
+                f"{self.describe()}: {what} holds index {bad}, out of range for a vocabulary "
+                f"of {self.vocab_size} (expected 0 <= index < {self.vocab_size})"
+            )
+        return x
+
+    def _forward(self, inputs: Array, h0: Any) -> dict[str, Array]:
+        """Forward over validated inputs; the buffers hold H and the logits (time-major)."""
+        batch, steps = inputs.shape
+        if h0 is not None:
+            h0 = self.rnn._check_state(h0, batch, "h0")
+        n, v, d = batch * steps, self.vocab_size, self.dtype
+        ws = self.rnn._recurrence_buffers(
+            batch,
+            steps,
+            {
+                "idx": ((n,), np.int64),
+                "targets": ((n,), np.int64),
+                "logits": ((n, v), d),
+                "dlogits": ((n, v), d),
+                "onehot": ((n, v), d),
+            },
+        )
+        xp, ops = self.backend.xp, self.backend.ops
+        ws["idx"].reshape(steps, batch)[...] = inputs.T
+        us = ws["U"].reshape(n, self.hidden_size)
+        xp.take(self.params["Wxh"].T, ws["idx"], axis=0, out=us)  # x_t Wxhᵀ, one-hot x_t
+        ops.add_bias(us, self.params["bh"])
+        self.rnn._run_forward(ws, h0)
+        ops.matmul(ws["H"][1:].reshape(n, self.hidden_size), self.params["Why"],
+                   out=ws["logits"], trans_b=True)
+        ops.add_bias(ws["logits"], self.params["by"])
+        return ws
+
+    def forward(self, inputs: Any, h0: Any = None) -> tuple[Array, Array]:
+        """Logits (B, T, V) for ``inputs`` (B, T) and the last state h_T (B, hidden).
+
+        Both are new arrays on the model's device; pass h_T as the next ``h0``.
+        """
+        inputs = self._indices(inputs, "inputs")
+        batch, steps = inputs.shape
+        with self.backend.activate():
+            ws = self._forward(inputs, h0)
+            logits = ws["logits"].reshape(steps, batch, self.vocab_size)
+            return logits.transpose(1, 0, 2).copy(), ws["H"][steps].copy()
+
+    def _loss(self, inputs: Any, targets: Any, h0: Any) -> tuple[dict[str, Array], float]:
+        inputs = self._indices(inputs, "inputs")
+        targets = self._indices(targets, "targets")
+        if targets.shape != inputs.shape:
+            raise ShapeError(
+                f"{self.describe()}: targets have shape {tuple(targets.shape)}, "
+                f"inputs {tuple(inputs.shape)}; they must match"
+            )
+        batch, steps = inputs.shape
+        ws = self._forward(inputs, h0)
+        ws["targets"].reshape(steps, batch)[...] = targets.T
+        value = self.backend.ops.softmax_cross_entropy_labels(
+            ws["logits"], ws["targets"], ws["dlogits"]
+        )
+        return ws, float(value)
+
+    def loss(self, inputs: Any, targets: Any, h0: Any = None) -> tuple[float, Array]:
+        """``(L, h_T)``: the mean cross-entropy per character, no gradients."""
+        with self.backend.activate():
+            ws, value = self._loss(inputs, targets, h0)
+            return value, ws["H"][-1].copy()
+
+    def loss_and_grad(self, inputs: Any, targets: Any, h0: Any = None) -> tuple[float, Array]:
+        """Forward, loss and backward through time on one window.
+
+        L = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}]; the gradients follow
+        the module docstring (dy = (softmax − onehot)/(B·T), then BPTT).
+
+        Args:
+            inputs: character indices (B, T), integers in [0, V).
+            targets: the next characters (B, T).
+            h0: the state to start from (B, hidden), e.g. the previous window's h_T;
+                None starts from zeros.
+
+        Fills :meth:`gradients` (overwriting) and returns ``(L, h_T)``: the loss
+        as a float (mean over batch and time) and h_T as a new array.
+        """
+        with self.backend.activate():
+            ws, value = self._loss(inputs, targets, h0)
+            ops = self.backend.ops
+            n = ws["logits"].shape[0]
+            hs = ws["H"][1:].reshape(n, self.hidden_size)
+            dlogits = ws["dlogits"]
+            ops.matmul(dlogits, hs, out=self.grads["Why"], trans_a=True)
+            ops.column_sum(dlogits, out=self.grads["by"])
+            ops.matmul(dlogits, self.params["Why"], out=ws["dH"].reshape(n, self.hidden_size))
+            self.rnn._run_backward(ws, None)
+            onehot = ws["onehot"]
+            onehot.fill(0)
+            onehot[self.backend.xp.arange(n), ws["idx"]] = 1
+            ops.matmul(ws["dhraw"].reshape(n, self.hidden_size), onehot,
+                       out=self.grads["Wxh"], trans_a=True)
+            return value, ws["H"][-1].copy()
+
+    # --- sampling ---------------------------------------------------------------------------
+    def sample_indices(
+        self,
+        start: Sequence[int] | int,
+        n: int,
+        temperature: float = 1.0,
+        rng: np.random.Generator | int | None = None,
+    ) -> list[int]:
+        """Feed the indices ``start``, then draw ``n`` characters one at a time.
+
+        Each is drawn from softmax(y / temperature) of the last logits and fed
+        back in; lower temperatures give likelier, more repetitive text.
+        """
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ConfigError(f"{self.describe()}.sample: n must be an int >= 0, got {n!r}")
+        if isinstance(temperature, bool) or not (
+            isinstance(temperature, numbers.Real) and 0 < temperature < math.inf
+        ):
+            raise ConfigError(
+                f"{self.describe()}.sample: temperature must be positive, got {temperature!r}"
+            )
+        prime = np.atleast_1d(np.asarray(start))
+        if prime.size == 0:
+            raise ConfigError(f"{self.describe()}.sample: start needs at least one character")
+        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        logits, h = self.forward(self.backend.asarray(prime[None, :]))
+        out: list[int] = []
+        for _ in range(int(n)):
+            y = self.backend.to_numpy(logits[0, -1]).astype(np.float64) / temperature
+            p = np.exp(y - y.max())
+            out.append(int(gen.choice(self.vocab_size, p=p / p.sum())))
+            logits, h = self.forward(self.backend.asarray(np.array([[out[-1]]])), h)
+        return out
+
+    def sample(
+        self,
+        start: str | int,
+        n: int,
+        temperature: float = 1.0,
+        rng: np.random.Generator | int | None = None,
+    ) -> str:
+        """``n`` characters drawn after ``start`` (seed text, or a character index).
+
+        Returns only the drawn characters; see :meth:`sample_indices`.
+        """
+        self._need_chars("sample")
+        prime = self.encode(start) if isinstance(start, str) else [start]
+        return self.decode(self.sample_indices(prime, n, temperature, rng))
+
+
+# --- training on a text -----------------------------------------------------------------------
+def text_streams(data: np.ndarray, batch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut ``data`` into ``batch`` parallel streams for truncated BPTT.
+
+    Stream b is the contiguous stretch starting at b·L, L = (len − 1) // batch,
+    cut to a whole number W of windows of ``seq_len``. Returns ``(inputs,
+    targets)`` of shape (batch, W·seq_len), targets = inputs shifted by one;
+    window k is columns k·seq_len .. (k+1)·seq_len − 1.
+    """
+    stream = (len(data) - 1) // batch
+    windows = stream // seq_len
+    if windows < 1:
+        raise ConfigError(
+            f"a text of {len(data)} characters is too short for batch {batch} x seq-len "
+            f"{seq_len} (each of the {batch} streams needs at least {seq_len + 1} "
+            "characters); use a longer text, a smaller --batch or a smaller --seq-len"
+        )
+    starts = np.arange(batch)[:, None] * stream + np.arange(windows * seq_len)[None, :]
+    return data[starts], data[starts + 1]
+
+
+@dataclass
+class CharRNNResult:
+    """What :func:`run_charrnn` did: the model, per-step losses and the final numbers."""
+
+    model: CharRNN
+    losses: list[float] = field(default_factory=list)
+    final_loss: float = math.nan
+    target_loss: float = math.nan
+    seconds: float = 0.0
+    sample: str = ""
+
+
+def run_charrnn(
+    text: str | None = None,
+    *,
+    device: str = "auto",
+    steps: int = DEFAULT_STEPS,
+    hidden: int = DEFAULT_HIDDEN,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    batch: int = DEFAULT_BATCH,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    sample_every: int = DEFAULT_SAMPLE_EVERY,
+    quiet: bool = False,
+    name: str | None = None,
+    file: TextIO | None = None,
+) -> CharRNNResult:
+    """Train a :class:`CharRNN` on ``text`` (default: :func:`default_text`) and report.
+
+    Each step takes the next window of every stream (:func:`text_streams`), starts
+    from the state the previous window ended in (zeros at the start of a pass;
+    each pass starts at a random offset below ``seq_len``, so that window
+    boundaries fall elsewhere every time),
+    computes the loss and BPTT gradients, clips them to norm :data:`CLIP_NORM` and
+    takes an Adam step. Prints a progress bar with the mean loss for every
+    ``sample_every`` steps and a sample after each (0: one bar, one sample at the
+    end; ``quiet``: no bars and no samples along the way). At the end the loss
+    per character over one pass of the whole text is measured and compared with
+    :data:`TARGET_FRACTION` · ln V.
+    """
+    out = file if file is not None else sys.stdout
+    if text is None:
+        text, name = default_text(), name or f"the default text ({DEFAULT_TEXT})"
+    chars = "".join(sorted(set(text)))
+    if len(chars) < 2:
+        raise ConfigError(f"the text needs at least 2 distinct characters, got {chars!r}")
+    for label, value in (("steps", steps), ("hidden", hidden), ("seq_len", seq_len),
+                         ("batch", batch)):
+        positive_int("charrnn", label, value)
+    if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 0:
+        raise ConfigError(f"charrnn: sample_every must be an int >= 0, got {sample_every!r}")
+    model = CharRNN(len(chars), hidden, device, "float32", seed, chars=chars)
+    data = model.encode(text)
+    inputs, targets, windows = _device_streams(model, data, batch, seq_len)
+    # each pass starts at a random offset, so window boundaries move between passes
+    max_offset = min(seq_len - 1, len(data) - 1 - batch * seq_len)
+    target_loss = TARGET_FRACTION * math.log(len(chars))
+    result = CharRNNResult(model, target_loss=target_loss)
+    print(
+        f"char-RNN on {name or 'the text'}: {len(text):,} characters, vocabulary "
+        f"{len(chars)} (ln V = {math.log(len(chars)):.3f}; target < "
+        f"{TARGET_FRACTION:g}·ln V = {target_loss:.3f} nats/char)",
+        file=out,
+    )
+    print(f"device: {model.device} ({model.backend.reason})", file=out)
+    print(
+        f"{model!r}; batch {batch} x seq-len {seq_len}, {windows} windows per pass, "
+        f"{steps} steps, Adam lr {lr:g}, clip {CLIP_NORM:g}",
+        file=out,
+    )
+    rng = np.random.default_rng(seed)
+    optimizer = Adam(lr=lr)
+    chunk = sample_every or steps
+    digits = len(str(steps))
+    start_time = time.perf_counter()
+    k = n_windows = 0
+    for lo in range(0, steps, chunk):
+        hi = min(steps, lo + chunk)
+        bar = (
+            None if quiet
+            else ProgressBar(hi - lo, f"steps {lo + 1:>{digits}}-{hi:<{digits}} ", out)
+        )
+        for step in range(lo, hi):
+            if k == n_windows:  # a new pass over the text, from a zero state
+                offset = int(rng.integers(max_offset + 1))
+                x_pass, y_pass, n_windows = _device_streams(model, data[offset:], batch, seq_len)
+                k, h = 0, None
+            cols = slice(k * seq_len, (k + 1) * seq_len)
+            value, h = model.loss_and_grad(x_pass[:, cols], y_pass[:, cols], h)
+            k += 1
+            clip_grad_norm(model.flat_grads, CLIP_NORM)
+            optimizer.step(model.flat_params, model.flat_grads)
+            result.losses.append(value)
+            if bar is not None and bar.due():
+                bar.update(step - lo + 1, f"loss {np.mean(result.losses[lo:]):.4f}")
+        if bar is not None:
+            bar.close(f"loss {np.mean(result.losses[lo:]):.4f}")
+            if hi < steps:
+                print(_show_sample(model, text[0], rng), file=out)
+    result.seconds = time.perf_counter() - start_time
+    h = None  # the final loss: one pass over the unshifted streams
+    total = 0.0
+    for k in range(windows):
+        cols = slice(k * seq_len, (k + 1) * seq_len)
+        value, h = model.loss(inputs[:, cols], targets[:, cols], h)
+        total += value
+    result.final_loss = total / windows
+    verdict = "below" if result.final_loss < target_loss else "NOT below"
+    print(
+        f"trained {steps} steps in {result.seconds:.1f} s; loss over the text "
+        f"{result.final_loss:.3f} nats/char = {result.final_loss / math.log(len(chars)):.0%} "
+        f"of ln V, {verdict} the target {target_loss:.3f}",
+        file=out,
+    )
+    result.sample = _show_sample(model, text[0], rng)
+    print(result.sample, file=out)
+    return result
+
+
+def _device_streams(
+    model: CharRNN, data: np.ndarray, batch: int, seq_len: int
+) -> tuple[Array, Array, int]:
+    """:func:`text_streams` on the model's device, and the number of windows."""
+    inputs, targets = text_streams(data, batch, seq_len)
+    return model.backend.asarray(inputs), model.backend.asarray(targets), inputs.shape[1] // seq_len
+
+
+def _show_sample(model: CharRNN, start: str, rng: np.random.Generator) -> str:
+    drawn = model.sample(start, SAMPLE_LENGTH, SAMPLE_TEMPERATURE, rng)
+    return f"--- sample (temperature {SAMPLE_TEMPERATURE:g}) ---\n{start}{drawn}\n---"
+
+
+# --- command line --------------------------------------------------------------------------
+def _int_at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``charrnn`` options to ``parser`` (a subcommand's parser, say)."""
+    parser.add_argument("--text", type=Path, default=None,
+                        help="UTF-8 text file to train on (default: a short story shipped "
+                             "with gpubackprop)")
+    parser.add_argument("--device", default="auto",
+                        help="'cpu', 'cuda', 'cuda:N' or 'auto' (default: %(default)s)")
+    parser.add_argument("--steps", type=_int_at_least(1), default=DEFAULT_STEPS,
+                        help="training steps, one window each (default: %(default)s)")
+    parser.add_argument("--hidden", type=_int_at_least(1), default=DEFAULT_HIDDEN,
+                        help="hidden state width (default: %(default)s)")
+    parser.add_argument("--seq-len", type=_int_at_least(1), default=DEFAULT_SEQ_LEN,
+                        help="characters per truncated-BPTT window (default: %(default)s)")
+    parser.add_argument("--batch", type=_int_at_least(1), default=DEFAULT_BATCH,
+                        help="parallel streams per step (default: %(default)s)")
+    parser.add_argument("--lr", type=_positive_float, default=DEFAULT_LR,
+                        help="Adam's learning rate (default: %(default)s)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0,
+                        help="seeds the weights and the samples (default: %(default)s)")
+    parser.add_argument("--sample-every", type=_int_at_least(0), default=DEFAULT_SAMPLE_EVERY,
+                        help="print the loss and a sample every K steps; 0: only at the end "
+                             "(default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or samples along the way: only the results")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``charrnn`` command's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="gpubackprop charrnn",
+        description=(
+            "Train a character-level RNN language model (truncated BPTT, Adam, gradient "
+            "clipping) on a text; print the loss as it goes and samples of generated text."
+        ),
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gpubackprop charrnn [options]``: parse, train, return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        text = None if args.text is None else args.text.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"gpubackprop charrnn: error: cannot read {args.text}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        run_charrnn(
+            text,
+            device=args.device,
+            steps=args.steps,
+            hidden=args.hidden,
+            seq_len=args.seq_len,
+            batch=args.batch,
+            lr=args.lr,
+            seed=args.seed,
+            sample_every=args.sample_every,
+            quiet=args.quiet,
+            name=None if args.text is None else str(args.text),
+        )
+    except GpuBackpropError as exc:
+        print(f"gpubackprop charrnn: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+

@@ -1,0 +1,436 @@
+"""A vanilla recurrent network with backprop through time, and gradient clipping.
+
+:class:`RNN` runs a batch of sequences through one recurrent layer::
+
+    h_t = f(x_t Wxhᵀ + h_{t−1} Whhᵀ + b_h)        t = 1 .. T,  h_0 given (or 0)
+
+with x_t of shape (B, input_size), h_t of shape (B, hidden), Wxh (hidden, input),
+Whh (hidden, hidden) and f = tanh or relu. Backward is backprop through time with
+the seed notes' ``dhnext`` recurrence, batch-major (the notes use column vectors,
+so their ``Whhᵀ dhraw`` is our ``dhraw Whh``), from t = T down to 1::
+
+    dh     = ∂L/∂h_t + dhnext                    (dhnext = ∂L/∂h_T, or 0, at t = T)
+    dhraw  = dh ⊙ f′                             (tanh: 1 − h_t²;  relu: [h_t > 0])
+    dhnext = dhraw Whh                           (∂L/∂h_{t−1} through the recurrence)
+
+and the parameter gradients are the sums of the per-step terms::
+
+    dWxh = Σ_t dhraw_tᵀ x_t      dWhh = Σ_t dhraw_tᵀ h_{t−1}      db_h = Σ_t dhraw_tᵀ 1
+
+Only the dhnext recurrence is sequential. The per-step terms are summed by single
+GEMMs over all T·B rows after the loop (Σ_t Aᵀ_t B_t = [A_1; …; A_T]ᵀ [B_1; …; B_T]),
+and the input projections x_t Wxhᵀ of every step are one GEMM before it. Work
+buffers are stored time-major, (T, B, n), so each step's slice is a contiguous
+(B, n) matrix (what cuBLAS needs); they are allocated once per (B, T) and reused,
+so the time loops allocate nothing.
+
+Truncated BPTT: to carry the hidden state across windows of a long sequence, pass
+the previous window's ``h_T`` as the next window's ``h0``. ``forward`` returns h_T
+as a new array holding values only, so it is *detached*: the next window's backward
+stops at its h0 and never reaches into the previous window.
+
+:func:`clip_grad_norm` rescales gradients whose global L2 norm is too large.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .activations import get_activation
+from .backend import Backend, array_module, get_backend, is_cupy_array
+from .errors import ConfigError, DTypeError, ShapeError
+from .model import resolve_dtype
+
+Array = Any
+
+#: The nonlinearities f an RNN may use (both have f′ as a function of the output h).
+NONLINEARITIES = ("tanh", "relu")
+_MAX_CACHED_SHAPES = 4
+
+
+def positive_int(owner: str, name: str, value: object) -> int:
+    """``value`` as an int; ConfigError naming ``owner`` and ``name`` unless it is >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{owner}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def allocate_flat(
+    backend: Backend, dtype: np.dtype, shapes: Iterable[tuple[str, tuple[int, ...]]]
+) -> tuple[Array, Array, OrderedDict[str, Array], OrderedDict[str, Array]]:
+    """One zeroed flat parameter buffer and one flat gradient buffer, with named views.
+
+    Returns ``(flat_params, flat_grads, params, grads)``; ``params[name]`` is the
+    slice of ``flat_params`` reshaped to its shape (a live view), in ``shapes`` order.
+    """
+    shapes = list(shapes)
+    total = sum(math.prod(shape) for _, shape in shapes)
+    with backend.activate():
+        flat_params = backend.xp.zeros(total, dtype=dtype)
+        flat_grads = backend.xp.zeros(total, dtype=dtype)
+    return (flat_params, flat_grads, *split_flat(flat_params, flat_grads, shapes))
+
+
+def split_flat(
+    flat_params: Array, flat_grads: Array, shapes: Iterable[tuple[str, tuple[int, ...]]]
+) -> tuple[OrderedDict[str, Array], OrderedDict[str, Array]]:
+    """Named views ``(params, grads)`` of consecutive slices of two flat buffers."""
+    params: OrderedDict[str, Array] = OrderedDict()
+    grads: OrderedDict[str, Array] = OrderedDict()
+    offset = 0
+    for name, shape in shapes:
+        end = offset + math.prod(shape)
+        params[name] = flat_params[offset:end].reshape(shape)
+        grads[name] = flat_grads[offset:end].reshape(shape)
+        offset = end
+    return params, grads
+
+
+class Workspaces:
+    """Work buffers per key (e.g. batch and steps), allocated on first use, then reused.
+
+    At most four shapes are kept; the oldest is dropped for a fifth.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._cache: dict[tuple[Any, ...], dict[str, Array]] = {}
+
+    def get(
+        self, key: tuple[Any, ...], shapes: Mapping[str, tuple[tuple[int, ...], Any]]
+    ) -> dict[str, Array]:
+        """The buffers for ``key``: name -> empty array of (shape, dtype)."""
+        ws = self._cache.get(key)
+        if ws is None:
+            if len(self._cache) >= _MAX_CACHED_SHAPES:
+                self._cache.pop(next(iter(self._cache)))
+            with self.backend.activate():
+                ws = {
+                    name: self.backend.xp.empty(shape, dtype=dtype)
+                    for name, (shape, dtype) in shapes.items()
+                }
+            self._cache[key] = ws
+        return ws
+
+
+class RNN:
+    """A vanilla RNN over a batch of sequences: h_t = f(x_t Wxhᵀ + h_{t−1} Whhᵀ + b_h).
+
+    Args:
+        input_size: features per time step of the input x.
+        hidden_size: width of the hidden state h.
+        nonlinearity: ``"tanh"`` (default) or ``"relu"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        dtype: ``"float32"`` (default) or ``"float64"``.
+        seed: seeds the initialisation (an int, a NumPy Generator to draw from, or
+            None); the same seed gives the same weights on every device.
+
+    Parameters live in one flat buffer ``flat_params`` (gradients in ``flat_grads``),
+    so ``optimizer.step(rnn.flat_params, rnn.flat_grads)`` updates everything;
+    :meth:`parameters` / :meth:`gradients` are named live views ``"Wxh"`` (hidden,
+    input), ``"Whh"`` (hidden, hidden) and ``"bh"`` (hidden,).
+
+    Initialisation: Wxh Xavier uniform, limit √(6/(input+hidden)), for tanh and He
+    normal, std √(2/input), for relu; Whh a random orthogonal matrix (the Q of a
+    Gaussian matrix's QR, column signs fixed so it is uniformly distributed), whose
+    singular values of 1 keep ‖h_{t−1} Whhᵀ‖ = ‖h_{t−1}‖ so signals and gradients
+    neither explode nor vanish through the linear part of the recurrence; b_h = 0.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        nonlinearity: str = "tanh",
+        *,
+        device: str | Backend = "auto",
+        dtype: Any = "float32",
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        self.input_size = positive_int("RNN", "input_size", input_size)
+        self.hidden_size = positive_int("RNN", "hidden_size", hidden_size)
+        if nonlinearity not in NONLINEARITIES:
+            raise ConfigError(
+                f"RNN: nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}"
+            )
+        self.activation = get_activation(nonlinearity)
+        self.backend = get_backend(device)
+        self.dtype = resolve_dtype(dtype)
+        shapes = self.param_shapes()
+        self.flat_params, self.flat_grads, self.params, self.grads = allocate_flat(
+            self.backend, self.dtype, shapes
+        )
+        host = np.zeros(self.flat_params.size)
+        host_views, _ = split_flat(host, host, shapes)
+        self._init_params(_rng(seed), host_views)
+        with self.backend.activate():
+            self.flat_params[...] = self.backend.asarray(host.astype(self.dtype))
+        self._workspaces = Workspaces(self.backend)
+        self._last: dict[str, Array] | None = None  # buffers of the last forward
+        #: ∂L/∂h0 of the last :meth:`backward` (a new array), None before one
+        self.grad_h0: Array | None = None
+
+    # --- description -------------------------------------------------------------
+    def describe(self) -> str:
+        return f"RNN {self.input_size}->{self.hidden_size}, {self.activation.name}"
+
+    def __repr__(self) -> str:
+        return (
+            f"RNN({self.input_size}, {self.hidden_size}, {self.activation.name!r}, "
+            f"device={self.device!r}, dtype={self.dtype.name!r})"
+        )
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.flat_params.size)
+
+    def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and shapes of the parameters, in buffer order."""
+        h = self.hidden_size
+        return [("Wxh", (h, self.input_size)), ("Whh", (h, h)), ("bh", (h,))]
+
+    def parameters(self) -> OrderedDict[str, Array]:
+        """``"Wxh"``, ``"Whh"``, ``"bh"`` -> live views of the flat parameter buffer."""
+        return OrderedDict(self.params)
+
+    def gradients(self) -> OrderedDict[str, Array]:
+        """The same names -> live views of the flat gradient buffer."""
+        return OrderedDict(self.grads)
+
+    # --- parameters ------------------------------------------------------------------
+    def _init_params(self, rng: np.random.Generator, host: dict[str, np.ndarray]) -> None:
+        n_in, h = self.input_size, self.hidden_size
+        if self.activation.init == "he":
+            host["Wxh"][...] = rng.normal(0.0, math.sqrt(2.0 / n_in), (h, n_in))
+        else:
+            limit = math.sqrt(6.0 / (n_in + h))
+            host["Wxh"][...] = rng.uniform(-limit, limit, (h, n_in))
+        q, r = np.linalg.qr(rng.standard_normal((h, h)))
+        host["Whh"][...] = q * np.where(np.diag(r) < 0, -1.0, 1.0)
+        host["bh"][...] = 0.0
+
+    def _move_into(self, flat_params: Array, flat_grads: Array) -> None:
+        """Keep the parameters in the given 1-D buffers (views into a bigger model's).
+
+        The current values are copied over and every view is rebound; the RNN then
+        reads and writes only those slices (how :class:`~gpubackprop.CharRNN` puts
+        the RNN and its readout into one flat buffer).
+        """
+        flat_params[...] = self.flat_params
+        flat_grads[...] = self.flat_grads
+        self.flat_params, self.flat_grads = flat_params, flat_grads
+        self.params, self.grads = split_flat(flat_params, flat_grads, self.param_shapes())
+
+    # --- the recurrence over time-major buffers (shared with CharRNN) --------------------
+    def _recurrence_buffers(
+        self, batch: int, steps: int, extra: Mapping[str, tuple[tuple[int, ...], Any]]
+    ) -> dict[str, Array]:
+        """Buffers for (B, T): U, dH, dhraw (T, B, h), H (T+1, B, h), dh, dhnext (B, h).
+
+        ``U[t]`` holds x_t Wxhᵀ + b_h, ``H[t]`` holds h_t (``H[0]`` = h0), ``dH[t]``
+        the incoming ∂L/∂h_{t+1}, ``dhraw[t]`` the step's dhraw. ``extra`` adds the
+        caller's own buffers, name -> (shape, dtype); they are part of the cache key.
+        """
+        h, d = self.hidden_size, self.dtype
+        shapes = {
+            "U": ((steps, batch, h), d),
+            "H": ((steps + 1, batch, h), d),
+            "dH": ((steps, batch, h), d),
+            "dhraw": ((steps, batch, h), d),
+            "dh": ((batch, h), d),
+            "dhnext": ((batch, h), d),
+            **extra,
+        }
+        return self._workspaces.get((batch, steps, *sorted(extra)), shapes)
+
+    def _run_forward(self, ws: dict[str, Array], h0: Array | None) -> None:
+        """H[t+1] = f(H[t] Whhᵀ + U[t]) for t = 0 .. T−1, with H[0] = h0 (or 0)."""
+        xp, ops, act = self.backend.xp, self.backend.ops, self.activation
+        hs, us, whh = ws["H"], ws["U"], self.params["Whh"]
+        if h0 is None:
+            hs[0].fill(0)
+        else:
+            hs[0][...] = h0
+        for t in range(us.shape[0]):
+            z = hs[t + 1]
+            ops.matmul(hs[t], whh, out=z, trans_b=True)
+            xp.add(z, us[t], out=z)
+            ops.activation_forward(act, z, z)
+
+    def _run_backward(self, ws: dict[str, Array], dh_last: Array | None) -> Array:
+        """BPTT over the buffers of the last forward: fills dhraw, dWhh and db_h.
+
+        ``ws["dH"]`` must hold ∂L/∂h_t for every step; ``dh_last`` is an extra
+        ∂L/∂h_T (None: 0). Returns ∂L/∂h0 (the ``dhnext`` buffer, overwritten by
+        the next backward).
+        """
+        xp, ops, act = self.backend.xp, self.backend.ops, self.activation
+        hs, d_hs, dhraw = ws["H"], ws["dH"], ws["dhraw"]
+        dh, dhnext, whh = ws["dh"], ws["dhnext"], self.params["Whh"]
+        if dh_last is None:
+            dhnext.fill(0)
+        else:
+            dhnext[...] = dh_last
+        steps, batch, hidden = dhraw.shape
+        for t in range(steps - 1, -1, -1):
+            xp.add(d_hs[t], dhnext, out=dh)
+            ops.activation_backward(act, dh, hs[t + 1], dhraw[t])
+            ops.matmul(dhraw[t], whh, out=dhnext)
+        rows = dhraw.reshape(steps * batch, hidden)
+        ops.matmul(rows, hs[:steps].reshape(steps * batch, hidden), out=self.grads["Whh"],
+                   trans_a=True)
+        ops.column_sum(rows, out=self.grads["bh"])
+        return dhnext
+
+    # --- input checks ------------------------------------------------------------------
+    def _float_array(self, x: Any, what: str) -> Array:
+        """``x`` as an array of this device in the model's dtype (DeviceError/DTypeError)."""
+        if not self.backend.is_gpu and isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        self.backend.check_array(x, f"{self.describe()}: {what}")
+        if x.dtype.kind not in "biuf":
+            raise DTypeError(f"{self.describe()}: {what} must be real numbers, got {x.dtype}")
+        return x
+
+    def _check_state(self, h: Any, batch: int, what: str) -> Array:
+        """A (batch, hidden) state such as h0 or dh_T, validated."""
+        h = self._float_array(h, what)
+        if tuple(h.shape) != (batch, self.hidden_size):
+            raise ShapeError(
+                f"{self.describe()}: expected {what} of shape (batch, hidden) = "
+                f"({batch}, {self.hidden_size}), got shape {tuple(h.shape)}"
+            )
+        return h
+
+    # --- passes ----------------------------------------------------------------------------
+    def forward(self, x: Any, h0: Any = None) -> tuple[Array, Array]:
+        """Run the sequences ``x`` (B, T, input_size) from ``h0`` (B, hidden) or zeros.
+
+        Returns ``(H, h_T)``: every hidden state H (B, T, hidden), H[:, t] = h_{t+1},
+        and the last one h_T (B, hidden), both new arrays. Pass h_T as the next
+        window's ``h0`` to carry the state (detached: see the module docstring).
+        """
+        x = self._float_array(x, "x")
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            hint = " (one sequence? use x[None])" if x.ndim == 2 else ""
+            raise ShapeError(
+                f"{self.describe()}: expected x of shape (batch, time, {self.input_size}), "
+                f"got shape {tuple(x.shape)}{hint}"
+            )
+        batch, steps, n_in = x.shape
+        if batch == 0 or steps == 0:
+            raise ShapeError(f"{self.describe()}: empty input (x of shape {tuple(x.shape)})")
+        h0 = None if h0 is None else self._check_state(h0, batch, "h0")
+        ops = self.backend.ops
+        with self.backend.activate():
+            ws = self._recurrence_buffers(
+                batch, steps,
+                {"X": ((steps, batch, n_in), self.dtype), "dX": ((steps, batch, n_in), self.dtype)},
+            )
+            ws["X"][...] = x.transpose(1, 0, 2)
+            us = ws["U"].reshape(steps * batch, self.hidden_size)
+            ops.matmul(ws["X"].reshape(steps * batch, n_in), self.params["Wxh"], out=us,
+                       trans_b=True)
+            ops.add_bias(us, self.params["bh"])
+            self._run_forward(ws, h0)
+            self._last = ws
+            hs = ws["H"]
+            return hs[1:].transpose(1, 0, 2).copy(), hs[steps].copy()
+
+    __call__ = forward
+
+    def backward(self, grad_h: Any, grad_h_last: Any = None) -> Array:
+        """Backprop through time for the last :meth:`forward`.
+
+        Args:
+            grad_h: ∂L/∂H, shape (B, T, hidden) like forward's H.
+            grad_h_last: an extra ∂L/∂h_T (B, hidden), e.g. from a loss on the final
+                state, or None.
+
+        Writes dWxh, dWhh and db_h into the gradient buffer (overwriting), sets
+        :attr:`grad_h0` = ∂L/∂h0, and returns ∂L/∂x (B, T, input_size) as a new array.
+        """
+        if self._last is None:
+            raise ShapeError(f"{self.describe()}: backward called before forward")
+        ws = self._last
+        steps, batch, n_in = ws["X"].shape
+        grad_h = self._float_array(grad_h, "grad_h")
+        expected = (batch, steps, self.hidden_size)
+        if tuple(grad_h.shape) != expected:
+            raise ShapeError(
+                f"{self.describe()}: expected grad_h of shape {expected} (the shape of the "
+                f"last forward's H), got shape {tuple(grad_h.shape)}"
+            )
+        if grad_h_last is not None:
+            grad_h_last = self._check_state(grad_h_last, batch, "grad_h_last")
+        ops = self.backend.ops
+        with self.backend.activate():
+            ws["dH"][...] = grad_h.transpose(1, 0, 2)
+            dh0 = self._run_backward(ws, grad_h_last)
+            self.grad_h0 = dh0.copy()
+            rows = ws["dhraw"].reshape(steps * batch, self.hidden_size)
+            ops.matmul(rows, ws["X"].reshape(steps * batch, n_in), out=self.grads["Wxh"],
+                       trans_a=True)
+            ops.matmul(rows, self.params["Wxh"], out=ws["dX"].reshape(steps * batch, n_in))
+            return ws["dX"].transpose(1, 0, 2).copy()
+
+
+def clip_grad_norm(grads: Any, max_norm: float) -> float:
+    """Scale gradients in place so that their global L2 norm is at most ``max_norm``.
+
+    ``grads`` is one array (e.g. a model's ``flat_grads``) or a list / dict of
+    arrays, all NumPy or all CuPy. With the global norm
+
+        ‖g‖ = √(Σ_arrays Σ_i g_i²)
+
+    every array is multiplied by max_norm / (‖g‖ + 1e-6) when ‖g‖ > max_norm
+    (PyTorch's ``clip_grad_norm_``) and left alone otherwise. A non-finite norm
+    (inf or NaN gradients) is returned as it is and nothing is scaled.
+
+    Returns the norm *before* clipping, as a float.
+    """
+    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
+        raise ConfigError(f"clip_grad_norm: max_norm must be a real number, got {max_norm!r}")
+    if not (max_norm > 0 and math.isfinite(max_norm)):
+        raise ConfigError(f"clip_grad_norm: max_norm must be positive and finite, got {max_norm}")
+    if isinstance(grads, Mapping):
+        arrays = list(grads.values())
+    elif isinstance(grads, (list, tuple)):
+        arrays = list(grads)
+    else:
+        arrays = [grads]
+    for i, g in enumerate(arrays):
+        if not (isinstance(g, np.ndarray) or is_cupy_array(g)) or g.dtype.kind != "f":
+            raise DTypeError(
+                f"clip_grad_norm: gradient {i} must be a float NumPy or CuPy array, "
+                f"got {getattr(g, 'dtype', type(g).__name__)}"
+            )
+    squares = 0.0
+    for g in arrays:
+        flat = g.reshape(-1)
+        squares += float(array_module(g).vdot(flat, flat))
+    norm = math.sqrt(squares)
+    if math.isfinite(norm) and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for g in arrays:
+            g *= scale
+    return norm
+
+
+__all__ = ["NONLINEARITIES", "RNN", "Workspaces", "allocate_flat", "clip_grad_norm", "positive_int",
+    "split_flat",
+]
