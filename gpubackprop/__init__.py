@@ -10,18 +10,22 @@ Importing the package never imports CuPy; CuPy loads when a GPU device is asked 
 
 from . import graph, losses, optim, viz
 from .activations import ACTIVATIONS
+from .anomaly import detect_anomaly
 from .backend import Backend, available_devices, get_backend
 from .capture import CompiledStep
 from .charrnn import CharRNN
 from .errors import (
     CaptureError,
+    CheckpointError,
     ConfigError,
     DeviceError,
+    DeviceMemoryError,
     DTypeError,
     GpuBackpropError,
     GradcheckError,
     GraphvizError,
     LabelError,
+    NumericalError,
     ShapeError,
 )
 from .gradcheck import GradcheckReport, gradcheck
@@ -35,8 +39,10 @@ from .graph import (
     topological_order,
     zero_grad,
 )
+from .io import load
 from .layers import Activation, Dense, Layer
 from .model import Sequential
+from .optim import StepReport
 from .rnn import RNN, clip_grad_norm
 from .train import History
 from .viz import render, to_dot
@@ -50,11 +56,13 @@ __all__ = [
     "Backend",
     "CaptureError",
     "CharRNN",
+    "CheckpointError",
     "CompiledStep",
     "ConfigError",
     "DTypeError",
     "Dense",
     "DeviceError",
+    "DeviceMemoryError",
     "Gate",
     "GpuBackpropError",
     "GradcheckError",
@@ -63,17 +71,21 @@ __all__ = [
     "History",
     "LabelError",
     "Layer",
+    "NumericalError",
     "Sequential",
     "ShapeError",
+    "StepReport",
     "Tensor",
     "__version__",
     "available_devices",
     "clip_grad_norm",
+    "detect_anomaly",
     "get_backend",
     "gradcheck",
     "graph",
     "graph_gradcheck",
     "jacobian",
+    "load",
     "losses",
     "maximum",
     "optim",

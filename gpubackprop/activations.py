@@ -116,24 +116,37 @@ def _softplus_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
     return out
 
 
+def _times_z(xp: ModuleType, factor: Array, z: Array) -> Array:
+    """factor ← factor · z in place, with 0 · (±inf) = 0.
+
+    Where the factor is exactly 0 (Φ(−inf), σ(−inf), 1 − tanh²(±inf), ...) the
+    product's limit is 0, while IEEE would give NaN for z = ±inf; NaN in z or in
+    the factor still propagates (NaN ≠ 0).
+    """
+    return xp.multiply(factor, z, out=factor, where=factor != 0)
+
+
 def _gelu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
     cdf = xp.multiply(z, _INV_SQRT_2)
     _erf(xp, cdf, cdf)
     cdf += 1.0
     cdf *= 0.5
-    return xp.multiply(z, cdf, out=out)
+    out[...] = _times_z(xp, cdf, z)
+    return out
 
 
 def _gelu_tanh_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
     t = _gelu_tanh_t(xp, z)
     t += 1.0
     t *= 0.5
-    return xp.multiply(z, t, out=out)
+    out[...] = _times_z(xp, t, z)
+    return out
 
 
 def _silu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
     s = _sigmoid_fwd(xp, z, xp.empty_like(z))
-    return xp.multiply(z, s, out=out)
+    out[...] = _times_z(xp, s, z)
+    return out
 
 
 def _gelu_tanh_t(xp: ModuleType, z: Array) -> Array:
@@ -212,7 +225,7 @@ def _gelu_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
     pdf *= -0.5
     xp.exp(pdf, out=pdf)
     pdf *= _INV_SQRT_2PI
-    pdf *= z
+    _times_z(xp, pdf, z)
     xp.multiply(z, _INV_SQRT_2, out=out)
     _erf(xp, out, out)
     out += 1.0
@@ -231,8 +244,9 @@ def _gelu_tanh_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
     du *= _SQRT_2_OVER_PI
     xp.multiply(t, t, out=out)
     xp.subtract(1.0, out, out=out)
-    out *= du
-    out *= z
+    # (1 − t²) is exactly 0 where u′ or z is infinite: keep the product 0 there
+    xp.multiply(out, du, out=out, where=out != 0)
+    _times_z(xp, out, z)
     t += 1.0
     out += t
     out *= 0.5
@@ -241,12 +255,13 @@ def _gelu_tanh_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
 
 
 def _silu_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
-    # σ (1 + z (1 − σ))
+    # σ (1 + z (1 − σ)) = σ + z σ (1 − σ); σ(1 − σ) = 0 at z = ±inf, so the
+    # product is taken only where it is non-zero (the limit is σ: 1 or 0)
     s = _sigmoid_fwd(xp, z, xp.empty_like(z))
     xp.subtract(1.0, s, out=out)
-    out *= z
-    out += 1.0
     out *= s
+    _times_z(xp, out, z)
+    out += s
     out *= delta
     return out
 

@@ -43,3 +43,38 @@ class CaptureError(GpuBackpropError, RuntimeError):
 
 class GraphvizError(GpuBackpropError, RuntimeError):
     """Graphviz's ``dot`` program is missing or failed (the message says how to fix it)."""
+
+
+class NumericalError(GpuBackpropError, FloatingPointError):
+    """A NaN or Inf appeared in an input, an activation, the loss or a gradient.
+
+    Raised by :func:`gpubackprop.detect_anomaly` and ``fit(..., check_finite=True)``
+    before the optimizer update, so parameters and optimizer state are unchanged.
+    ``pass_`` is ``"input"``, ``"forward"``, ``"loss"`` or ``"backward"``;
+    ``layer_index`` and ``layer_type`` name the layer (None for the input and loss).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pass_: str,
+        layer_index: int | None = None,
+        layer_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.pass_ = pass_
+        self.layer_index = layer_index
+        self.layer_type = layer_type
+
+
+class DeviceMemoryError(GpuBackpropError, MemoryError):
+    """The device ran out of memory; the message names the buffer and the bytes asked for.
+
+    The model stays usable: nothing was half-written, and a smaller batch may fit.
+    """
+
+
+class CheckpointError(GpuBackpropError, ValueError):
+    """A checkpoint file is invalid, corrupted, or does not fit the model (the message
+    says what and where)."""

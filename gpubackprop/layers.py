@@ -16,7 +16,9 @@ shape (out, in), Δ already carrying the loss's 1/B)::
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +26,7 @@ import numpy as np
 from .activations import Activation as ActivationSpec
 from .activations import get_activation
 from .backend import Backend
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, DeviceMemoryError, ShapeError
 
 if TYPE_CHECKING:
     from .graph import Tensor
@@ -32,6 +34,25 @@ if TYPE_CHECKING:
 Array = Any
 
 _MAX_CACHED_BATCH_SIZES = 4
+
+
+@contextlib.contextmanager
+def device_allocation(what: str, nbytes: int) -> Iterator[None]:
+    """Turn a CuPy out-of-memory error inside the block into :class:`DeviceMemoryError`.
+
+    ``what`` names the step (layer and buffer) and ``nbytes`` the bytes asked for;
+    no-op on the CPU, where NumPy raises MemoryError itself.
+    """
+    try:
+        yield
+    except MemoryError as exc:  # cupy.cuda.memory.OutOfMemoryError subclasses MemoryError
+        if isinstance(exc, DeviceMemoryError) or type(exc).__module__.split(".")[0] != "cupy":
+            raise
+        raise DeviceMemoryError(
+            f"{what}: out of device memory allocating {nbytes:,} bytes "
+            f"({nbytes / 2**20:.1f} MiB); nothing was changed, a smaller batch may fit "
+            f"({exc})"
+        ) from exc
 
 
 class Layer:
@@ -114,7 +135,10 @@ class Layer:
                 self._workspaces.pop(next(iter(self._workspaces)))
             assert self.backend is not None
             xp = self.backend.xp
-            with self.backend.activate():
+            itemsize = np.dtype(self.dtype).itemsize
+            nbytes = sum(math.prod(shape) * itemsize for shape in shapes.values())
+            what = f"{self.label}: work buffers {sorted(shapes)} for batch {batch}"
+            with self.backend.activate(), device_allocation(what, nbytes):
                 ws = {name: xp.empty(shape, dtype=self.dtype) for name, shape in shapes.items()}
             self._workspaces[batch] = ws
         return ws

@@ -12,15 +12,18 @@ Backward follows the recurrences of the seed notes, batch-major::
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .anomaly import checker_for
 from .backend import Backend, get_backend
-from .errors import ConfigError, DTypeError, ShapeError
-from .layers import Layer
+from .errors import CaptureError, ConfigError, DTypeError, ShapeError
+from .layers import Layer, device_allocation
 from .losses import Loss, get_loss
 from .optim import Optimizer
 
@@ -136,7 +139,10 @@ class Sequential:
         shapes = [layer.param_shapes() for layer in self.layers]
         total = sum(int(np.prod(shape)) for s in shapes for _, shape in s)
         xp = self.backend.xp
-        with self.backend.activate():
+        with self.backend.activate(), device_allocation(
+            f"Sequential: flat parameter and gradient buffers ({total:,} parameters each)",
+            2 * total * self.dtype.itemsize,
+        ):
             self.flat_params = xp.zeros(total, dtype=self.dtype)
             self.flat_grads = xp.zeros(total, dtype=self.dtype)
         host = np.zeros(total, dtype=np.float64)
@@ -233,7 +239,20 @@ class Sequential:
 
     # --- passes ------------------------------------------------------------------------
     def _forward(self, x: Array) -> Array:
-        """Forward over a validated input; returns the last layer's buffer."""
+        """Forward over a validated input; returns the last layer's buffer.
+
+        Under :func:`~gpubackprop.detect_anomaly` the input and each layer's output
+        are checked for NaN/Inf (see :mod:`gpubackprop.anomaly`).
+        """
+        check = checker_for(self)
+        if check is not None:
+            with self.backend.activate(), check.scope():
+                check.record("input", self.layers[0], "input x", x)
+                for layer in self.layers:
+                    x = layer.forward(x)
+                    check.record("forward", layer, "output", x)
+            self._output = x
+            return x
         with self.backend.activate():
             for layer in self.layers:
                 x = layer.forward(x)
@@ -251,11 +270,20 @@ class Sequential:
     __call__ = forward
 
     def _backward(self, delta: Array, need_input_grad: bool = False) -> Array | None:
-        with self.backend.activate():
+        check = checker_for(self)
+        with self.backend.activate(), contextlib.ExitStack() as scope:
+            if check is not None:
+                scope.enter_context(check.scope())
             last = len(self.layers) - 1
             for i in range(last, -1, -1):
                 need = need_input_grad or i > 0
-                delta = self.layers[i].backward(delta, need)
+                layer = self.layers[i]
+                delta = layer.backward(delta, need)
+                if check is not None:
+                    for name, grad in layer.grads.items():
+                        check.record("backward", layer, f"gradient d{name}", grad)
+                    if delta is not None:
+                        check.record("backward", layer, "input gradient δ", delta)
         return delta
 
     def backward(self, grad_output: Any, *, return_input_grad: bool = False) -> Array | None:
@@ -281,7 +309,10 @@ class Sequential:
     def _loss_grad_buffer(self, shape: tuple[int, ...]) -> Array:
         buf = self._loss_grad.get(shape)
         if buf is None:
-            with self.backend.activate():
+            nbytes = math.prod(shape) * self.dtype.itemsize
+            with self.backend.activate(), device_allocation(
+                f"loss gradient buffer of shape {shape}", nbytes
+            ):
                 buf = self.backend.xp.empty(shape, dtype=self.dtype)
             self._loss_grad = {shape: buf}
         return buf
@@ -297,11 +328,18 @@ class Sequential:
 
     def _loss_and_grad(self, x: Array, y: Array, loss: Loss) -> Array:
         """Forward, loss, backward on validated arrays; the loss as a 0-d device array."""
-        out = self._forward(x)
-        grad = self._loss_grad_buffer(tuple(out.shape))
-        with self.backend.activate():
-            value = loss.value_and_grad(self.backend, out, y, grad)
-        self._backward(grad)
+        check = checker_for(self)
+        with contextlib.ExitStack() as scope:
+            if check is not None:  # one read of the GPU flags for the whole step
+                scope.enter_context(check.scope())
+            out = self._forward(x)
+            grad = self._loss_grad_buffer(tuple(out.shape))
+            with self.backend.activate():
+                value = loss.value_and_grad(self.backend, out, y, grad)
+                if check is not None:
+                    check.record("loss", None, f"{loss.name} value", value)
+                    check.record("loss", None, f"{loss.name} gradient ∂L/∂output", grad)
+            self._backward(grad)
         return value
 
     def _prepare_batch(self, x: Any, y: Any, loss: Loss | str) -> tuple[Array, Array, Loss]:
@@ -359,6 +397,11 @@ class Sequential:
         """
         from .capture import CompiledStep
 
+        if optimizer.max_grad_norm is not None or optimizer.skip_nonfinite:
+            raise CaptureError(
+                "compile_step: an optimizer with max_grad_norm or skip_nonfinite decides "
+                "on the host at every step and cannot be recorded; call train_step instead"
+            )
         return CompiledStep(self, loss, optimizer)
 
     # --- training loop API (in train.py) -------------------------------------------------
@@ -386,6 +429,24 @@ class Sequential:
         from .train import fit
 
         return fit(self, x, y, **kwargs)
+
+    # --- checkpoints (in io.py) --------------------------------------------------------
+    def save(self, path: Any, optimizer: Optimizer | None = None) -> None:
+        """Write the training state (parameters, ``optimizer``'s state, random generator,
+        architecture) to ``path`` (a str or os.PathLike), atomically, as a safetensors
+        file; see :func:`gpubackprop.io.save`. ``gb.load(path)`` reads it back.
+        """
+        from .io import save
+
+        save(self, path, optimizer)
+
+    def load_state(self, path: Any, optimizer: Optimizer | None = None) -> None:
+        """Load a checkpoint of this architecture into this model (and ``optimizer``) in
+        place; on CheckpointError nothing has changed. See :func:`gpubackprop.io.load_state`.
+        """
+        from .io import load_state
+
+        load_state(self, path, optimizer)
 
 
 __all__ = ["Sequential", "check_optimizer", "resolve_dtype"]

@@ -28,6 +28,7 @@ import contextlib
 import math
 import numbers
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -45,6 +46,7 @@ __all__ = [
     "LinearWarmup",
     "Optimizer",
     "StepLR",
+    "StepReport",
 ]
 
 Array = Any
@@ -104,6 +106,48 @@ def _device_scope(x: Array) -> contextlib.AbstractContextManager[object]:
     return x.device if is_cupy_array(x) else contextlib.nullcontext()
 
 
+# --- step reports -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepReport:
+    """What one :meth:`Optimizer.step` did.
+
+    Attributes:
+        stepped: whether the parameters (and the state) were updated.
+        grad_norm: the global gradient norm ‖g‖₂ = √(Σ g²) before clipping; None
+            unless ``max_grad_norm`` or ``skip_nonfinite`` asked for it to be measured
+            (then it may be nan/inf).
+        clipped: whether g was scaled down to ``max_grad_norm``.
+        clip_scale: the factor g was multiplied by, min(1, max_norm / (‖g‖₂ + 1e-6)).
+        skipped_reason: why the update was skipped (None when it ran).
+    """
+
+    stepped: bool
+    grad_norm: float | None = None
+    clipped: bool = False
+    clip_scale: float = 1.0
+    skipped_reason: str | None = None
+
+
+#: the report of a plain step (no norm asked for): one shared object, nothing allocated
+_PLAIN_STEP = StepReport(stepped=True)
+
+
+def _global_norm(xp: ModuleType, grads: Array) -> float:
+    """‖g‖₂ = √(g·g) as a float; rescaled by m = max|g| when g·g overflows.
+
+    ‖g‖₂ = m·√(Σ (g/m)²) is finite for every finite g; nan or inf stays nan or inf.
+    """
+    norm = math.sqrt(float(xp.vdot(grads, grads)))
+    if math.isinf(norm):
+        largest = float(xp.abs(grads).max())
+        if math.isfinite(largest):
+            scaled = grads / largest
+            norm = largest * math.sqrt(float(xp.vdot(scaled, scaled)))
+        else:
+            norm = largest  # inf, or nan (nan propagates through max)
+    return norm
+
+
 # --- optimizers -------------------------------------------------------------------------
 class Optimizer(ABC):
     """Base class: updates one flat 1-D parameter buffer from one flat gradient buffer.
@@ -117,6 +161,17 @@ class Optimizer(ABC):
     Subclasses list their state arrays in ``_state_names`` and define
     :meth:`hyperparameters`, :meth:`_set_hyperparameters`, :meth:`_scratch_count` and
     :meth:`_update`.
+
+    Guards (keyword arguments of every optimizer, off by default):
+
+    * ``max_grad_norm`` — clip by the global norm before the update:
+      g ← g · min(1, max_norm / (‖g‖₂ + 1e-6)) (in place in ``grads``, as PyTorch's
+      ``clip_grad_norm_``); a non-finite norm is not clipped.
+    * ``skip_nonfinite`` — when g has a NaN or an inf, skip the update (no state
+      change, ``step_count`` unchanged) and say so in the report.
+
+    :meth:`step` returns a :class:`StepReport`, also kept as ``last_report``. With no
+    guard no norm is computed and nothing is allocated.
     """
 
     #: names of the state arrays, as they appear in :meth:`state_dict`
@@ -125,9 +180,24 @@ class Optimizer(ABC):
     #: subclass creates them itself in :meth:`_update`)
     _zero_init_state: ClassVar[bool] = False
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, max_grad_norm: float | None = None, skip_nonfinite: bool = False
+    ) -> None:
         self._lr = 0.0
         self.step_count = 0
+        who = type(self).__name__
+        if max_grad_norm is not None:
+            max_grad_norm = _real(who, "max_grad_norm", max_grad_norm)
+            if max_grad_norm <= 0:
+                raise ConfigError(f"{who}: max_grad_norm must be > 0, got {max_grad_norm}")
+        if not isinstance(skip_nonfinite, (bool, np.bool_)):
+            raise ConfigError(f"{who}: skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+        #: clip threshold for the global gradient norm (None: no clipping)
+        self.max_grad_norm: float | None = max_grad_norm
+        #: whether a step with a NaN/Inf gradient is skipped
+        self.skip_nonfinite = bool(skip_nonfinite)
+        #: the :class:`StepReport` of the last :meth:`step` (None before the first)
+        self.last_report: StepReport | None = None
         self._size: int | None = None
         self._state: dict[str, Array | None] = dict.fromkeys(self._state_names)
         self._scratch: list[Array] = []
@@ -173,25 +243,53 @@ class Optimizer(ABC):
         """
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        guards = {"max_grad_norm": self.max_grad_norm, "skip_nonfinite": self.skip_nonfinite}
+        items = {**self.hyperparameters(), **{k: v for k, v in guards.items() if v}}
+        args = ", ".join(f"{k}={v!r}" for k, v in items.items())
         return f"{type(self).__name__}({args})"
 
     # --- stepping --------------------------------------------------------------------
-    def step(self, params: Array, grads: Array) -> None:
+    def step(self, params: Array, grads: Array) -> StepReport:
         """Update ``params`` in place from ``grads`` (both 1-D, same size, dtype, device).
 
-        Raises ShapeError, DTypeError or DeviceError when the two buffers do not
-        match each other or the optimizer's state.
+        Returns a :class:`StepReport` (also kept as ``last_report``): whether the
+        update ran, the gradient norm and clipping when ``max_grad_norm`` or
+        ``skip_nonfinite`` is set, and why a step was skipped. Raises ShapeError,
+        DTypeError or DeviceError when the two buffers do not match each other or
+        the optimizer's state.
         """
         xp = self._check_buffers(params, grads)
         with _device_scope(params):
             self._prepare(xp, params)
-            self.step_count += 1
-            if xp is np:
-                self._update(xp, params, grads)
-            else:
-                self.sync_device_lr()
-                self._launch(params, grads)
+            report = self._guard(xp, grads)
+            if report.stepped:
+                self.step_count += 1
+                if xp is np:
+                    self._update(xp, params, grads)
+                else:
+                    self.sync_device_lr()
+                    self._launch(params, grads)
+        self.last_report = report
+        return report
+
+    def _guard(self, xp: ModuleType, grads: Array) -> StepReport:
+        """Measure, clip or veto the step as the guards ask (nothing when none is set)."""
+        if self.max_grad_norm is None and not self.skip_nonfinite:
+            return _PLAIN_STEP
+        norm = _global_norm(xp, grads)
+        if not math.isfinite(norm):
+            if self.skip_nonfinite:
+                return StepReport(
+                    stepped=False, grad_norm=norm,
+                    skipped_reason=f"non-finite gradient (global norm {norm})",
+                )
+            return StepReport(stepped=True, grad_norm=norm)
+        if self.max_grad_norm is not None:
+            scale = self.max_grad_norm / (norm + 1e-6)
+            if scale < 1.0:
+                xp.multiply(grads, scale, out=grads)
+                return StepReport(stepped=True, grad_norm=norm, clipped=True, clip_scale=scale)
+        return StepReport(stepped=True, grad_norm=norm)
 
     def prepare(self, params: Array, grads: Array) -> None:
         """Allocate every state and scratch buffer for these buffers, without stepping.
@@ -378,8 +476,11 @@ class SGD(Optimizer):
         dampening: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
+        *,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
         self._set_hyperparameters(
             lr=lr,
             momentum=momentum,
@@ -516,8 +617,11 @@ class Adam(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        *,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
         self._set_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     @property
@@ -637,8 +741,14 @@ class AdamW(Adam):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
+        *,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
-        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+        )
 
 
 # --- learning-rate schedules -----------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from .anomaly import check_finite_input, detect_anomaly
 from .backend import is_cupy_array
 from .errors import CaptureError, ConfigError, DeviceError, ShapeError
 from .losses import BCEWithLogits, Loss, get_loss
@@ -212,6 +213,7 @@ def fit(
     capture: bool = True,
     verbose: bool = True,
     file: TextIO | None = None,
+    check_finite: bool = False,
 ) -> History:
     """Train ``model`` on (x, y) with mini-batch steps; returns a :class:`History`.
 
@@ -225,7 +227,46 @@ def fit(
     of a CUDA graph of the whole step (:meth:`Sequential.compile_step`); the last,
     shorter batch of an epoch runs eagerly (same math, same kernels). If recording
     the graph fails, fit warns with the reason and trains eagerly.
+
+    With ``check_finite``, x, y and the validation data are checked for NaN/Inf
+    first, and every step runs under :func:`gpubackprop.detect_anomaly`: the first
+    NaN/Inf in an activation, the loss or a gradient raises
+    :class:`~gpubackprop.errors.NumericalError` naming the layer and the pass,
+    before that step's update (parameters and optimizer state stay as they were).
+    Such steps run eagerly, as do all steps of an optimizer with
+    ``max_grad_norm`` or ``skip_nonfinite`` (host-side decisions cannot be
+    recorded in a CUDA graph).
     """
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise ConfigError(f"check_finite must be a bool, got {check_finite!r}")
+    with detect_anomaly(bool(check_finite)):
+        return _fit(
+            model, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
+            batch_size=batch_size, shuffle=shuffle, validation_data=validation_data,
+            metrics=metrics, scheduler=scheduler, capture=capture, verbose=verbose,
+            file=file, check_finite=bool(check_finite),
+        )
+
+
+def _fit(
+    model: Sequential,
+    x: Any,
+    y: Any,
+    *,
+    loss: Loss | str,
+    optimizer: Optimizer,
+    epochs: int,
+    batch_size: int,
+    shuffle: bool,
+    validation_data: tuple[Any, Any] | None,
+    metrics: Sequence[str],
+    scheduler: Any,
+    capture: bool,
+    verbose: bool,
+    file: TextIO | None,
+    check_finite: bool,
+) -> History:
+    """:func:`fit` with ``check_finite`` already applied to the context."""
     loss = get_loss(loss)
     check_optimizer(optimizer)
     metrics = _check_metrics(metrics)
@@ -235,12 +276,18 @@ def fit(
     x = _inputs(model, x)
     y = _host_or_device(model, y, "y")
     _validate_xy(model, x, y, loss)
+    if check_finite:
+        check_finite_input(x, "x")
+        check_finite_input(y, "y")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ConfigError("validation_data must be a pair (x_val, y_val)")
         x_val = _inputs(model, validation_data[0])
         y_val = _host_or_device(model, validation_data[1], "validation y")
         _validate_xy(model, x_val, y_val, loss, "validation x")
+        if check_finite:
+            check_finite_input(x_val, "validation x")
+            check_finite_input(y_val, "validation y")
 
     backend = model.backend
     xp = backend.xp
@@ -253,7 +300,9 @@ def fit(
             f"{backend.device} ({backend.reason})",
             file=file,
         )
-    compiled = model.compile_step(loss, optimizer) if capture and backend.is_gpu else None
+    guarded = optimizer.max_grad_norm is not None or optimizer.skip_nonfinite
+    eager = check_finite or guarded or not (capture and backend.is_gpu)
+    compiled = None if eager else model.compile_step(loss, optimizer)
     for epoch in range(int(epochs)):
         started = time.perf_counter()
         order = model.rng.permutation(n) if shuffle else None

@@ -126,7 +126,12 @@ __global__ void mse_grad(const T* __restrict__ pred, const T* __restrict__ targe
 // linear part takes its limit where the loss has one (y = 1 at +inf, y = 0 at -inf).
 template <typename A>
 GBP_HD A bce_element(A z, A y, A inv_n, A* grad) {
-    *grad = (A(1) / (A(1) + math::exp(-z)) - y) * inv_n;
+    // sigma(z) - y from s = sigma(-|z|) = e / (1 + e), e = e^{-|z|} (the small side
+    // of sigma): (1 - y) - s for z >= 0, s - y for z < 0; exact where sigma(z)
+    // rounds to 1, as the NumPy reference (numpy_ops.bce_with_logits).
+    const A e = math::exp(-math::abs(z));
+    const A s = e / (A(1) + e);
+    *grad = (z >= A(0) ? (A(1) - y) - s : s - y) * inv_n;
     A linear;  // max(z, 0) - z y
     if (math::is_finite(z) || z != z) {
         linear = math::max0(z) - z * y;
@@ -135,7 +140,7 @@ GBP_HD A bce_element(A z, A y, A inv_n, A* grad) {
     } else {
         linear = y == A(0) ? A(0) : -z * y;
     }
-    return linear + math::log1p(math::exp(-math::abs(z)));
+    return linear + math::log1p(e);
 }
 
 // elem_loss = max(z,0) - z y + log1p(e^{-|z|}),  grad = (sigma(z) - y) / n

@@ -92,6 +92,23 @@ class NumpyOps:
         grad *= 2.0 * scale
         return value * scale
 
+    def _shift_by_row_max(self, logits: Array, out: Array) -> Array:
+        """out = z − max_c z (the stable shift of log-softmax), exact at infinite logits.
+
+        A row whose max is +inf has softmax = the indicator of its +inf entries
+        (normalised), and a row of −inf only has the uniform limit: in both cases the
+        entries equal to the max are set to 0 (instead of inf − inf = NaN), so
+        exp(out) is finite and ≥ 1 at the max. Finite rows cost one O(B) check.
+        """
+        xp = self.xp
+        row_max = logits.max(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            xp.subtract(logits, row_max, out=out)
+        if not xp.isfinite(row_max).all():
+            infinite = xp.isinf(row_max)
+            out[(logits == row_max) & infinite] = 0.0
+        return out
+
     def softmax_cross_entropy_labels(self, logits: Array, labels: Array, grad: Array) -> Array:
         """Integer labels y ∈ [0, C).
 
@@ -101,8 +118,7 @@ class NumpyOps:
         xp = self.xp
         batch = logits.shape[0]
         rows = xp.arange(batch)
-        row_max = logits.max(axis=1, keepdims=True)
-        xp.subtract(logits, row_max, out=grad)
+        self._shift_by_row_max(logits, grad)
         picked = grad[rows, labels]  # z_y − max, a new (B,) array
         xp.exp(grad, out=grad)
         sums = grad.sum(axis=1, keepdims=True)
@@ -119,9 +135,11 @@ class NumpyOps:
         """
         xp = self.xp
         batch = logits.shape[0]
-        row_max = logits.max(axis=1, keepdims=True)
-        xp.subtract(logits, row_max, out=grad)
+        self._shift_by_row_max(logits, grad)
         weighted = xp.vdot(probs, grad)  # Σ t (z − max)
+        if xp.isnan(weighted) and not xp.isnan(grad).any():
+            # a −inf logit with target mass 0: t·log p = 0·(−inf), whose limit is 0
+            weighted = xp.multiply(probs, grad, where=probs != 0, out=xp.zeros_like(grad)).sum()
         xp.exp(grad, out=grad)
         sums = grad.sum(axis=1, keepdims=True)
         grad /= sums
@@ -133,25 +151,28 @@ class NumpyOps:
         return (xp.vdot(mass, log_sums) - weighted) / batch
 
     def bce_with_logits(self, logits: Array, target: Array, grad: Array) -> Array:
-        """L = mean(max(z, 0) − z·y + log(1 + e^{−|z|}));  ∂L/∂z = (σ(z) − y) / N.
+        """L = mean(c·|z| + log(1 + e^{−|z|}));  ∂L/∂z = (σ(z) − y) / N.
 
-        Finite for every finite logit (no e^{|z|} is ever formed).
+        c = 1 − y where z ≥ 0 and y where z < 0, which is max(z, 0) − z·y written
+        without the difference: no e^{|z|} is ever formed, and at z = ±inf the
+        term is 0 when c = 0 (z = +inf, y = 1 gives L = 0, not inf − inf = NaN)
+        and +inf otherwise, the true limits.
         """
         xp = self.xp
         n = logits.size
-        softplus_neg_abs = xp.abs(logits)
-        xp.negative(softplus_neg_abs, out=softplus_neg_abs)
-        xp.exp(softplus_neg_abs, out=softplus_neg_abs)
-        xp.log1p(softplus_neg_abs, out=softplus_neg_abs)
-        xp.maximum(logits, 0.0, out=grad)
-        value = grad.sum() - xp.vdot(logits, target) + softplus_neg_abs.sum()
-        # gradient: σ(z) − y, σ in the overflow-safe form 1 / (1 + e^{−z})
-        with np.errstate(over="ignore"):
-            xp.negative(logits, out=grad)
-            xp.exp(grad, out=grad)
-        grad += 1.0
-        xp.reciprocal(grad, out=grad)
-        grad -= target
+        abs_z = xp.abs(logits)
+        e = xp.negative(abs_z)
+        xp.exp(e, out=e)  # e^{−|z|} ∈ [0, 1]: never overflows
+        nonneg = logits >= 0
+        coeff = xp.where(nonneg, 1.0 - target, target)
+        xp.multiply(coeff, abs_z, out=coeff, where=coeff != 0)
+        value = coeff.sum() + xp.log1p(e).sum()
+        # gradient σ(z) − y from s = σ(−|z|) = e / (1 + e), the small side of σ:
+        # (1 − y) − s for z ≥ 0 and s − y for z < 0, exact where σ(z) rounds to 1
+        xp.add(e, 1.0, out=abs_z)
+        xp.divide(e, abs_z, out=e)
+        xp.subtract(1.0 - target, e, out=grad)
+        xp.subtract(e, target, out=grad, where=~nonneg)
         grad *= 1.0 / n
         return value / n
 

@@ -1,0 +1,178 @@
+"""Anomaly detection: the first NaN/Inf of a training step, named by layer and pass.
+
+Inside ``with gb.detect_anomaly():`` (and in ``fit(..., check_finite=True)``) the
+engine checks every array a step produces, in the order it produces them::
+
+    input x                                  pass "input"
+    a_k = layer_k(a_{k−1}),  k = 0 … L−1     pass "forward"
+    L, δ_L = ∂L/∂a_L                         pass "loss"
+    (dW_k, db_k), δ_{k−1},  k = L−1 … 0      pass "backward"
+
+and raises :class:`~gpubackprop.errors.NumericalError` for the first one that is
+not finite, before any optimizer update, so parameters and optimizer state are
+those of before the step.
+
+Cost: one reduction per checked array. For an array a, ``s = Σ a`` is NaN or
+±inf iff a has a NaN or an inf *or* the sum overflowed; the sum is the cheap
+test (no boolean temporary the size of a), and a non-finite sum is confirmed with
+``isfinite(a).all()`` before anything is raised, so an overflow is never reported.
+On the CPU each sum is read at once. On a GPU the sums go into one preallocated
+float64 device array (float64: a sum of float32 values cannot overflow it) and
+are read with one transfer per step (per ``forward``/``backward`` call outside
+``loss_and_grad``/``train_step``/``fit``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .backend._compat import array_module
+from .errors import NumericalError
+
+if TYPE_CHECKING:
+    from .layers import Layer
+    from .model import Sequential
+
+Array = Any
+
+_ENABLED: ContextVar[bool] = ContextVar("gpubackprop_detect_anomaly", default=False)
+
+
+@contextlib.contextmanager
+def detect_anomaly(enabled: bool = True) -> Iterator[None]:
+    """Check every activation, loss and gradient for NaN/Inf while the block runs.
+
+    ``model.forward``, ``backward``, ``loss_and_grad``, ``train_step``, ``predict``,
+    ``evaluate`` and ``fit`` raise :class:`~gpubackprop.errors.NumericalError` at the
+    first non-finite value, naming the layer (index and type) and the pass
+    (``input``/``forward``/``loss``/``backward``); ``train_step`` raises before the
+    optimizer update. ``enabled=False`` turns checking off inside an enabled block.
+    """
+    token = _ENABLED.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def is_enabled() -> bool:
+    """Whether anomaly detection is on in the current context."""
+    return _ENABLED.get()
+
+
+def _kind(a: Array) -> str:
+    """``"NaN"``, ``"+inf"`` or ``"-inf"``: the first kind of non-finite value present."""
+    xp = array_module(a)
+    if bool(xp.isnan(a).any()):
+        return "NaN"
+    return "+inf" if bool((a == np.inf).any()) else "-inf"
+
+
+def check_finite_input(a: Any, what: str) -> None:
+    """NumericalError (pass ``"input"``) unless the real array ``a`` is all finite.
+
+    Non-float arrays (ints, bools) are finite by construction and pass.
+    """
+    if getattr(a, "dtype", None) is None or a.dtype.kind not in "fc" or a.size == 0:
+        return
+    if math.isfinite(float(a.sum())) or bool(array_module(a).isfinite(a).all()):
+        return
+    raise NumericalError(
+        f"non-finite value ({_kind(a)}) in {what} (pass input): "
+        "the data itself has NaN/Inf; clean it before training",
+        pass_="input",
+    )
+
+
+class AnomalyChecker:
+    """The per-model recorder used while :func:`detect_anomaly` is on.
+
+    ``record`` notes one array (its sum); ``flush`` reads the notes and raises for
+    the first non-finite one. ``scope`` nests: only the outermost exit flushes, so
+    a whole ``loss_and_grad`` is one read on a GPU.
+    """
+
+    def __init__(self, model: Sequential) -> None:
+        self.model = model
+        self.is_gpu = model.backend.is_gpu
+        # input + one per layer forward + loss value + loss gradient + two per layer backward
+        self.capacity = 3 + 3 * len(model.layers)
+        self._sums: Array | None = None
+        if self.is_gpu:
+            with model.backend.activate():
+                self._sums = model.backend.xp.zeros(self.capacity, dtype=np.float64)
+        self._entries: list[tuple[str, Layer | None, str, Array]] = []
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[AnomalyChecker]:
+        """A pass (or a whole step); the outermost scope flushes on a normal exit.
+
+        NumPy's floating-point warnings are silenced inside: the check reports the
+        first NaN/Inf itself, as a NumericalError that names where it arose.
+        """
+        if self._depth == 0:
+            self._entries.clear()
+        self._depth += 1
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                yield self
+        finally:
+            self._depth -= 1
+        if self._depth == 0:
+            self.flush()
+
+    def record(self, pass_: str, layer: Layer | None, what: str, a: Array) -> None:
+        """Note ``a`` (produced by ``layer`` in ``pass_``); on the CPU, check it now."""
+        if self.is_gpu and len(self._entries) < self.capacity:
+            assert self._sums is not None
+            slot = self._sums[len(self._entries)]
+            self.model.backend.xp.sum(a, dtype=np.float64, out=slot)
+            self._entries.append((pass_, layer, what, a))
+            return
+        if not math.isfinite(float(a.sum())):
+            self._raise_if_nonfinite(pass_, layer, what, a)
+
+    def flush(self) -> None:
+        """Read the GPU sums once and raise for the first non-finite array."""
+        if not self._entries:
+            return
+        entries, self._entries = self._entries, []
+        assert self._sums is not None
+        sums = self._sums[: len(entries)].get()
+        for (pass_, layer, what, a), total in zip(entries, sums, strict=True):
+            if not math.isfinite(float(total)):
+                self._raise_if_nonfinite(pass_, layer, what, a)
+
+    def _raise_if_nonfinite(self, pass_: str, layer: Layer | None, what: str, a: Array) -> None:
+        xp = self.model.backend.xp
+        if bool(xp.isfinite(a).all()):  # the sum overflowed; every value is finite
+            return
+        where = "the loss" if layer is None else layer.label
+        raise NumericalError(
+            f"non-finite value ({_kind(a)}) in the {pass_} pass: {what} of {where}; "
+            "parameters and optimizer state are unchanged (the check runs before the update)",
+            pass_=pass_,
+            layer_index=None if layer is None else layer.index,
+            layer_type=None if layer is None else type(layer).__name__,
+        )
+
+
+def checker_for(model: Sequential) -> AnomalyChecker | None:
+    """The model's checker while detection is on, else None (one context-var read)."""
+    if not _ENABLED.get():
+        return None
+    checker = model.__dict__.get("_anomaly_checker")
+    if checker is None:
+        checker = AnomalyChecker(model)
+        model.__dict__["_anomaly_checker"] = checker
+    return checker
+
+
+__all__ = ["AnomalyChecker", "check_finite_input", "checker_for", "detect_anomaly", "is_enabled"]

@@ -1,0 +1,847 @@
+"""Pickle-free checkpoints: the whole training state in one safetensors file.
+
+::
+
+    model.save("run.safetensors", optimizer=opt)         # atomic: all or nothing
+    model, opt = gb.load("run.safetensors", device="auto")
+    model.load_state("run.safetensors", optimizer=opt)   # into existing objects
+
+A checkpoint is a `safetensors <https://github.com/huggingface/safetensors>`_ file
+(an 8-byte little-endian header length, a JSON header, then the raw little-endian
+tensor bytes), so ``safetensors.safe_open(path, "np")`` or ``"pt"`` reads its
+tensors. Nothing is ever unpickled: the loader parses the header itself and builds
+arrays from raw bytes only.
+
+Tensors (all of the model's dtype, ``F32`` or ``F64``):
+
+- ``model.<i>.weight``, ``model.<i>.bias``: layer i's parameters, as
+  :meth:`Sequential.parameters` names them (W has shape (out, in)).
+- ``optimizer.<name>``: the optimizer's state arrays (``momentum_buffer``;
+  ``exp_avg``, ``exp_avg_sq``), flat, one entry per model parameter, in the order
+  of the model's flat parameter buffer. Only the arrays that exist are stored.
+
+``__metadata__`` (strings only; the structured ones are JSON):
+
+- ``format``: ``"gpubackprop"``; ``format_version``: ``"1"``.
+- ``gpubackprop_version``: the version that wrote the file.
+- ``dtype``: ``"float32"`` or ``"float64"``.
+- ``architecture``: JSON ``{"class": "Sequential", "seed": int | null (null when the
+  seed was not an int), "layers":
+  [{"type": "Dense", "in_features", "out_features", "activation", "bias"} |
+  {"type": "Activation", "activation"}, ...]}``.
+- ``rng``: JSON of ``model.rng.bit_generator.state`` (the generator that shuffles in
+  :meth:`Sequential.fit`), so resumed training draws the same batches.
+- ``optimizer`` (only when one was saved): JSON ``{"type", "hyperparameters",
+  "step_count", "num_params", "state": [names of the stored arrays]}``.
+- ``sha256``: hex SHA-256 over a canonical JSON of the other metadata and of every
+  tensor's name, dtype and shape, followed by the tensors' bytes in name order.
+
+Loading validates everything before it allocates or changes anything (see
+:func:`load`); every problem with the file raises :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any, NamedTuple
+
+import numpy as np
+import safetensors.numpy
+
+from . import optim
+from .backend import Backend, get_backend
+from .errors import CheckpointError, ConfigError, GpuBackpropError
+from .layers import Activation, Dense, Layer
+from .model import Sequential, check_optimizer, resolve_dtype
+from .optim import Optimizer
+
+__all__ = ["FORMAT_VERSION", "MAX_HEADER_BYTES", "Checkpoint", "load", "load_state", "save"]
+
+PathLike = str | os.PathLike[str]
+
+#: the layout version this module writes and reads
+FORMAT_VERSION = 1
+#: largest JSON header the loader reads (a longer one is rejected unread)
+MAX_HEADER_BYTES = 100 * 2**20
+#: most dimensions a stored tensor may have
+_MAX_NDIM = 8
+
+_FORMAT = "gpubackprop"
+_DTYPE_CODES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+_CODE_OF = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
+_REQUIRED_METADATA = frozenset(
+    {"format", "format_version", "gpubackprop_version", "dtype", "architecture", "rng", "sha256"}
+)
+_OPTIONAL_METADATA = frozenset({"optimizer"})
+_TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+_LAYER_KEYS = {
+    "Dense": frozenset({"type", "in_features", "out_features", "activation", "bias"}),
+    "Activation": frozenset({"type", "activation"}),
+}
+_OPTIMIZER_KEYS = frozenset({"type", "hyperparameters", "step_count", "num_params", "state"})
+_OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)
+}
+_BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
+    cls.__name__: cls
+    for cls in (
+        np.random.PCG64,
+        np.random.PCG64DXSM,
+        np.random.MT19937,
+        np.random.Philox,
+        np.random.SFC64,
+    )
+}
+
+
+class Checkpoint(NamedTuple):
+    """What :func:`load` returns: ``model, optimizer = gb.load(path)``.
+
+    ``optimizer`` is None when the checkpoint was saved without one.
+    """
+
+    model: Sequential
+    optimizer: Optimizer | None
+
+
+# --- saving ----------------------------------------------------------------------------
+def save(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) -> None:
+    """Write ``model`` (and ``optimizer``'s state) to ``path`` as a checkpoint, atomically.
+
+    The file is written to a temporary file in the same folder, flushed, fsynced
+    and renamed over ``path``: a save that fails part way leaves the previous file
+    (if any) as it was and no temporary file behind. The new file gets the
+    permissions of an ordinary new file (0o666 less the umask).
+
+    Raises CheckpointError for a layer type or optimizer that checkpoints cannot
+    hold, or an optimizer whose state belongs to a model of another size or dtype.
+    """
+    host: dict[str, np.ndarray] = {
+        f"model.{name}": _to_host(model.backend, view)
+        for name, view in model.parameters().items()
+    }
+    metadata = {
+        "format": _FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "gpubackprop_version": _package_version(),
+        "dtype": model.dtype.name,
+        "architecture": _dumps(
+            {
+                "class": "Sequential",
+                "seed": _int_or_none(model.seed),
+                "layers": [_layer_spec(layer) for layer in model.layers],
+            }
+        ),
+        "rng": _dumps(model.rng.bit_generator.state),
+    }
+    if optimizer is not None:
+        record, arrays = _optimizer_record(model, optimizer)
+        metadata["optimizer"] = _dumps(record)
+        host.update(arrays)
+    metadata["sha256"] = _digest(
+        metadata, {name: (_CODE_OF[a.dtype], a.shape, a) for name, a in host.items()}
+    )
+    _write_atomic(os.fspath(path), safetensors.numpy.save(host, metadata=metadata))
+
+
+def _to_host(backend: Backend, array: Any) -> np.ndarray:
+    """A C-contiguous little-endian NumPy copy (or view) of a device array."""
+    host = backend.to_numpy(array)
+    return np.ascontiguousarray(host, dtype=host.dtype.newbyteorder("<"))
+
+
+def _int_or_none(seed: object) -> int | None:
+    """The model's seed when it is an int (the generator state is stored apart), else None."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return int(seed)
+    return None
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _dumps(value: object) -> str:
+    """Compact JSON; NumPy arrays (in some bit generators' states) become lists."""
+
+    def default(obj: object) -> object:
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint")
+
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=default)
+
+
+def _layer_spec(layer: Layer) -> dict[str, object]:
+    """The JSON description of a Dense or Activation layer; CheckpointError otherwise."""
+    if type(layer) is Dense:
+        return {
+            "type": "Dense",
+            "in_features": layer.in_features,
+            "out_features": layer.out_features,
+            "activation": layer.activation.name,
+            "bias": layer.use_bias,
+        }
+    if type(layer) is Activation:
+        return {"type": "Activation", "activation": layer.activation.name}
+    raise CheckpointError(
+        f"checkpoints hold Dense and Activation layers only, got {layer.label}"
+    )
+
+
+def _optimizer_record(
+    model: Sequential, optimizer: Optimizer
+) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    """The optimizer's JSON record and its state arrays (host copies), checked against
+    ``model``."""
+    check_optimizer(optimizer)
+    name = type(optimizer).__name__
+    if _OPTIMIZERS.get(name) is not type(optimizer):
+        raise CheckpointError(
+            f"checkpoints hold {', '.join(_OPTIMIZERS)} optimizers only, got {name}"
+        )
+    state = optimizer.state_dict()
+    size = state["num_params"]
+    if size is not None and size != model.num_parameters:
+        raise CheckpointError(
+            f"the {name} optimizer holds state for {size} parameters but the model has "
+            f"{model.num_parameters}; pass the optimizer that trains this model"
+        )
+    arrays = {k: v for k, v in state["state"].items() if v is not None}
+    for key, value in arrays.items():
+        if value.dtype != model.dtype:
+            raise CheckpointError(
+                f"the {name} optimizer's state {key!r} is {value.dtype} but the model is "
+                f"{model.dtype}"
+            )
+    record = {
+        "type": name,
+        "hyperparameters": optimizer.hyperparameters(),
+        "step_count": state["step_count"],
+        "num_params": size,
+        "state": sorted(arrays),
+    }
+    host = {f"optimizer.{k}": _to_host(model.backend, v) for k, v in arrays.items()}
+    return record, host
+
+
+def _write_payload(file: IO[bytes], payload: bytes) -> None:
+    """Write the checkpoint bytes (a seam: tests make it fail part way)."""
+    file.write(payload)
+
+
+def _write_atomic(path: str, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a fsynced temporary file and os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only
+        with os.fdopen(fd, "wb") as file:
+            _write_payload(file, payload)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if os.name == "posix":  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _digest(
+    metadata: dict[str, str], tensors: dict[str, tuple[str, tuple[int, ...], Any]]
+) -> str:
+    """SHA-256 over the metadata (less ``sha256``), each tensor's name, dtype code and
+    shape, and then the tensors' bytes in name order (``tensors``: name -> (code,
+    shape, contiguous buffer))."""
+    described = {
+        "metadata": {k: v for k, v in metadata.items() if k != "sha256"},
+        "tensors": [[name, tensors[name][0], list(tensors[name][1])] for name in sorted(tensors)],
+    }
+    h = hashlib.sha256(json.dumps(described, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(tensors):
+        h.update(tensors[name][2])
+    return h.hexdigest()
+
+
+# --- reading and validating the file -------------------------------------------------------
+@dataclass(frozen=True)
+class _Entry:
+    code: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class _File:
+    """A structurally valid checkpoint whose checksum matched."""
+
+    metadata: dict[str, str]
+    entries: dict[str, _Entry]
+    data: bytes
+
+    def array(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a read-only NumPy view of the file's bytes."""
+        entry = self.entries[name]
+        view = memoryview(self.data)[entry.begin : entry.end]
+        return np.frombuffer(view, dtype=_DTYPE_CODES[entry.code]).reshape(entry.shape)
+
+
+def _read(path: str) -> _File:
+    """Read and validate ``path``: magic bytes, header bounds, JSON, tensor table,
+    format version and checksum. Reads the tensor bytes only once the header has
+    been found consistent with the file's size."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        head = file.read(8)
+        _check_magic(head, size)
+        header_len = int.from_bytes(head, "little")
+        if header_len > MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"header length field says {header_len} bytes, more than the "
+                f"{MAX_HEADER_BYTES}-byte limit: not a checkpoint, or corrupted"
+            )
+        if header_len > size - 8:
+            raise CheckpointError(
+                f"truncated or corrupted: the header length field says {header_len} bytes "
+                f"but only {size - 8} follow it"
+            )
+        header = _parse_header(file.read(header_len))
+        data_len = size - 8 - header_len
+        entries = _tensor_table(header, data_len)
+        metadata = _metadata(header)
+        data = file.read(data_len)
+    if len(data) != data_len:
+        raise CheckpointError("the file changed size while it was read")
+    buffers = {
+        name: (e.code, e.shape, memoryview(data)[e.begin : e.end]) for name, e in entries.items()
+    }
+    if _digest(metadata, buffers) != metadata["sha256"]:
+        raise CheckpointError(
+            "checksum mismatch: the file is corrupted (sha256 of its metadata and tensors "
+            "differs from the one stored in it)"
+        )
+    return _File(metadata, entries, data)
+
+
+def _check_magic(head: bytes, size: int) -> None:
+    """Name files that are plainly something else (never loading them)."""
+    if size == 0:
+        raise CheckpointError("empty file (0 bytes)")
+    if head.startswith(b"\x93NUMPY"):
+        raise CheckpointError(
+            "this is a NumPy .npy file, not a gpubackprop checkpoint (it is not loaded: "
+            ".npy files may hold pickled objects)"
+        )
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise CheckpointError(
+            "this is a zip archive (a NumPy .npz or PyTorch .pt file?), not a gpubackprop "
+            "checkpoint"
+        )
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        raise CheckpointError(
+            f"this is a Python pickle (protocol {head[1]}), not a gpubackprop checkpoint; "
+            "gpubackprop never unpickles"
+        )
+    if size < 8:
+        raise CheckpointError(
+            f"truncated: {size} bytes, but a checkpoint starts with an 8-byte header length"
+        )
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _loads(text: str | bytes, what: str) -> Any:
+    """Strict JSON (UTF-8, no NaN/Infinity, no duplicate keys); CheckpointError otherwise."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _parse_header(raw: bytes) -> dict[str, Any]:
+    if not raw.startswith(b"{"):
+        raise CheckpointError(
+            "not a safetensors checkpoint: the header does not start with '{'"
+        )
+    header = _loads(raw, "the header")
+    if not isinstance(header, dict):
+        raise CheckpointError("the header must be a JSON object")
+    return header
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` cut to 200 characters, for messages about untrusted values."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "<deeply nested value>"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tensor_table(header: dict[str, Any], data_len: int) -> dict[str, _Entry]:
+    """Every tensor's dtype, shape and byte range, checked against the data region:
+    ranges inside it, sized shape × itemsize, covering it exactly without overlap."""
+    entries: dict[str, _Entry] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        what = f"tensor {name!r}"
+        if not isinstance(info, dict) or set(info) != _TENSOR_KEYS:
+            raise CheckpointError(
+                f"{what}: expected an object with keys {sorted(_TENSOR_KEYS)}, got {_short(info)}"
+            )
+        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(code, str) or code not in _DTYPE_CODES:
+            raise CheckpointError(
+                f"{what}: unsupported dtype {_short(code)}; checkpoints hold "
+                f"{' and '.join(_DTYPE_CODES)} tensors only"
+            )
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_NDIM
+            or not all(_is_int(d) and 0 <= d <= data_len for d in shape)
+        ):
+            raise CheckpointError(
+                f"{what}: shape must be a list of at most {_MAX_NDIM} sizes between 0 and "
+                f"the {data_len}-byte data size, got {_short(shape)}"
+            )
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise CheckpointError(
+                f"{what}: data_offsets must be [begin, end] with 0 <= begin <= end, "
+                f"got {_short(offsets)}"
+            )
+        if offsets[1] > data_len:
+            raise CheckpointError(
+                f"{what}: data_offsets {offsets} end past the {data_len} bytes of data in "
+                "the file (truncated or corrupted)"
+            )
+        nbytes = math.prod(shape) * _DTYPE_CODES[code].itemsize
+        if offsets[1] - offsets[0] != nbytes:
+            raise CheckpointError(
+                f"{what}: shape {tuple(shape)} of {code} needs {nbytes} bytes but "
+                f"data_offsets {offsets} span {offsets[1] - offsets[0]}"
+            )
+        entries[name] = _Entry(code, tuple(shape), offsets[0], offsets[1])
+    position = 0
+    for name, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin != position:
+            problem = "overlaps the previous tensor" if entry.begin < position else "leaves a gap"
+            raise CheckpointError(
+                f"tensor {name!r}: data_offsets [{entry.begin}, {entry.end}] {problem} "
+                f"(expected to start at byte {position})"
+            )
+        position = entry.end
+    if position != data_len:
+        raise CheckpointError(
+            f"the tensors cover {position} bytes but the file holds {data_len} after the "
+            "header (truncated, or extra bytes)"
+        )
+    return entries
+
+
+def _metadata(header: dict[str, Any]) -> dict[str, str]:
+    """``__metadata__``: strings only, a gpubackprop checkpoint of a known version."""
+    metadata = header.get("__metadata__")
+    if metadata is None:
+        raise CheckpointError(
+            "not a gpubackprop checkpoint: a safetensors file without __metadata__"
+        )
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError("__metadata__ must be an object of strings")
+    if metadata.get("format") != _FORMAT:
+        raise CheckpointError(
+            f"not a gpubackprop checkpoint: __metadata__ format is "
+            f"{_short(metadata.get('format'))}, expected {_FORMAT!r}"
+        )
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"unsupported format version {_short(version)}; this gpubackprop "
+            f"({_package_version()}) reads version {FORMAT_VERSION}"
+        )
+    missing = sorted(_REQUIRED_METADATA - set(metadata))
+    unknown = sorted(set(metadata) - _REQUIRED_METADATA - _OPTIONAL_METADATA)
+    if missing or unknown:
+        raise CheckpointError(
+            f"__metadata__ is missing {missing} and has unknown keys {unknown}"
+        )
+    return metadata
+
+
+# --- interpreting the metadata ---------------------------------------------------------------
+def _dtype(file: _File) -> np.dtype:
+    name = file.metadata["dtype"]
+    if name not in ("float32", "float64"):
+        raise CheckpointError(f"dtype must be 'float32' or 'float64', got {_short(name)}")
+    return resolve_dtype(name)
+
+
+def _architecture(file: _File) -> dict[str, Any]:
+    arch = _loads(file.metadata["architecture"], "architecture")
+    if (
+        not isinstance(arch, dict)
+        or set(arch) != {"class", "seed", "layers"}
+        or arch["class"] != "Sequential"
+        or not isinstance(arch["layers"], list)
+    ):
+        raise CheckpointError(
+            'architecture must be {"class": "Sequential", "seed": ..., "layers": [...]}, '
+            f"got {_short(file.metadata['architecture'])}"
+        )
+    seed = arch["seed"]
+    if seed is not None and not (_is_int(seed) and seed >= 0):
+        raise CheckpointError(f"architecture seed must be null or an int >= 0, got {_short(seed)}")
+    return arch
+
+
+def _layer_from_spec(index: int, spec: object) -> Layer:
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or (
+        spec["type"] not in _LAYER_KEYS
+    ):
+        raise CheckpointError(
+            f"architecture layer {index}: expected a Dense or Activation layer, "
+            f"got {_short(spec)}"
+        )
+    keys = _LAYER_KEYS[spec["type"]]
+    if set(spec) != keys:
+        raise CheckpointError(
+            f"architecture layer {index} ({spec['type']}) must have keys {sorted(keys)}, "
+            f"got {sorted(spec)}"
+        )
+    try:
+        if spec["type"] == "Activation":
+            return Activation(spec["activation"])
+        if not isinstance(spec["bias"], bool):
+            raise ConfigError(f"bias must be true or false, got {_short(spec['bias'])}")
+        return Dense(
+            spec["in_features"], spec["out_features"], spec["activation"], bias=spec["bias"]
+        )
+    except ConfigError as exc:
+        raise CheckpointError(f"architecture layer {index}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _OptimizerSpec:
+    """The optimizer record of a checkpoint, checked for shape (not yet for values)."""
+
+    cls: type[Optimizer]
+    hyperparameters: dict[str, Any]
+    step_count: int
+    num_params: int | None
+    state: tuple[str, ...]
+
+    def entries(self, num_params: int) -> dict[str, tuple[int, ...]]:
+        """The tensors this record says the file holds, with the shapes a model of
+        ``num_params`` parameters needs."""
+        return {f"optimizer.{name}": (num_params,) for name in self.state}
+
+    def problems(self, num_params: int) -> list[str]:
+        """How the record disagrees with a model of ``num_params`` parameters."""
+        if self.num_params is None or self.num_params == num_params:
+            return []
+        return [f"optimizer num_params (checkpoint {self.num_params}, model {num_params})"]
+
+    def state_dict(self, file: _File, backend: Backend) -> dict[str, object]:
+        """The :meth:`Optimizer.load_state_dict` snapshot, arrays on ``backend``."""
+        names = self.cls._state_names
+        return {
+            "type": self.cls.__name__,
+            **self.hyperparameters,
+            "step_count": self.step_count,
+            "num_params": self.num_params,
+            "state": {
+                name: backend.asarray(file.array(f"optimizer.{name}"))
+                if name in self.state
+                else None
+                for name in names
+            },
+        }
+
+
+def _optimizer_spec(file: _File) -> _OptimizerSpec | None:
+    raw = file.metadata.get("optimizer")
+    if raw is None:
+        return None
+    record = _loads(raw, "optimizer")
+    if not isinstance(record, dict) or set(record) != _OPTIMIZER_KEYS:
+        raise CheckpointError(
+            f"optimizer must be an object with keys {sorted(_OPTIMIZER_KEYS)}, got {_short(raw)}"
+        )
+    cls = _OPTIMIZERS.get(record["type"]) if isinstance(record["type"], str) else None
+    if cls is None:
+        raise CheckpointError(
+            f"unknown optimizer type {_short(record['type'])}; expected one of {list(_OPTIMIZERS)}"
+        )
+    hyper, steps, size, state = (
+        record["hyperparameters"], record["step_count"], record["num_params"], record["state"]
+    )
+    if not isinstance(hyper, dict):
+        raise CheckpointError(f"optimizer hyperparameters must be an object, got {_short(hyper)}")
+    if not (_is_int(steps) and steps >= 0):
+        raise CheckpointError(f"optimizer step_count must be an int >= 0, got {_short(steps)}")
+    if size is not None and not (_is_int(size) and size >= 0):
+        raise CheckpointError(
+            f"optimizer num_params must be null or an int >= 0, got {_short(size)}"
+        )
+    names = cls._state_names
+    if (
+        not isinstance(state, list)
+        or not all(isinstance(n, str) and n in names for n in state)
+        or len(set(state)) != len(state)
+        or (size is None and state)
+    ):
+        raise CheckpointError(
+            f"optimizer state must list distinct names among {list(names)} (none before "
+            f"the first step), got {_short(state)}"
+        )
+    return _OptimizerSpec(cls, hyper, steps, size, tuple(state))
+
+
+def _build_optimizer(spec: _OptimizerSpec) -> Optimizer:
+    """A new optimizer from the record's hyperparameters (CheckpointError if refused)."""
+    try:
+        optimizer = spec.cls(**spec.hyperparameters)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"optimizer {spec.cls.__name__}: {exc}") from exc
+    return optimizer
+
+
+def _check_hyperparameter_names(spec: _OptimizerSpec, optimizer: Optimizer) -> None:
+    expected = set(optimizer.hyperparameters())
+    if set(spec.hyperparameters) != expected:
+        raise CheckpointError(
+            f"optimizer {spec.cls.__name__} hyperparameters must be {sorted(expected)}, "
+            f"got {sorted(spec.hyperparameters)}"
+        )
+
+
+def _rng(file: _File) -> np.random.Generator:
+    """A new Generator in the stored bit-generator state (CheckpointError if invalid)."""
+    state = _loads(file.metadata["rng"], "rng")
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    cls = _BIT_GENERATORS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise CheckpointError(
+            f"rng must be a NumPy bit generator state ({', '.join(_BIT_GENERATORS)}), "
+            f"got {_short(file.metadata['rng'])}"
+        )
+    bit_generator = cls()
+    try:
+        bit_generator.state = state
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+        raise CheckpointError(f"rng: invalid {name} state: {exc}") from exc
+    return np.random.Generator(bit_generator)
+
+
+def _compare(
+    file: _File,
+    dtype: np.dtype,
+    expected: dict[str, tuple[int, ...]],
+    extra: list[str] | None = None,
+) -> None:
+    """CheckpointError listing missing, unexpected and mismatched-shape tensors, tensors
+    of another dtype, and the ``extra`` problems, if there are any."""
+    code = _CODE_OF[dtype]
+    missing = [name for name in expected if name not in file.entries]
+    unexpected = [name for name in file.entries if name not in expected]
+    mismatched = [
+        f"{name} (checkpoint {file.entries[name].shape}, expected {shape})"
+        for name, shape in expected.items()
+        if name in file.entries and file.entries[name].shape != shape
+    ]
+    wrong_dtype = [
+        f"{name} ({entry.code})" for name, entry in file.entries.items() if entry.code != code
+    ]
+    problems = [
+        f"{label}: {', '.join(items)}"
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("mismatched shapes", mismatched),
+            (f"not {code} like the {dtype.name} model", wrong_dtype),
+            ("mismatched", extra or []),
+        )
+        if items
+    ]
+    if problems:
+        raise CheckpointError(
+            "the checkpoint does not fit the architecture; " + "; ".join(problems)
+        )
+
+
+def _commit(
+    model: Sequential,
+    file: _File,
+    rng: np.random.Generator,
+    optimizer: Optimizer | None,
+    spec: _OptimizerSpec | None,
+) -> None:
+    """Copy the validated state in: the optimizer first (its own load_state_dict
+    validates fully before it assigns), so a refusal leaves the model unchanged."""
+    if optimizer is not None:
+        assert spec is not None
+        try:
+            optimizer.load_state_dict(spec.state_dict(file, model.backend))
+        except GpuBackpropError as exc:
+            raise CheckpointError(f"optimizer state: {exc}") from exc
+    with model.backend.activate():
+        for name, view in model.parameters().items():
+            view[...] = model.backend.asarray(file.array(f"model.{name}"))
+    model.rng = rng
+
+
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Prefix every CheckpointError raised inside with the file's path."""
+    try:
+        yield
+    except CheckpointError as exc:
+        exc.args = (f"{path}: {exc}",)
+        raise
+
+
+# --- loading ---------------------------------------------------------------------------------
+def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
+    """Rebuild the model (and optimizer, if one was saved) from a checkpoint.
+
+    Returns a :class:`Checkpoint` ``(model, optimizer)``; ``optimizer`` is None when
+    the file holds none. The model is a new :class:`Sequential` on ``device`` (any
+    device: a checkpoint saved on a GPU loads on the CPU and the reverse) with the
+    saved architecture, dtype, seed, parameters and random-generator state; the
+    optimizer is a new one of the saved type with its hyper-parameters, step count
+    and state on the same device.
+
+    Everything is validated before anything is allocated: the file's magic bytes
+    (pickles, .npy and zip files are named and refused), the header length against
+    the 100 MiB limit and the file size, the JSON header, every tensor's dtype
+    (F32/F64), shape and byte range (inside the file, consistent with shape ×
+    itemsize, not overlapping, covering the data exactly), the format version, the
+    SHA-256 checksum, the architecture, optimizer and generator records, and that
+    the tensors are exactly those the architecture needs. Raises CheckpointError
+    naming the problem; DeviceError for an unavailable device; OSError when the file
+    cannot be read.
+    """
+    backend = get_backend(device)
+    name = os.fspath(path)
+    with _naming(name):
+        file = _read(name)
+        dtype = _dtype(file)
+        arch = _architecture(file)
+        layers = [_layer_from_spec(i, spec) for i, spec in enumerate(arch["layers"])]
+        if not layers:
+            raise CheckpointError("architecture has no layers")
+        expected = {
+            f"model.{i}.{param}": shape
+            for i, layer in enumerate(layers)
+            for param, shape in layer.param_shapes()
+        }
+        total = sum(math.prod(shape) for shape in expected.values())
+        spec = _optimizer_spec(file)
+        optimizer = None
+        problems: list[str] = []
+        if spec is not None:
+            expected.update(spec.entries(total))
+            problems = spec.problems(total)
+            optimizer = _build_optimizer(spec)
+            _check_hyperparameter_names(spec, optimizer)
+        _compare(file, dtype, expected, problems)
+        rng = _rng(file)
+        try:
+            model = Sequential(layers, device=backend, dtype=dtype, seed=arch["seed"])
+        except GpuBackpropError as exc:  # ShapeError: widths that do not chain
+            raise CheckpointError(f"architecture: {exc}") from exc
+        _commit(model, file, rng, optimizer, spec)
+    return Checkpoint(model, optimizer)
+
+
+def load_state(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) -> None:
+    """Load a checkpoint into an existing ``model`` (and ``optimizer``), in place.
+
+    The model must have the saved architecture (layer types, widths, activations,
+    biases) and dtype; its parameters, on its own device, and its random generator
+    take the saved values. With ``optimizer``, the checkpoint must hold state of the
+    same optimizer type, which replaces the optimizer's hyper-parameters, step count
+    and state; without one, any saved optimizer state is validated and ignored.
+
+    The file is validated as in :func:`load`, and against the model (the error lists
+    missing, unexpected and mismatched-shape tensors and mismatched layers), before
+    anything is copied: when it raises CheckpointError, neither the model nor the
+    optimizer has changed.
+    """
+    if optimizer is not None:
+        check_optimizer(optimizer)
+    name = os.fspath(path)
+    with _naming(name):
+        file = _read(name)
+        dtype = _dtype(file)
+        arch = _architecture(file)
+        ours = [_layer_spec(layer) for layer in model.layers]
+        theirs = arch["layers"]
+        layer_problems = [
+            f"layer {i} (checkpoint {_short(a)}, model {b!r})"
+            for i, (a, b) in enumerate(zip(theirs, ours, strict=False))
+            if a != b
+        ]
+        if len(theirs) != len(ours):
+            layer_problems.append(f"layer count (checkpoint {len(theirs)}, model {len(ours)})")
+        if dtype != model.dtype:
+            layer_problems.append(f"dtype (checkpoint {dtype.name}, model {model.dtype.name})")
+        expected = {f"model.{k}": tuple(v.shape) for k, v in model.parameters().items()}
+        spec = _optimizer_spec(file)
+        if spec is not None:
+            expected.update(spec.entries(model.num_parameters))
+            layer_problems += spec.problems(model.num_parameters)
+        _compare(file, model.dtype, expected, layer_problems)
+        if optimizer is not None:
+            if spec is None:
+                raise CheckpointError(
+                    "the checkpoint holds no optimizer state (it was saved without one)"
+                )
+            if type(optimizer) is not spec.cls:
+                raise CheckpointError(
+                    f"the checkpoint holds {spec.cls.__name__} state, "
+                    f"got a {type(optimizer).__name__} optimizer"
+                )
+            _check_hyperparameter_names(spec, optimizer)
+        rng = _rng(file)
+        _commit(model, file, rng, optimizer, spec)
