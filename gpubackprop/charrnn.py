@@ -44,6 +44,7 @@ import numpy as np
 
 from .backend import Backend
 from .errors import ConfigError, DTypeError, GpuBackpropError, LabelError, ShapeError
+from .model import FlatParameters
 from .optim import Adam
 from .progress import ProgressBar
 from .rnn import RNN, allocate_flat, clip_grad_norm, positive_int
@@ -72,7 +73,7 @@ def default_text() -> str:
     return resources.files("gpubackprop").joinpath("data", DEFAULT_TEXT).read_text("utf-8")
 
 
-class CharRNN:
+class CharRNN(FlatParameters):
     """Next-character model: one-hot input, a tanh :class:`RNN`, a linear readout.
 
     Args:
@@ -133,14 +134,6 @@ class CharRNN:
             f"CharRNN({self.vocab_size}, {self.hidden_size}, device={self.device!r}, "
             f"dtype={self.dtype.name!r})  # {self.num_parameters:,} parameters"
         )
-
-    @property
-    def device(self) -> str:
-        return self.backend.device
-
-    @property
-    def num_parameters(self) -> int:
-        return int(self.flat_params.size)
 
     def parameters(self) -> OrderedDict[str, Array]:
         """``"Wxh"``, ``"Whh"``, ``"bh"``, ``"Why"``, ``"by"`` -> live views of flat_params."""

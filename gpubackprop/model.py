@@ -58,7 +58,23 @@ def check_optimizer(optimizer: Any) -> None:
         )
 
 
-class Sequential:
+class FlatParameters:
+    """What every owner of one flat parameter buffer (``flat_params``, on ``backend``)
+    tells about itself: its device and its parameter count."""
+
+    backend: Backend
+    flat_params: Array
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.flat_params.size)
+
+
+class Sequential(FlatParameters):
     """A stack of layers trained by explicit backprop.
 
     Args:
@@ -164,14 +180,6 @@ class Sequential:
             self.flat_params[...] = self.backend.asarray(host.astype(self.dtype))
 
     # --- description ---------------------------------------------------------------
-    @property
-    def device(self) -> str:
-        return self.backend.device
-
-    @property
-    def num_parameters(self) -> int:
-        return int(self.flat_params.size)
-
     def __repr__(self) -> str:
         lines = [f"Sequential(device={self.device!r}, dtype={self.dtype.name!r}, ["]
         lines += [f"  {layer.index}: {layer.describe()}," for layer in self.layers]
@@ -449,4 +457,4 @@ class Sequential:
         load_state(self, path, optimizer)
 
 
-__all__ = ["Sequential", "check_optimizer", "resolve_dtype"]
+__all__ = ["FlatParameters", "Sequential", "check_optimizer", "resolve_dtype"]

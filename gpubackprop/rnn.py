@@ -45,7 +45,7 @@ import numpy as np
 from .activations import get_activation
 from .backend import Backend, array_module, get_backend, is_cupy_array
 from .errors import ConfigError, DTypeError, ShapeError
-from .model import resolve_dtype
+from .model import FlatParameters, resolve_dtype
 
 Array = Any
 
@@ -123,7 +123,7 @@ class Workspaces:
         return ws
 
 
-class RNN:
+class RNN(FlatParameters):
     """A vanilla RNN over a batch of sequences: h_t = f(x_t Wxhᵀ + h_{t−1} Whhᵀ + b_h).
 
     Args:
@@ -189,14 +189,6 @@ class RNN:
             f"RNN({self.input_size}, {self.hidden_size}, {self.activation.name!r}, "
             f"device={self.device!r}, dtype={self.dtype.name!r})"
         )
-
-    @property
-    def device(self) -> str:
-        return self.backend.device
-
-    @property
-    def num_parameters(self) -> int:
-        return int(self.flat_params.size)
 
     def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """Names and shapes of the parameters, in buffer order."""
