@@ -185,17 +185,7 @@ class Optimizer(ABC):
     ) -> None:
         self._lr = 0.0
         self.step_count = 0
-        who = type(self).__name__
-        if max_grad_norm is not None:
-            max_grad_norm = _real(who, "max_grad_norm", max_grad_norm)
-            if max_grad_norm <= 0:
-                raise ConfigError(f"{who}: max_grad_norm must be > 0, got {max_grad_norm}")
-        if not isinstance(skip_nonfinite, (bool, np.bool_)):
-            raise ConfigError(f"{who}: skip_nonfinite must be a bool, got {skip_nonfinite!r}")
-        #: clip threshold for the global gradient norm (None: no clipping)
-        self.max_grad_norm: float | None = max_grad_norm
-        #: whether a step with a NaN/Inf gradient is skipped
-        self.skip_nonfinite = bool(skip_nonfinite)
+        self._set_guards(max_grad_norm, skip_nonfinite)
         #: the :class:`StepReport` of the last :meth:`step` (None before the first)
         self.last_report: StepReport | None = None
         self._size: int | None = None
@@ -209,6 +199,24 @@ class Optimizer(ABC):
         self._allocated = False
 
     # --- hyper-parameters ------------------------------------------------------------
+    def _set_guards(self, max_grad_norm: float | None, skip_nonfinite: bool) -> None:
+        """Validate and set the two guards (shared by every optimizer)."""
+        who = type(self).__name__
+        if max_grad_norm is not None:
+            max_grad_norm = _real(who, "max_grad_norm", max_grad_norm)
+            if max_grad_norm <= 0:
+                raise ConfigError(f"{who}: max_grad_norm must be > 0, got {max_grad_norm}")
+        if not isinstance(skip_nonfinite, (bool, np.bool_)):
+            raise ConfigError(f"{who}: skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+        #: clip threshold for the global gradient norm (None: no clipping)
+        self.max_grad_norm: float | None = max_grad_norm
+        #: whether a step with a NaN/Inf gradient is skipped
+        self.skip_nonfinite = bool(skip_nonfinite)
+
+    def _guards(self) -> dict[str, object]:
+        """The guards as hyper-parameters: part of :meth:`hyperparameters` and checkpoints."""
+        return {"max_grad_norm": self.max_grad_norm, "skip_nonfinite": self.skip_nonfinite}
+
     @property
     def lr(self) -> float:
         """Learning rate η (>= 0); schedules set it between steps."""
@@ -243,8 +251,8 @@ class Optimizer(ABC):
         """
 
     def __repr__(self) -> str:
-        guards = {"max_grad_norm": self.max_grad_norm, "skip_nonfinite": self.skip_nonfinite}
-        items = {**self.hyperparameters(), **{k: v for k, v in guards.items() if v}}
+        guards = self._guards()
+        items = {k: v for k, v in self.hyperparameters().items() if k not in guards or v}
         args = ", ".join(f"{k}={v!r}" for k, v in items.items())
         return f"{type(self).__name__}({args})"
 
@@ -448,6 +456,7 @@ class Optimizer(ABC):
                     f"{who}: state {name!r} must have shape ({size},), got {value.shape}"
                 )
         self._set_hyperparameters(**{k: state[k] for k in names})
+        self._set_guards(state["max_grad_norm"], state["skip_nonfinite"])
         self.reset()
         self.step_count = step_count
         self._size = size
@@ -510,13 +519,14 @@ class SGD(Optimizer):
         return self._weight_decay
 
     def hyperparameters(self) -> dict[str, object]:
-        """``lr``, ``momentum``, ``dampening``, ``nesterov``, ``weight_decay``."""
+        """``lr``, ``momentum``, ``dampening``, ``nesterov``, ``weight_decay`` and the guards."""
         return {
             "lr": self.lr,
             "momentum": self.momentum,
             "dampening": self.dampening,
             "nesterov": self.nesterov,
             "weight_decay": self.weight_decay,
+            **self._guards(),
         }
 
     def _set_hyperparameters(self, **values: Any) -> None:
@@ -640,12 +650,13 @@ class Adam(Optimizer):
         return self._weight_decay
 
     def hyperparameters(self) -> dict[str, object]:
-        """``lr``, ``betas``, ``eps``, ``weight_decay``."""
+        """``lr``, ``betas``, ``eps``, ``weight_decay`` and the guards."""
         return {
             "lr": self.lr,
             "betas": self.betas,
             "eps": self.eps,
             "weight_decay": self.weight_decay,
+            **self._guards(),
         }
 
     def _set_hyperparameters(self, **values: Any) -> None:

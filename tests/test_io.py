@@ -634,3 +634,14 @@ def test_checkpoint_example_resumes_bitwise(tmp_path: Path, capsys: pytest.Captu
     assert module.main(["--device", "cpu", "--dir", str(tmp_path)]) is True
     assert "bit for bit" in capsys.readouterr().out
     assert (tmp_path / "checkpoint.safetensors").exists()
+
+
+def test_optimizer_guards_survive_a_checkpoint(tmp_path) -> None:
+    model = gb.Sequential([gb.Dense(3, 2)], device="cpu", seed=0)
+    opt = gb.optim.Adam(1e-2, max_grad_norm=0.5, skip_nonfinite=True)
+    model.train_step(np.ones((4, 3)), np.zeros((4, 2)), "mse", opt)
+    model.save(tmp_path / "c.safetensors", opt)
+    _, loaded = gb.load(tmp_path / "c.safetensors", device="cpu")
+    assert loaded.max_grad_norm == 0.5
+    assert loaded.skip_nonfinite is True
+    assert "max_grad_norm=0.5" in repr(loaded)
