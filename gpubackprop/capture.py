@@ -98,6 +98,13 @@ class CompiledStep:
         backend.check_array(x, "compiled step: x")
         backend.check_array(y, f"{self.loss.name}: target")
         model.check_input(x.shape, x.dtype, "x")
+        optimizer = self.optimizer
+        if optimizer.max_grad_norm is not None or optimizer.skip_nonfinite:
+            raise ConfigError(
+                "compiled step: the optimizer's guards (max_grad_norm, skip_nonfinite) need "
+                "the gradient norm on the host and cannot run inside a CUDA graph; "
+                "use model.train_step for a guarded optimizer"
+            )
         if y.ndim == 0 or y.shape[0] != x.shape[0]:
             raise ConfigError(
                 f"compiled step: {x.shape[0]} inputs but targets of shape {tuple(y.shape)}"
@@ -107,7 +114,7 @@ class CompiledStep:
                 x = x.astype(model.dtype)
             shape = (x.shape[0], model.output_width(x.shape[1]))
             y = self.loss.prepare_target(backend, shape, model.dtype, y, check_values=False)
-            key = (tuple(x.shape), tuple(y.shape), y.dtype.str)
+            key = (tuple(x.shape), tuple(y.shape), y.dtype.str, self._optimizer_key())
             if key != self._key:
                 self._capture(x, y, key)
             backend.xp.copyto(self._x, x)
@@ -118,9 +125,26 @@ class CompiledStep:
             self.replays += 1
             return self._value.copy() if return_loss else None
 
+    def _optimizer_key(self) -> tuple[Any, ...]:
+        """What the graph baked in of the optimizer: its buffers (by identity; the
+        captured ones are pinned, so an id is never reused) and its host-side
+        hyper-parameters (all but lr, which is read on the device). A reset(),
+        load_state_dict() or new hyper-parameter records a new graph."""
+        opt = self.optimizer
+        buffers = tuple(id(v) for v in (*opt._device.values(), *opt._state.values()))
+        params = tuple((k, v) for k, v in opt.hyperparameters().items() if k != "lr")
+        return buffers, params
+
     def _capture(self, x: Array, y: Array, key: tuple[Any, ...]) -> None:
         """Record the step for this batch shape (warm-up first, nothing changes)."""
+        from .anomaly import is_enabled
+
         model, optimizer, loss = self.model, self.optimizer, self.loss
+        if is_enabled():
+            raise CaptureError(
+                "cannot record the training step under detect_anomaly(): its checks read "
+                "the GPU back to the host, which a CUDA-graph capture forbids"
+            )
         cp = model.backend.xp
         self._graph = None
         self._key = None
@@ -155,8 +179,14 @@ class CompiledStep:
             graph = stream.end_capture()
         self._graph = graph
         self._x, self._y, self._value, self._output = static_x, static_y, value, model._output
-        self._pinned = [stream, *pinned]
-        self._key = key
+        self._pinned = [
+            stream,
+            *pinned,
+            *optimizer._device.values(),
+            *(v for v in optimizer._state.values() if v is not None),
+        ]
+        # the optimizer's buffers as recorded (prepare may have just allocated them)
+        self._key = (*key[:-1], self._optimizer_key())
         self.captures += 1
 
 

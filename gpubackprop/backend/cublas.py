@@ -150,6 +150,8 @@ class CublasHandle:
         if self.cp.cuda.get_current_stream().ptr != self._stream_ptr:
             self.bind()
         one, zero, fn = self._scalars[dtype]
+        if m == 0 or n == 0:  # nothing to write; cuBLAS would reject ld = 0
+            return out
         if k == 0:
             out.fill(0)
             return out
