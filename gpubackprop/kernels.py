@@ -650,26 +650,7 @@ def softmax_xent_labels(
     label outside [0, C) gives a NaN row_loss and a NaN gradient row. Returns value
     (None when not asked for).
     """
-    args = _Args("softmax_xent_labels")
-    logits, rows, cols = _matrix(args, "logits", logits)
-    if cols == 0:
-        raise ShapeError("kernels.softmax_xent_labels: logits must have at least one column")
-    labels = args.array("labels", labels, shape=(rows,), dtype=np.int64)
-    grad = args.array("grad", grad, shape=(rows, cols), output=True)
-    row_loss = args.array("row_loss", row_loss, shape=(rows,), output=True)
-    value = _value(args, value)
-    workspace = args.optional("workspace", workspace, ndim=1, output=True)
-    args.no_overlap()
-    kernel = get_kernel("softmax_xent_labels", logits.dtype)
-    if rows:
-        grid = _grid(rows, _WARPS_PER_BLOCK, args.device_id, per_sm=16)
-        args.launch(
-            kernel,
-            (grid,),
-            (32 * _WARPS_PER_BLOCK,),
-            (logits, labels, grad, row_loss, np.int32(rows), np.int32(cols)),
-        )
-    return _loss_value(args, row_loss, value, 1.0 / max(rows, 1), workspace)
+    return _softmax_xent("softmax_xent_labels", logits, labels, grad, row_loss, value, workspace)
 
 
 def softmax_xent_probs(
@@ -689,24 +670,41 @@ def softmax_xent_probs(
     ``logits``, ``probs``, ``grad``: (B, C), C >= 1; ``row_loss``: (B,). Returns value
     (None when not asked for).
     """
-    args = _Args("softmax_xent_probs")
+    return _softmax_xent("softmax_xent_probs", logits, probs, grad, row_loss, value, workspace)
+
+
+def _softmax_xent(
+    kernel_name: str,
+    logits: Array,
+    target: Array,
+    grad: Array,
+    row_loss: Array,
+    value: Array | None,
+    workspace: Array | None,
+) -> Array | None:
+    """Checks and launch shared by the two softmax cross-entropy kernels (one warp per
+    row); ``target`` is int64 labels (B,) or probabilities (B, C) by ``kernel_name``."""
+    args = _Args(kernel_name)
     logits, rows, cols = _matrix(args, "logits", logits)
     if cols == 0:
-        raise ShapeError("kernels.softmax_xent_probs: logits must have at least one column")
-    probs = args.array("probs", probs, shape=(rows, cols))
+        raise ShapeError(f"kernels.{kernel_name}: logits must have at least one column")
+    if kernel_name == "softmax_xent_labels":
+        target = args.array("labels", target, shape=(rows,), dtype=np.int64)
+    else:
+        target = args.array("probs", target, shape=(rows, cols))
     grad = args.array("grad", grad, shape=(rows, cols), output=True)
     row_loss = args.array("row_loss", row_loss, shape=(rows,), output=True)
     value = _value(args, value)
     workspace = args.optional("workspace", workspace, ndim=1, output=True)
     args.no_overlap()
-    kernel = get_kernel("softmax_xent_probs", logits.dtype)
+    kernel = get_kernel(kernel_name, logits.dtype)
     if rows:
         grid = _grid(rows, _WARPS_PER_BLOCK, args.device_id, per_sm=16)
         args.launch(
             kernel,
             (grid,),
             (32 * _WARPS_PER_BLOCK,),
-            (logits, probs, grad, row_loss, np.int32(rows), np.int32(cols)),
+            (logits, target, grad, row_loss, np.int32(rows), np.int32(cols)),
         )
     return _loss_value(args, row_loss, value, 1.0 / max(rows, 1), workspace)
 
