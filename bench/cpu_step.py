@@ -531,13 +531,7 @@ def run_network(net: Network, args: argparse.Namespace) -> dict[str, Any]:
     check = check_contenders(contenders, init)
     timings = measure(contenders, args.repeat_seconds, args.rounds, args.settle_ms / 1e3)
     return {
-        "network": net.name,
-        "description": net.describe(),
-        "batch": net.batch,
-        "widths": list(net.widths),
-        "activation": net.activation,
-        "loss": net.loss,
-        "flops_per_step": net.flops_per_step,
+        **net.summary(),
         "loadavg_1min_before": load,
         "timings": {name: t.as_dict() for name, t in timings.items()},
         "paired_ratios": {

@@ -1018,13 +1018,7 @@ def network_result(net: Network, contenders: Mapping[str, Mapping[str, Any]]) ->
     ratios = compute_ratios(medians(ordered))
     floor_mode = (ordered.get(GEMM_FLOOR) or {}).get("mode")
     return {
-        "network": net.name,
-        "description": net.describe(),
-        "batch": net.batch,
-        "widths": list(net.widths),
-        "activation": net.activation,
-        "loss": net.loss,
-        "flops_per_step": net.flops_per_step,
+        **net.summary(),
         "contenders": ordered,
         "best_peer": best_peer(medians(ordered)),
         "ratios": ratios,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -70,6 +70,18 @@ class Network:
         loss = "MSE" if self.loss == "mse" else "softmax CE"
         widths = "-".join(str(w) for w in self.widths)
         return f"{widths} {self.activation}, {loss}, batch {self.batch}"
+
+    def summary(self) -> dict[str, Any]:
+        """The network as the benchmarks' JSON results describe it."""
+        return {
+            "network": self.name,
+            "description": self.describe(),
+            "batch": self.batch,
+            "widths": list(self.widths),
+            "activation": self.activation,
+            "loss": self.loss,
+            "flops_per_step": self.flops_per_step,
+        }
 
 
 NETWORKS: list[Network] = [

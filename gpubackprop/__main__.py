@@ -20,41 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__
+from .cli_types import int_at_least, positive_float
 from .errors import GpuBackpropError
 
 #: The source checkout's benchmark folder (absent in an installed wheel).
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 BENCH_SCRIPTS = {"gpu": "gpu_step.py", "cpu": "cpu_step.py"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,25 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_parser.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=int_at_least(1),
         default=demo.DEFAULT_EPOCHS,
         help="training epochs (default: %(default)s)",
     )
     demo_parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=int_at_least(1),
         default=demo.DEFAULT_BATCH_SIZE,
         help="rows per step (default: %(default)s)",
     )
     demo_parser.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float,
         default=demo.DEFAULT_LR,
         help="Adam's initial learning rate (default: %(default)s)",
     )
     demo_parser.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=int_at_least(0),
         default=0,
         help="seeds the test split, the weights and the shuffling (default: %(default)s)",
     )

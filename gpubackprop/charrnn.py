@@ -43,6 +43,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .backend import Backend
+from .cli_types import int_at_least, positive_float
 from .errors import ConfigError, DTypeError, GpuBackpropError, LabelError, ShapeError
 from .model import FlatParameters
 from .optim import Adam
@@ -489,29 +490,6 @@ def _show_sample(model: CharRNN, start: str, rng: np.random.Generator) -> str:
 
 
 # --- command line --------------------------------------------------------------------------
-def _int_at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``charrnn`` options to ``parser`` (a subcommand's parser, say)."""
     parser.add_argument("--text", type=Path, default=None,
@@ -519,19 +497,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with gpubackprop)")
     parser.add_argument("--device", default="auto",
                         help="'cpu', 'cuda', 'cuda:N' or 'auto' (default: %(default)s)")
-    parser.add_argument("--steps", type=_int_at_least(1), default=DEFAULT_STEPS,
+    parser.add_argument("--steps", type=int_at_least(1), default=DEFAULT_STEPS,
                         help="training steps, one window each (default: %(default)s)")
-    parser.add_argument("--hidden", type=_int_at_least(1), default=DEFAULT_HIDDEN,
+    parser.add_argument("--hidden", type=int_at_least(1), default=DEFAULT_HIDDEN,
                         help="hidden state width (default: %(default)s)")
-    parser.add_argument("--seq-len", type=_int_at_least(1), default=DEFAULT_SEQ_LEN,
+    parser.add_argument("--seq-len", type=int_at_least(1), default=DEFAULT_SEQ_LEN,
                         help="characters per truncated-BPTT window (default: %(default)s)")
-    parser.add_argument("--batch", type=_int_at_least(1), default=DEFAULT_BATCH,
+    parser.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH,
                         help="parallel streams per step (default: %(default)s)")
-    parser.add_argument("--lr", type=_positive_float, default=DEFAULT_LR,
+    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
                         help="Adam's learning rate (default: %(default)s)")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0,
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
                         help="seeds the weights and the samples (default: %(default)s)")
-    parser.add_argument("--sample-every", type=_int_at_least(0), default=DEFAULT_SAMPLE_EVERY,
+    parser.add_argument("--sample-every", type=int_at_least(0), default=DEFAULT_SAMPLE_EVERY,
                         help="print the loss and a sample every K steps; 0: only at the end "
                              "(default: %(default)s)")
     parser.add_argument("--quiet", action="store_true",
