@@ -50,8 +50,8 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _erf(xp: ModuleType, x: Array, out: Array) -> Array:
-    """erf elementwise into ``out`` (SciPy on the CPU, cupyx on the GPU)."""
-    if xp is np:
+    """erf elementwise into ``out`` (SciPy for NumPy arrays, cupyx for CuPy arrays)."""
+    if isinstance(x, np.ndarray):
         from scipy.special import erf
     else:
         from cupyx.scipy.special import erf
@@ -116,14 +116,25 @@ def _softplus_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
     return out
 
 
-def _times_z(xp: ModuleType, factor: Array, z: Array) -> Array:
-    """factor ← factor · z in place, with 0 · (±inf) = 0.
+def times_nonzero(xp: ModuleType, factor: Array, other: Array) -> Array:
+    """factor ← factor · other in place, keeping factor = 0 where it was exactly 0.
 
-    Where the factor is exactly 0 (Φ(−inf), σ(−inf), 1 − tanh²(±inf), ...) the
-    product's limit is 0, while IEEE would give NaN for z = ±inf; NaN in z or in
-    the factor still propagates (NaN ≠ 0).
+    Where the factor is exactly 0 (Φ(−inf), σ(−inf), 1 − tanh²(±inf), a target
+    weight of 0, ...) the product's limit is 0, while IEEE would give NaN for
+    ``other`` = ±inf; NaN in the factor still propagates (NaN ≠ 0). Written with
+    what NumPy and CuPy both accept (CuPy's ufuncs take no ``where=``): the
+    product everywhere, then ``copyto(..., where=mask)``.
     """
-    return xp.multiply(factor, z, out=factor, where=factor != 0)
+    zero = factor == 0
+    with np.errstate(invalid="ignore"):  # 0·inf = NaN, replaced just below
+        xp.multiply(factor, other, out=factor)
+    xp.copyto(factor, 0.0, where=zero)
+    return factor
+
+
+def _times_z(xp: ModuleType, factor: Array, z: Array) -> Array:
+    """factor ← factor · z in place, with 0 · (±inf) = 0 (see :func:`times_nonzero`)."""
+    return times_nonzero(xp, factor, z)
 
 
 def _gelu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
@@ -245,7 +256,7 @@ def _gelu_tanh_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
     xp.multiply(t, t, out=out)
     xp.subtract(1.0, out, out=out)
     # (1 − t²) is exactly 0 where u′ or z is infinite: keep the product 0 there
-    xp.multiply(out, du, out=out, where=out != 0)
+    times_nonzero(xp, out, du)
     _times_z(xp, out, z)
     t += 1.0
     out += t
@@ -338,4 +349,4 @@ def get_activation(name: str | None) -> Activation:
     return ACTIVATIONS[key]
 
 
-__all__ = ["ACTIVATIONS", "Activation", "get_activation"]
+__all__ = ["ACTIVATIONS", "Activation", "get_activation", "times_nonzero"]

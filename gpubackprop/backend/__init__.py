@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeviceError
+from ..errors import ConfigError, DeviceError
 from . import _compat
 from ._compat import array_device, array_module, has_gpu, is_cupy_array
 from .numpy_ops import NumpyOps
@@ -26,6 +26,9 @@ from .numpy_ops import NumpyOps
 Array = Any
 
 _DEVICE_RE = re.compile(r"^cuda(?::(\d+))?$")
+
+#: float32 GEMM precisions a backend offers (see :meth:`Backend.with_precision`)
+PRECISIONS = ("fp32", "tf32")
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,16 @@ class Backend:
         xp: the array module, ``numpy`` or ``cupy``.
         ops: the engine's ops for that module.
         reason: why this device was chosen (for ``"auto"``, which one and why).
+        precision: GEMM precision of ``ops`` for float32: ``"fp32"`` (IEEE) or
+            ``"tf32"`` (TF32 tensor cores on a GPU; the CPU has no such mode and
+            computes in IEEE float32 either way). See :meth:`with_precision`.
     """
 
     device: str
     xp: ModuleType
     ops: NumpyOps
     reason: str = field(default="", compare=False)
+    precision: str = "fp32"
 
     @property
     def is_gpu(self) -> bool:
@@ -102,6 +109,25 @@ class Backend:
         """A NumPy copy (or the array itself on the CPU)."""
         return x.get() if is_cupy_array(x) else np.asarray(x)
 
+    def with_precision(self, precision: str) -> Backend:
+        """This device with float32 GEMMs in ``precision`` (``"fp32"`` or ``"tf32"``).
+
+        On a GPU, ``"tf32"`` gives ops whose cuBLAS handle runs float32 GEMMs on
+        TF32 tensor cores (inputs rounded to a 10-bit mantissa, float32
+        accumulation; about 1e-3 relative error); elementwise kernels are the same.
+        On the CPU the precision is recorded and has no effect.
+        """
+        if precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}"
+            )
+        if precision == self.precision:
+            return self
+        if not self.is_gpu:
+            return Backend(self.device, self.xp, self.ops, self.reason, precision)
+        assert self.device_id is not None
+        return _cuda_backend(self.device_id, self.reason, precision)
+
     def synchronize(self) -> None:
         """Wait for queued GPU work (no-op on CPU)."""
         if self.is_gpu:
@@ -114,17 +140,18 @@ def _cpu_backend(reason: str) -> Backend:
 
 
 @functools.cache
-def _cupy_ops(device_id: int) -> NumpyOps:
-    """One ops object (cuBLAS handle, scratch buffers) per GPU, shared by its backends."""
+def _cupy_ops(device_id: int, precision: str = "fp32") -> NumpyOps:
+    """One ops object (cuBLAS handle, scratch buffers) per GPU and GEMM precision,
+    shared by its backends."""
     from .cupy_ops import CupyOps  # only with a GPU
 
-    return CupyOps(_compat.cupy_module(), device_id)
+    return CupyOps(_compat.cupy_module(), device_id, precision)
 
 
 @functools.cache
-def _cuda_backend(device_id: int, reason: str) -> Backend:
+def _cuda_backend(device_id: int, reason: str, precision: str = "fp32") -> Backend:
     cp = _compat.cupy_module()
-    return Backend(f"cuda:{device_id}", cp, _cupy_ops(device_id), reason)
+    return Backend(f"cuda:{device_id}", cp, _cupy_ops(device_id, precision), reason, precision)
 
 
 def _why_no_gpu() -> str:
@@ -185,6 +212,7 @@ def available_devices() -> list[str]:
 
 
 __all__ = [
+    "PRECISIONS",
     "Backend",
     "array_device",
     "array_module",

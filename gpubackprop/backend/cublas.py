@@ -28,7 +28,11 @@ from ..errors import DTypeError, ShapeError
 Array = Any
 
 _OP_N, _OP_T = 0, 1
-_DEFAULT_MATH = 0  # full precision: no TF32 (as PyTorch and CuPy by default)
+#: cublasMath_t for each precision: "fp32" is CUBLAS_DEFAULT_MATH (IEEE float32 GEMMs,
+#: no TF32, as PyTorch and CuPy by default); "tf32" is CUBLAS_TF32_TENSOR_OP_MATH (float32
+#: GEMMs on the tensor cores with 10-bit-mantissa inputs and float32 accumulation).
+#: Double-precision GEMMs are the same in both modes.
+MATH_MODES = {"fp32": 0, "tf32": 3}
 _WORKSPACE_BYTES = 32 * 1024 * 1024  # what cuBLAS asks for on Hopper
 
 
@@ -68,17 +72,22 @@ class CublasHandle:
 
     :meth:`gemm` runs on CuPy's current stream; :meth:`bind` (re)binds the
     handle to that stream and to the fixed workspace, and must run outside a
-    capture (the capture code calls it before ``begin_capture``).
+    capture (the capture code calls it before ``begin_capture``). ``precision``
+    (``"fp32"`` or ``"tf32"``) sets the handle's math mode (:data:`MATH_MODES`).
     """
 
-    def __init__(self, cp: ModuleType) -> None:
+    def __init__(self, cp: ModuleType, precision: str = "fp32") -> None:
+        if precision not in MATH_MODES:
+            raise ValueError(f"precision must be one of {sorted(MATH_MODES)}, got {precision!r}")
         self.cp = cp
+        self.precision = precision
         self.lib = _find_libcublas(cp)
         i, p, sz = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
         self.lib.cublasCreate_v2.argtypes = [ctypes.POINTER(p)]
         self.lib.cublasSetStream_v2.argtypes = [p, p]
         self.lib.cublasSetWorkspace_v2.argtypes = [p, p, sz]
         self.lib.cublasSetMathMode.argtypes = [p, i]
+        self.lib.cublasGetMathMode.argtypes = [p, ctypes.POINTER(i)]
         gemms = (("cublasSgemm_v2", ctypes.c_float), ("cublasDgemm_v2", ctypes.c_double))
         for name, scalar in gemms:
             fn = getattr(self.lib, name)
@@ -104,12 +113,15 @@ class CublasHandle:
             self.lib.cublasSetStream_v2,
             self.lib.cublasSetWorkspace_v2,
             self.lib.cublasSetMathMode,
+            self.lib.cublasGetMathMode,
         ):
             fn.restype = i
         handle = ctypes.c_void_p()
         _check(self.lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
         self.handle = handle
-        _check(self.lib.cublasSetMathMode(handle, _DEFAULT_MATH), "cublasSetMathMode")
+        _check(
+            self.lib.cublasSetMathMode(handle, MATH_MODES[precision]), "cublasSetMathMode"
+        )
         self.workspace = cp.empty(_WORKSPACE_BYTES, dtype=cp.uint8)
         self._stream_ptr: int | None = None
         f32, f64 = ctypes.c_float, ctypes.c_double
@@ -117,6 +129,13 @@ class CublasHandle:
             np.dtype(np.float32): (f32(1.0), f32(0.0), self.lib.cublasSgemm_v2),
             np.dtype(np.float64): (f64(1.0), f64(0.0), self.lib.cublasDgemm_v2),
         }
+
+    @property
+    def math_mode(self) -> int:
+        """The handle's cublasMath_t as cuBLAS reports it (0 default, 3 TF32)."""
+        mode = ctypes.c_int()
+        _check(self.lib.cublasGetMathMode(self.handle, ctypes.byref(mode)), "cublasGetMathMode")
+        return int(mode.value)
 
     def bind(self) -> None:
         """Bind to CuPy's current stream and the fixed workspace (never during capture)."""
@@ -177,4 +196,4 @@ class CublasHandle:
         return out
 
 
-__all__ = ["CublasHandle"]
+__all__ = ["MATH_MODES", "CublasHandle"]

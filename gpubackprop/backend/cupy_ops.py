@@ -33,11 +33,17 @@ Array = Any
 
 
 class CupyOps(NumpyOps):
-    """The engine's ops for one GPU (one instance per device)."""
+    """The engine's ops for one GPU (one instance per device and GEMM precision).
 
-    def __init__(self, cupy: ModuleType, device_id: int) -> None:
+    ``precision``: ``"fp32"`` (IEEE float32 GEMMs) or ``"tf32"`` (float32 GEMMs on
+    TF32 tensor cores); it sets the math mode of this instance's cuBLAS handle and
+    nothing else (elementwise kernels and float64 are the same in both).
+    """
+
+    def __init__(self, cupy: ModuleType, device_id: int, precision: str = "fp32") -> None:
         self.xp = cupy
         self.device_id = device_id
+        self.precision = precision
         self._blas: CublasHandle | None = None
         self._scratch: dict[tuple[str, tuple[int, ...], str], Array] = {}
 
@@ -46,7 +52,7 @@ class CupyOps(NumpyOps):
         """The cuBLAS handle of this device (created on first use)."""
         if self._blas is None:
             with self.xp.cuda.Device(self.device_id):
-                self._blas = CublasHandle(self.xp)
+                self._blas = CublasHandle(self.xp, self.precision)
         return self._blas
 
     def scratch(self, purpose: str, shape: tuple[int, ...], dtype: Any) -> Array:
@@ -77,12 +83,22 @@ class CupyOps(NumpyOps):
 
     # --- activations -------------------------------------------------------------------
     def activation_forward(self, act: Activation, z: Array, out: Array) -> Array:
-        if z.ndim != 2:
+        """out = f(z) by the fused kernel; an array of any shape that is C-contiguous
+        (with ``out``) goes through it as a (1, n) view. Others take the reference."""
+        if not (z.flags.c_contiguous and out.flags.c_contiguous):
             return super().activation_forward(act, z, out)
+        if z.ndim != 2:
+            kernels.bias_act_forward(act.name, z.reshape(1, -1), None, out.reshape(1, -1))
+            return out
         return kernels.bias_act_forward(act.name, z, None, out)
 
     def activation_backward(self, act: Activation, delta: Array, saved: Array, out: Array) -> Array:
-        return kernels.act_backward(act.name, delta, saved, out)
+        """out = delta ⊙ f′ by the fused kernel (any shape); non-contiguous arrays take
+        the reference."""
+        arrays = (delta, out) if saved is None else (delta, saved, out)
+        if all(x.flags.c_contiguous for x in arrays):
+            return kernels.act_backward(act.name, delta, saved, out)
+        return super().activation_backward(act, delta, saved, out)
 
     def bias_activation_forward(
         self, act: Activation, z: Array, bias: Array | None, out: Array

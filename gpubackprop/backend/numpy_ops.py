@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..activations import Activation
+from ..activations import Activation, times_nonzero
 
 Array = Any
 
@@ -139,7 +139,7 @@ class NumpyOps:
         weighted = xp.vdot(probs, grad)  # Σ t (z − max)
         if xp.isnan(weighted) and not xp.isnan(grad).any():
             # a −inf logit with target mass 0: t·log p = 0·(−inf), whose limit is 0
-            weighted = xp.multiply(probs, grad, where=probs != 0, out=xp.zeros_like(grad)).sum()
+            weighted = times_nonzero(xp, probs.copy(), grad).sum()
         xp.exp(grad, out=grad)
         sums = grad.sum(axis=1, keepdims=True)
         grad /= sums
@@ -165,14 +165,14 @@ class NumpyOps:
         xp.exp(e, out=e)  # e^{−|z|} ∈ [0, 1]: never overflows
         nonneg = logits >= 0
         coeff = xp.where(nonneg, 1.0 - target, target)
-        xp.multiply(coeff, abs_z, out=coeff, where=coeff != 0)
+        times_nonzero(xp, coeff, abs_z)
         value = coeff.sum() + xp.log1p(e).sum()
         # gradient σ(z) − y from s = σ(−|z|) = e / (1 + e), the small side of σ:
         # (1 − y) − s for z ≥ 0 and s − y for z < 0, exact where σ(z) rounds to 1
         xp.add(e, 1.0, out=abs_z)
         xp.divide(e, abs_z, out=e)
         xp.subtract(1.0 - target, e, out=grad)
-        xp.subtract(e, target, out=grad, where=~nonneg)
+        xp.copyto(grad, e - target, where=~nonneg)
         grad *= 1.0 / n
         return value / n
 
