@@ -359,6 +359,8 @@ EXACT_FLOAT_KERNELS: list[tuple[str, str | None]] = [
     ("mse_grad", None),
     ("bias_act_forward", "identity"),
 ]
+#: a float kernel that does flush (plain float sums): shows that -ftz=true took effect
+FLUSHING_CONTROL = "sum_reduce"
 _PTX_ENTRY = re.compile(r"^\.(?:visible|weak)\s+\.entry\s+(\w+)\(", re.MULTILINE)
 _PTX_FUNCTION = re.compile(r"^(?:\.(?:visible|weak|extern)\s+)?\.(?:entry|func)\b", re.MULTILINE)
 
@@ -381,7 +383,7 @@ def test_exact_float_kernels_do_not_flush_subnormals(tmp_path: Path) -> None:
     lost. The kernels that claim those bits must compile to PTX without any."""
     assert NVCC is not None
     families: dict[str, list[str]] = {}
-    for kernel, activation in EXACT_FLOAT_KERNELS:
+    for kernel, activation in [*EXACT_FLOAT_KERNELS, (FLUSHING_CONTROL, None)]:
         expression = kernels.kernel_name(kernel, np.float32, activation)
         families.setdefault(kernels.KERNELS[kernel][0], []).append(expression)
     found: dict[str, str] = {}
@@ -397,8 +399,13 @@ def test_exact_float_kernels_do_not_flush_subnormals(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stdout + done.stderr
         found.update(_ptx_entries(ptx.read_text()))
-    assert len(found) == len(EXACT_FLOAT_KERNELS), sorted(found)
-    for kernel, _ in EXACT_FLOAT_KERNELS:
+    assert len(found) == len(EXACT_FLOAT_KERNELS) + 1, sorted(found)
+
+    def flushing(kernel: str) -> list[str]:
         (name,) = [n for n in found if f"{len(kernel)}{kernel}If" in n]
-        flushing = [line.strip() for line in found[name].splitlines() if ".ftz" in line]
-        assert not flushing, f"{kernel}<float>: {len(flushing)} .ftz instructions: {flushing[:5]}"
+        return [line.strip() for line in found[name].splitlines() if ".ftz" in line]
+
+    assert flushing(FLUSHING_CONTROL), f"{FLUSHING_CONTROL}<float>: no .ftz: was -ftz=true ignored?"
+    for kernel, _ in EXACT_FLOAT_KERNELS:
+        bad = flushing(kernel)
+        assert not bad, f"{kernel}<float>: {len(bad)} .ftz instructions: {bad[:5]}"
