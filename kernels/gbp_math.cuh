@@ -1,7 +1,7 @@
 // gbp_math.cuh: the small math layer every kernel family shares.
 //
 // * GBP_HD marks functions that run on the device and on the host (the host
-//   side lets tests/test_kernels.py check the per-element math without a GPU).
+//   side lets tests/test_kernel_functors.py check the per-element math without a GPU).
 // * acc_t<T>: the type a kernel computes in. float and double compute in
 //   themselves; __half / __nv_bfloat16 would map to float here (add the two
 //   specialisations together with cuda_fp16.h / cuda_bf16.h).
