@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -177,9 +178,13 @@ def activation_types() -> dict[str, str]:
 
 
 def _ctype(dtype: Any) -> str:
-    """'float' / 'double' for float32 / float64 (or those C names themselves)."""
-    if dtype in CTYPES.values():
-        return str(dtype)
+    """'float' / 'double' for float32 / float64 (or those C names themselves).
+
+    The C names are matched as strings only: ``numpy.dtype('float64') == 'float'``
+    is true (NumPy reads 'float' as float64), so a dtype must go through CTYPES.
+    """
+    if isinstance(dtype, str) and dtype in CTYPES.values():
+        return dtype
     try:
         key = np.dtype(dtype)
     except TypeError as exc:
@@ -232,29 +237,32 @@ def name_expressions(family: str, dtype: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def instantiation_source(family: str, dtypes: tuple[Any, ...] = tuple(CTYPES.values())) -> str:
-    """:func:`source` plus the address of every name expression (for each of
-    ``dtypes``), for ``nvcc -c``: taking an address instantiates the template as
+def instantiation_source(family: str, expressions: Iterable[str] | None = None) -> str:
+    """:func:`source` plus the address of each name expression, for ``nvcc -c``.
+
+    ``expressions``: by default every :func:`name_expressions` of the family for
+    every dtype of :data:`CTYPES`. Taking an address instantiates the template as
     NVRTC's name expressions do, so ``kernels/check.sh``, which compiles this, fails
-    on a name expression that does not match a kernel."""
-    refs = ",\n".join(
-        f"    (void*)&{expr}" for dtype in dtypes for expr in name_expressions(family, dtype)
-    )
-    ctypes = ", ".join(_ctype(d) for d in dtypes)
+    on a typo in the sources and on a name expression that does not match a kernel:
+    the loader's table is the one list of instantiations that NVRTC and nvcc both get.
+    """
+    if expressions is None:
+        expressions = [e for ctype in CTYPES.values() for e in name_expressions(family, ctype)]
+    refs = ",\n".join(f"    (void*)&{expr}" for expr in expressions)
     return (
         f"{source(family)}\n\n"
-        f"// name expressions of gpubackprop.kernels ({family}: {ctypes})\n"
+        f"// name expressions of gpubackprop.kernels ({family})\n"
         f"[[maybe_unused]] static void* const gbp_name_expressions[] = {{\n{refs}\n}};\n"
     )
 
 
 def write_instantiation_sources(folder: str | Path) -> list[Path]:
     """Write :func:`instantiation_source` of every family into ``folder``
-    (``loader_<family>.cu``) and return the paths (used by ``kernels/check.sh``)."""
+    (``<family>.cu``) and return the paths (used by ``kernels/check.sh``)."""
     out = Path(folder)
     paths = []
     for family in FAMILIES:
-        path = out / f"loader_{family}.cu"
+        path = out / f"{family}.cu"
         path.write_text(instantiation_source(family), encoding="utf-8")
         paths.append(path)
     return paths

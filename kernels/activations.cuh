@@ -18,6 +18,10 @@
 // including +-inf (limits), +-1e4 and the float32 overflow edge of exp (|z| ~ 89);
 // NaN in gives NaN out. Where the NumPy reference forms 0 * inf at z = +-inf (gelu,
 // gelu_tanh, silu), the functor returns the limit instead.
+//
+// Not bit-exact for subnormals: CuPy compiles with -ftz=true, so in float32 these
+// functors flush subnormal inputs and results to zero (compares too: relu'(a) is 0
+// for a positive subnormal a, 1 in NumPy). See kernels/README.md.
 #pragma once
 
 #include "gbp_math.cuh"

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Compile every CUDA source in kernels/ with nvcc (no GPU needed), so a typo or a
-# type error fails here and in CI instead of at NVRTC time on a GPU machine.
+# Compile every CUDA kernel with nvcc (no GPU needed), so a typo or a type error
+# fails here and in CI instead of at NVRTC time on a GPU machine.
 #
-#  1. each kernels/*.cu with -DGBP_INSTANTIATE (every kernel for float and double
-#     and every activation) for sm_90 and a generic sm_80, warnings as errors;
-#  2. if Python can import gpubackprop: the sources exactly as the loader
-#     (gpubackprop/kernels.py) hands them to NVRTC, with the loader's own
-#     name_expressions, one translation unit per family (sm_90).
+# What is compiled is what the loader (gpubackprop/kernels.py) hands NVRTC: each
+# family's source with its headers inlined, plus every name expression of the
+# loader's table (every kernel for float and double, and every activation),
+# written by gpubackprop.kernels.write_instantiation_sources. That table is the one
+# list of instantiations. Each family for sm_80 and sm_90, warnings as errors.
 #
 # All compiles run in parallel; objects go to a temporary folder under /tmp that
-# is removed at the end. Exits non-zero on any error and prints what it compiled.
-# Environment: NVCC (default: nvcc on PATH), PYTHON (default: python3),
-# GBP_CHECK_JOBS (parallel jobs, default: number of CPUs).
+# is removed at the end. Exits non-zero on any error, and when gpubackprop.kernels
+# does not import with $PYTHON (then nothing could be checked). Environment: NVCC
+# (default: nvcc on PATH), PYTHON (the interpreter that has gpubackprop's
+# dependencies; tests pass their own; default: python3), GBP_CHECK_JOBS (parallel
+# jobs, default: number of CPUs).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,40 +23,34 @@ PYTHON="${PYTHON:-python3}"
 jobs="${GBP_CHECK_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 if ! command -v "$NVCC" >/dev/null 2>&1; then
-    echo "check.sh: nvcc not found (set NVCC=/path/to/nvcc)" >&2
+    echo "check.sh: FAILED: nvcc not found (set NVCC=/path/to/nvcc)" >&2
     exit 2
 fi
 out="$(mktemp -d /tmp/gbp-kernels-check.XXXXXX)"
 trap 'rm -rf "$out"' EXIT
 
-flags=(-std=c++17 -Werror all-warnings -Xcompiler -Wall,-Wextra -I "$here")
-archs=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
-
-# job list: "label|command..." (one per line), run with at most $jobs in parallel
-cmds=()
-shopt -s nullglob
-sources=("$here"/*.cu)
-if [ "${#sources[@]}" -eq 0 ]; then
-    echo "check.sh: no .cu files in $here" >&2
+# the loader's sources and name expressions (run from $repo so that this
+# checkout's gpubackprop is the one imported)
+if ! (cd "$repo" && PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c \
+    "import sys; from gpubackprop.kernels import write_instantiation_sources as w; \
+     print('\n'.join(str(p) for p in w(sys.argv[1])))" "$out") >"$out/sources.list" 2>"$out/sources.err"; then
+    cat "$out/sources.err" >&2
+    echo "check.sh: FAILED: gpubackprop.kernels does not import with PYTHON=$PYTHON (pass the interpreter that has its dependencies)" >&2
     exit 2
 fi
-for src in "${sources[@]}"; do
-    name="$(basename "$src" .cu)"
-    cmds+=("$name.cu [float,double; sm_80,sm_90]|$NVCC ${flags[*]} ${archs[*]} -DGBP_INSTANTIATE -c $src -o $out/$name.o")
-done
 
-# 2. the loader's sources and name expressions, if the package imports here
-# (run from $repo so that this checkout's gpubackprop is the one imported)
-if (cd "$repo" && PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c \
-    "import sys; from gpubackprop.kernels import write_instantiation_sources as w; \
-     print('\n'.join(str(p) for p in w(sys.argv[1])))" "$out") >"$out/loader.list" 2>"$out/loader.err"; then
-    while read -r src; do
-        name="$(basename "$src" .cu)"
-        cmds+=("${name#loader_} as gpubackprop.kernels loads it [name_expressions; float,double; sm_90]|$NVCC ${flags[*]} -arch=sm_90 -c $src -o $out/$name.o")
-    done <"$out/loader.list"
-else
-    echo "check.sh: skipping the loader check: gpubackprop.kernels does not import with $PYTHON:"
-    cat "$out/loader.err"
+flags=(-std=c++17 -Werror all-warnings -Xcompiler -Wall,-Wextra)
+# job list: "label|command..." (one per line), run with at most $jobs in parallel
+cmds=()
+while read -r src; do
+    name="$(basename "$src" .cu)"
+    for sm in 80 90; do
+        cmds+=("$name [the loader's name expressions; sm_$sm]|$NVCC ${flags[*]} -arch=sm_$sm -c $src -o $out/$name.$sm.o")
+    done
+done <"$out/sources.list"
+if [ "${#cmds[@]}" -eq 0 ]; then
+    echo "check.sh: FAILED: the loader wrote no sources" >&2
+    exit 2
 fi
 
 start=$(date +%s)

@@ -40,7 +40,7 @@ __global__ void bias_act_forward(T* z, const T* __restrict__ bias, T* out, int r
     for (long long i = start; i < n; i += stride) {
         A v = load<A>(z[i]);
         if (bias != nullptr) {
-            v += load<A>(bias[col]);
+            v = add_rn(v, load<A>(bias[col]));  // NumPy's z + b, subnormals too
             if (keep_z) z[i] = store<T>(v);
         }
         out[i] = store<T>(Act::forward(v));
@@ -116,21 +116,3 @@ __global__ void __launch_bounds__(kStripCols * kMaxRowLanes)
 }
 
 }  // namespace gbp
-
-#ifdef GBP_INSTANTIATE
-// kernels/check.sh compiles this file with -DGBP_INSTANTIATE: every kernel for
-// float and double and every activation, as NVRTC does from the loader's
-// name_expressions (taking the address instantiates the template).
-#define GBP_DENSE_ACT(name, Type)                                      \
-    (void*)&gbp::bias_act_forward<float, gbp::act::Type>,              \
-        (void*)&gbp::bias_act_forward<double, gbp::act::Type>,         \
-        (void*)&gbp::act_backward<float, gbp::act::Type>,              \
-        (void*)&gbp::act_backward<double, gbp::act::Type>,             \
-        (void*)&gbp::act_backward_colsum<float, gbp::act::Type>,       \
-        (void*)&gbp::act_backward_colsum<double, gbp::act::Type>,
-[[maybe_unused]] static void* const gbp_dense_instances[] = {
-    GBP_FOR_EACH_ACTIVATION(GBP_DENSE_ACT)(void*)&gbp::column_sum<float>,
-    (void*)&gbp::column_sum<double>,
-};
-#undef GBP_DENSE_ACT
-#endif

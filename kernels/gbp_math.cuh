@@ -1,15 +1,18 @@
 // gbp_math.cuh: the small math layer every kernel family shares.
 //
 // * GBP_HD marks functions that run on the device and on the host (the host
-//   side lets tests/test_kernels.py check the per-element math without a GPU).
+//   side lets tests/test_kernel_functors.py check the per-element math without a GPU).
 // * acc_t<T>: the type a kernel computes in. float and double compute in
 //   themselves; __half / __nv_bfloat16 would map to float here (add the two
 //   specialisations together with cuda_fp16.h / cuda_bf16.h).
 // * gbp::math::exp, log1p, erf, ... : overloads that pick expf for float and
 //   exp for double, so templated code never silently promotes to double.
-// * add_rn / mul_rn / div_rn / sqrt_rn: IEEE round-to-nearest arithmetic that
-//   the compiler may not contract into FMAs, for the optimizer kernels, which
-//   reproduce the NumPy reference (gpubackprop/optim.py) bit for bit.
+// * add_rn / sub_rn / mul_rn / div_rn / sqrt_rn: IEEE round-to-nearest arithmetic
+//   that the compiler may not contract into FMAs and that keeps subnormals even
+//   under CuPy's -ftz=true, for the kernels that reproduce the NumPy reference bit
+//   for bit (the optimizers, the bias add, mse_grad). Everything else in float
+//   (the activations, softmax, BCE, the sums) is compiled with -ftz=true: it flushes
+//   subnormal inputs and results to zero, where NumPy keeps them (kernels/README.md).
 //
 // No standard header is included: NVRTC (CuPy's RawModule) compiles this
 // without a C++ standard library; the CUDA math built-ins are always there.
@@ -80,38 +83,46 @@ GBP_HD bool is_finite(T x) {
 
 }  // namespace math
 
-// --- IEEE round-to-nearest arithmetic, never contracted into an FMA ------------
-// The generic templates serve types without intrinsics (half/bf16 compute in
-// float anyway); the float and double overloads (preferred by overload
-// resolution) use the _rn intrinsics on the device and plain operators on the
-// host (tests compile the host side with -ffp-contract=off).
-template <typename T>
-GBP_HD T add_rn(T a, T b) { return a + b; }
-template <typename T>
-GBP_HD T sub_rn(T a, T b) { return a - b; }
-template <typename T>
-GBP_HD T mul_rn(T a, T b) { return a * b; }
-template <typename T>
-GBP_HD T div_rn(T a, T b) { return a / b; }
-
+// --- IEEE round-to-nearest arithmetic: no FMA contraction, no flush to zero ----
+// For the kernels that reproduce the NumPy reference bit for bit (optim.cu, the
+// bias add of dense.cu, mse_grad). The float overloads are inline PTX without
+// `.ftz`: CuPy appends -ftz=true after the caller's NVRTC options, and under it
+// the intrinsics (__fadd_rn, ...) and the plain operators flush subnormal inputs
+// and results to zero, while NumPy keeps them. tests/test_kernel_loader.py
+// compiles with -ftz=true and checks that these kernels' PTX has no `.ftz`.
+// Double is never flushed (-ftz applies to f32 only): the _rn intrinsics there.
+// The host side is plain operators (tests compile it with -ffp-contract=off).
 #ifdef __CUDA_ARCH__
-#define GBP_RN_BODY(intrinsic, op) return intrinsic(a, b);
+#define GBP_F32_BINARY(name, ptx, op)                                          \
+    GBP_HD float name(float a, float b) {                                      \
+        float r;                                                               \
+        asm(ptx " %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));                    \
+        return r;                                                              \
+    }
+#define GBP_F64_BINARY(name, intrinsic, op) \
+    GBP_HD double name(double a, double b) { return intrinsic(a, b); }
 #else
-#define GBP_RN_BODY(intrinsic, op) return a op b;
+#define GBP_F32_BINARY(name, ptx, op) \
+    GBP_HD float name(float a, float b) { return a op b; }
+#define GBP_F64_BINARY(name, intrinsic, op) \
+    GBP_HD double name(double a, double b) { return a op b; }
 #endif
-GBP_HD float add_rn(float a, float b) { GBP_RN_BODY(__fadd_rn, +) }
-GBP_HD double add_rn(double a, double b) { GBP_RN_BODY(__dadd_rn, +) }
-GBP_HD float sub_rn(float a, float b) { GBP_RN_BODY(__fsub_rn, -) }
-GBP_HD double sub_rn(double a, double b) { GBP_RN_BODY(__dsub_rn, -) }
-GBP_HD float mul_rn(float a, float b) { GBP_RN_BODY(__fmul_rn, *) }
-GBP_HD double mul_rn(double a, double b) { GBP_RN_BODY(__dmul_rn, *) }
-GBP_HD float div_rn(float a, float b) { GBP_RN_BODY(__fdiv_rn, /) }
-GBP_HD double div_rn(double a, double b) { GBP_RN_BODY(__ddiv_rn, /) }
-#undef GBP_RN_BODY
+GBP_F32_BINARY(add_rn, "add.rn.f32", +)
+GBP_F32_BINARY(sub_rn, "sub.rn.f32", -)
+GBP_F32_BINARY(mul_rn, "mul.rn.f32", *)
+GBP_F32_BINARY(div_rn, "div.rn.f32", /)
+GBP_F64_BINARY(add_rn, __dadd_rn, +)
+GBP_F64_BINARY(sub_rn, __dsub_rn, -)
+GBP_F64_BINARY(mul_rn, __dmul_rn, *)
+GBP_F64_BINARY(div_rn, __ddiv_rn, /)
+#undef GBP_F32_BINARY
+#undef GBP_F64_BINARY
 
 GBP_HD float sqrt_rn(float x) {
 #ifdef __CUDA_ARCH__
-    return __fsqrt_rn(x);
+    float r;
+    asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
 #else
     return ::sqrtf(x);
 #endif
@@ -123,6 +134,38 @@ GBP_HD double sqrt_rn(double x) {
     return ::sqrt(x);
 #endif
 }
+
+// x != 0 without a float compare (a setp.f32 flushes a subnormal x to 0 under -ftz)
+GBP_HD bool nonzero(float x) {
+#ifdef __CUDA_ARCH__
+    return (__float_as_uint(x) << 1) != 0u;
+#else
+    return x != 0.0f;
+#endif
+}
+GBP_HD bool nonzero(double x) { return x != 0.0; }
+
+// dst = x rounded to nearest; double -> float keeps subnormal results (cvt.rn.f32.f64)
+GBP_HD void assign_rn(float& dst, double x) {
+#ifdef __CUDA_ARCH__
+    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(dst) : "d"(x));
+#else
+    dst = static_cast<float>(x);
+#endif
+}
+GBP_HD void assign_rn(double& dst, double x) { dst = x; }
+
+// float -> double (exact), a subnormal x kept (cvt.f64.f32)
+GBP_HD double to_double(float x) {
+#ifdef __CUDA_ARCH__
+    double r;
+    asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(x));
+    return r;
+#else
+    return static_cast<double>(x);
+#endif
+}
+GBP_HD double to_double(double x) { return x; }
 
 // --- device-only constants and warp reductions ----------------------------------
 template <typename T>

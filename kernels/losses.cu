@@ -106,18 +106,19 @@ __global__ void softmax_xent_probs(const T* __restrict__ logits, const T* __rest
 }
 
 // grad = 2 scale (p - y);  sq = (p - y)^2 (sq may be nullptr: no value wanted).
-// MSE: L = scale * sum(sq), scale = 1/N for the mean, 1 for the sum.
+// MSE: L = scale * sum(sq), scale = 1/N for the mean, 1 for the sum. grad has the
+// reference's bits (two IEEE roundings, subnormals kept: the _rn helpers).
 template <typename T>
 __global__ void mse_grad(const T* __restrict__ pred, const T* __restrict__ target,
                          T* __restrict__ grad, T* __restrict__ sq, long long n, T scale) {
     using A = acc_t<T>;
-    const A two_scale = A(2) * load<A>(scale);
+    const A two_scale = mul_rn(A(2), load<A>(scale));
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += stride) {
-        const A d = load<A>(pred[i]) - load<A>(target[i]);
-        grad[i] = store<T>(d * two_scale);
-        if (sq != nullptr) sq[i] = store<T>(d * d);
+        const A d = sub_rn(load<A>(pred[i]), load<A>(target[i]));
+        grad[i] = store<T>(mul_rn(d, two_scale));
+        if (sq != nullptr) sq[i] = store<T>(mul_rn(d, d));
     }
 }
 
@@ -183,14 +184,3 @@ __global__ void __launch_bounds__(kMaxReduceThreads)
 }
 
 }  // namespace gbp
-
-#ifdef GBP_INSTANTIATE
-// kernels/check.sh: every kernel for float and double (see dense.cu).
-#define GBP_LOSSES_T(T)                                                             \
-    (void*)&gbp::softmax_xent_labels<T>, (void*)&gbp::softmax_xent_probs<T>,        \
-        (void*)&gbp::mse_grad<T>, (void*)&gbp::bce_logits<T>, (void*)&gbp::sum_reduce<T>,
-[[maybe_unused]] static void* const gbp_losses_instances[] = {
-    GBP_LOSSES_T(float) GBP_LOSSES_T(double)
-};
-#undef GBP_LOSSES_T
-#endif

@@ -10,10 +10,13 @@
 // counter and the Adam scalars; the hyper-parameters passed by value are fixed for
 // the optimizer's life. So a captured CUDA graph replays the right update forever.
 //
-// The per-element updates are written with add_rn / mul_rn / div_rn / sqrt_rn
-// (IEEE round-to-nearest, never fused into an FMA) in the exact operation order of
-// gpubackprop/optim.py, so they reproduce the NumPy reference bit for bit (given
-// the same learning rate and bias corrections).
+// The per-element updates are written with add_rn / sub_rn / mul_rn / div_rn /
+// sqrt_rn (IEEE round-to-nearest, never fused into an FMA, subnormals kept under
+// CuPy's -ftz=true; gbp_math.cuh) in the exact operation order of the NumPy
+// reference, so they reproduce it bit for bit (given the same learning rate and
+// bias corrections), subnormal values included: Adam's exp_avg of a dead unit
+// decays into the subnormal range after ~800 steps. No float compare or negation
+// either (nonzero(), sub_rn): those too would flush under -ftz=true.
 //
 // step_state is an int array of 2: [0] = steps taken so far (PyTorch's state
 // "step"), [1] = scratch for sgd_step's blocks-done count; both start at 0.
@@ -21,17 +24,17 @@
 
 namespace gbp {
 
-// One element of SGD (PyTorch's rule; neg_lr = -lr, first = no step taken yet):
+// One element of SGD (PyTorch's rule; first = no step taken yet):
 //   g' = g + wd p                                  (only when wd != 0)
 //   if momentum:  b = g' on the first step, else b = m b + (1 - dampening) g'
 //                 g' = g' + m b  if nesterov, else g' = b
-//   p = p + (-lr) g'
+//   p = p - lr g'       (the same bits as the reference's p + g' (-lr))
 // `buf` is read and written only when momentum != 0.
 template <typename A>
-GBP_HD void sgd_element(A& p, A g, A& buf, A neg_lr, A momentum, A one_minus_dampening,
+GBP_HD void sgd_element(A& p, A g, A& buf, A lr, A momentum, A one_minus_dampening,
                         A weight_decay, bool nesterov, bool first) {
-    if (weight_decay != A(0)) g = add_rn(g, mul_rn(p, weight_decay));
-    if (momentum != A(0)) {
+    if (nonzero(weight_decay)) g = add_rn(g, mul_rn(p, weight_decay));
+    if (nonzero(momentum)) {
         if (first) {
             buf = g;
         } else {
@@ -39,7 +42,7 @@ GBP_HD void sgd_element(A& p, A g, A& buf, A neg_lr, A momentum, A one_minus_dam
         }
         g = nesterov ? add_rn(g, mul_rn(buf, momentum)) : buf;
     }
-    p = add_rn(p, mul_rn(g, neg_lr));
+    p = sub_rn(p, mul_rn(g, lr));
 }
 
 // p, g, buf: n elements (buf may be nullptr when momentum == 0); lr: 1 element;
@@ -54,17 +57,17 @@ __global__ void sgd_step(T* __restrict__ p, const T* __restrict__ g, T* __restri
     using A = acc_t<T>;
     const int steps_taken = step_state[0];
     const bool first = steps_taken == 0;
-    const A neg_lr = -load<A>(lr[0]);
+    const A step_lr = load<A>(lr[0]);
     const A mom = load<A>(momentum);
     const A omd = load<A>(one_minus_dampening);
     const A wd = load<A>(weight_decay);
-    const bool use_buf = mom != A(0);
+    const bool use_buf = nonzero(mom);
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += stride) {
         A pi = load<A>(p[i]);
         A bi = use_buf && !first ? load<A>(buf[i]) : A(0);
-        sgd_element(pi, load<A>(g[i]), bi, neg_lr, mom, omd, wd, nesterov != 0, first);
+        sgd_element(pi, load<A>(g[i]), bi, step_lr, mom, omd, wd, nesterov != 0, first);
         p[i] = store<T>(pi);
         if (use_buf) buf[i] = store<T>(bi);
     }
@@ -90,9 +93,9 @@ GBP_HD void adam_scalars(int t, double lr, double beta1, double beta2, double we
                          T* scalars) {
     const double bias_correction1 = 1.0 - ::pow(beta1, static_cast<double>(t));
     const double bias_correction2 = 1.0 - ::pow(beta2, static_cast<double>(t));
-    scalars[0] = static_cast<T>(-(lr / bias_correction1));
-    scalars[1] = static_cast<T>(::sqrt(bias_correction2));
-    scalars[2] = static_cast<T>(1.0 - lr * weight_decay);
+    assign_rn(scalars[0], -(lr / bias_correction1));
+    assign_rn(scalars[1], ::sqrt(bias_correction2));
+    assign_rn(scalars[2], 1.0 - lr * weight_decay);
 }
 
 // One thread: step_state[0] += 1 (t), then the scalars of step t from lr[0].
@@ -104,7 +107,7 @@ __global__ void adam_prepare(int* __restrict__ step_state, T* __restrict__ scala
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     const int t = step_state[0] + 1;
     step_state[0] = t;
-    adam_scalars<T>(t, static_cast<double>(lr[0]), beta1, beta2, weight_decay, scalars);
+    adam_scalars<T>(t, to_double(lr[0]), beta1, beta2, weight_decay, scalars);
 }
 
 // One element of Adam / AdamW, the reference's operation order:
@@ -119,7 +122,7 @@ GBP_HD void adam_element(A& p, A g, A& m, A& v, A neg_step_size, A sqrt_bc2, A d
                          A weight_decay, bool decoupled) {
     if (decoupled) {
         p = mul_rn(p, decay_factor);
-    } else if (weight_decay != A(0)) {
+    } else if (nonzero(weight_decay)) {
         g = add_rn(g, mul_rn(p, weight_decay));
     }
     m = add_rn(mul_rn(m, beta1), mul_rn(g, one_minus_beta1));
@@ -155,12 +158,3 @@ __global__ void adam_step(T* __restrict__ p, const T* __restrict__ g, T* __restr
 }
 
 }  // namespace gbp
-
-#ifdef GBP_INSTANTIATE
-// kernels/check.sh: every kernel for float and double (see dense.cu).
-#define GBP_OPTIM_T(T) \
-    (void*)&gbp::sgd_step<T>, (void*)&gbp::adam_prepare<T>, (void*)&gbp::adam_step<T>,
-[[maybe_unused]] static void* const gbp_optim_instances[] = {GBP_OPTIM_T(float)
-                                                                 GBP_OPTIM_T(double)};
-#undef GBP_OPTIM_T
-#endif
