@@ -31,6 +31,8 @@ ModelBatch = tuple[Array, Array | None, Loss | None]
 
 
 # --- the engine calls: the only place this module drives a model -----------------------------
+# (private names until the public engine API lands: prepare_input / prepare_batch,
+# forward_batch, backward_batch and the loss's engine method; switch them here)
 def _model_batch(model: Sequential, x: Any, y: Any, loss: Loss | None) -> ModelBatch:
     """``x`` (and ``y``) validated and on the model's device and dtype."""
     xb = model._prepare_input(model.to_device(x))
