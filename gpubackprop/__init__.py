@@ -28,11 +28,10 @@ from .errors import (
     NumericalError,
     ShapeError,
 )
-from .gradcheck import GradcheckReport, gradcheck
+from .gradcheck import GradcheckReport, gradcheck, graph_gradcheck
 from .graph import (
     Gate,
     Tensor,
-    graph_gradcheck,
     jacobian,
     maximum,
     softmax_cross_entropy,

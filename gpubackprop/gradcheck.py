@@ -1,7 +1,8 @@
-"""Finite-difference gradient checks for models, layers and losses.
+"""Finite-difference gradient checks for models, layers, losses and graph functions.
 
 ``gb.gradcheck(target, x, y, loss)`` compares the analytic gradients of the
-backward pass with central differences in float64::
+backward pass with central differences in float64 (:func:`central_difference`,
+one helper for every kind of target)::
 
     ∂L/∂θ_i ≈ (L(θ + ε e_i) − L(θ − ε e_i)) / 2ε
 
@@ -12,18 +13,63 @@ exercises every output's gradient.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError, DTypeError, GradcheckError
+from .graph import Tensor, as_tensor, gradients
 from .layers import Layer
 from .losses import Loss, get_loss
 from .model import Sequential
 
 Array = Any
+#: a validated device batch: (x, y, loss), y and loss None for L = Σ output ⊙ R
+ModelBatch = tuple[Array, Array | None, Loss | None]
+
+
+# --- the engine calls: the only place this module drives a model -----------------------------
+# (private names until the public engine API lands: prepare_input / prepare_batch,
+# forward_batch, backward_batch and the loss's engine method; switch them here)
+def _model_batch(model: Sequential, x: Any, y: Any, loss: Loss | None) -> ModelBatch:
+    """``x`` (and ``y``) validated and on the model's device and dtype."""
+    xb = model._prepare_input(model.to_device(x))
+    if loss is None:
+        return xb, None, None
+    return model._prepare_batch(xb, model.backend.asarray(y), loss)
+
+
+def _model_loss(
+    model: Sequential, batch: ModelBatch, projection: Array | None, *,
+    backward: bool = False, need_input_grad: bool = False,
+) -> tuple[float, Array | None]:
+    """(L, ∂L/∂x): L = loss(model(x), y), or Σ model(x) ⊙ R (``projection``) without a loss.
+
+    With ``backward`` the gradients are written (``model.gradients()``) and ∂L/∂x
+    is returned if ``need_input_grad`` (else None).
+    """
+    x, y, loss = batch
+    backend = model.backend
+    out = model._forward(x)
+    if loss is None:
+        value, grad = backend.xp.vdot(out, projection), projection
+    else:
+        grad = backend.xp.empty_like(out)
+        value = loss.value_and_grad(backend, out, y, grad)
+    dx = model._backward(grad, need_input_grad) if backward else None
+    return float(value), dx
+
+
+def _layer_model(layer: Layer, seed: int) -> Sequential:
+    """The model a bare layer is checked in: its own if built standalone, else a new float64 one."""
+    owner = layer.owner
+    if layer.standalone and isinstance(owner, Sequential):
+        return owner  # a standalone layer built for graph use
+    if owner is not None:
+        raise ConfigError(f"{layer.label} belongs to a model: gradcheck that model instead")
+    return Sequential([layer], device="cpu", dtype="float64", seed=seed)
 
 
 @dataclass
@@ -71,26 +117,24 @@ class GradcheckReport:
         return "\n".join(rows)
 
 
-def _compare(
-    name: str, analytic: np.ndarray, numeric: np.ndarray, idx: list[tuple[int, ...]],
-    atol: float, rtol: float,
-) -> GradcheckEntry:
-    a = np.array([analytic[i] for i in idx])
-    n = np.array([numeric[i] for i in idx])
-    abs_err = np.abs(a - n)
-    rel_err = abs_err / np.maximum(np.abs(n), 1e-300)
-    excess = abs_err - (atol + rtol * np.abs(n))
-    worst = int(np.argmax(excess)) if len(idx) else 0
-    return GradcheckEntry(
-        name=name,
-        checked=len(idx),
-        max_abs_error=float(abs_err.max(initial=0.0)),
-        max_rel_error=float(rel_err.max(initial=0.0)),
-        worst_index=idx[worst] if idx else (),
-        analytic=float(a[worst]) if len(idx) else 0.0,
-        numeric=float(n[worst]) if len(idx) else 0.0,
-        ok=bool(np.all(excess <= 0.0)) and bool(np.all(np.isfinite(a))),
-    )
+def central_difference(
+    f: Callable[[], float], array: Array, indices: Sequence[tuple[int, ...]], eps: float
+) -> np.ndarray:
+    """∂f/∂array[i] ≈ (f(array + ε eᵢ) − f(array − ε eᵢ)) / 2ε for each i of ``indices``.
+
+    ``array`` (NumPy or CuPy) is perturbed in place, one entry at a time, and
+    restored; ``f`` reads it. Returns the numeric entries, in the order of ``indices``.
+    """
+    numeric = np.empty(len(indices))
+    for k, i in enumerate(indices):
+        saved = float(array[i])
+        array[i] = saved + eps
+        plus = f()
+        array[i] = saved - eps
+        minus = f()
+        array[i] = saved
+        numeric[k] = (plus - minus) / (2.0 * eps)
+    return numeric
 
 
 def _indices(shape: tuple[int, ...], limit: int | None, rng: np.random.Generator) -> list:
@@ -99,84 +143,130 @@ def _indices(shape: tuple[int, ...], limit: int | None, rng: np.random.Generator
     return [tuple(int(v) for v in np.unravel_index(i, shape)) for i in np.sort(flat)]
 
 
+def _check_entries(
+    report: GradcheckReport, name: str, analytic: np.ndarray, f: Callable[[], float],
+    array: Array, limit: int | None, rng: np.random.Generator,
+) -> None:
+    """Append to ``report`` the comparison of ``analytic`` with the central differences of
+    ``f`` over ``array`` (every entry, or a random subset of ``limit``)."""
+    idx = _indices(tuple(array.shape), limit, rng)
+    n = central_difference(f, array, idx, report.eps)
+    a = np.array([analytic[i] for i in idx])
+    abs_err = np.abs(a - n)
+    rel_err = abs_err / np.maximum(np.abs(n), 1e-300)
+    excess = abs_err - (report.atol + report.rtol * np.abs(n))
+    worst = int(np.argmax(excess)) if len(idx) else 0
+    report.entries.append(GradcheckEntry(
+        name=name,
+        checked=len(idx),
+        max_abs_error=float(abs_err.max(initial=0.0)),
+        max_rel_error=float(rel_err.max(initial=0.0)),
+        worst_index=idx[worst] if idx else (),
+        analytic=float(a[worst]) if len(idx) else 0.0,
+        numeric=float(n[worst]) if len(idx) else 0.0,
+        ok=bool(np.all(excess <= 0.0)) and bool(np.all(np.isfinite(a))),
+    ))
+
+
 def _check_model(
-    model: Sequential, x: Any, y: Any, loss: Loss | None, *, eps: float, atol: float,
-    rtol: float, max_checks: int | None, check_input: bool, rng: np.random.Generator,
-) -> GradcheckReport:
+    model: Sequential, x: Any, y: Any, loss: Loss | None, report: GradcheckReport, *,
+    max_checks: int | None, check_input: bool, rng: np.random.Generator,
+) -> None:
     if model.dtype != np.float64:
         raise DTypeError(
             f"gradcheck needs a float64 model (finite differences in float32 are too "
             f"coarse); got {model.dtype.name}: build it with dtype='float64'"
         )
-    backend = model.backend
-    xb = model._prepare_input(model.to_device(x))
-    if loss is not None:
-        _, yb, loss = model._prepare_batch(xb, backend.asarray(y), loss)
-        projection = None
-    else:
+    batch = _model_batch(model, x, y, loss)
+    xb = batch[0]
+    projection = None
+    if loss is None:
         out_shape = (xb.shape[0], model.output_width(xb.shape[1]))
-        projection = backend.asarray(rng.standard_normal(out_shape))
+        projection = model.backend.asarray(rng.standard_normal(out_shape))
 
-    def value() -> float:
-        out = model._forward(xb)
-        if projection is None:
-            assert loss is not None
-            return float(loss.value_and_grad(backend, out, yb, backend.xp.empty_like(out)))
-        return float(backend.xp.vdot(out, projection))
-
-    # analytic
-    out = model._forward(xb)
-    if projection is None:
-        assert loss is not None
-        grad_out = backend.xp.empty_like(out)
-        loss.value_and_grad(backend, out, yb, grad_out)
-    else:
-        grad_out = projection
-    input_grad = model._backward(grad_out, need_input_grad=check_input)
-    analytic = {k: backend.to_numpy(v).copy() for k, v in model.gradients().items()}
-    if check_input:
-        analytic["input"] = backend.to_numpy(input_grad).copy()
-
+    _, input_grad = _model_loss(
+        model, batch, projection, backward=True, need_input_grad=check_input
+    )
+    analytic = {k: model.backend.to_numpy(v).copy() for k, v in model.gradients().items()}
     tensors = dict(model.parameters())
     if check_input:
+        analytic["input"] = model.backend.to_numpy(input_grad).copy()
         tensors["input"] = xb
-    report = GradcheckReport(eps=eps, atol=atol, rtol=rtol)
     for name, tensor in tensors.items():
-        idx = _indices(tuple(tensor.shape), max_checks, rng)
-        numeric = np.zeros(tensor.shape)
-        for i in idx:
-            saved = float(tensor[i])
-            tensor[i] = saved + eps
-            plus = value()
-            tensor[i] = saved - eps
-            minus = value()
-            tensor[i] = saved
-            numeric[i] = (plus - minus) / (2.0 * eps)
-        report.entries.append(_compare(name, analytic[name], numeric, idx, atol, rtol))
-    return report
+        _check_entries(
+            report, name, analytic[name], lambda: _model_loss(model, batch, projection)[0],
+            tensor, max_checks, rng,
+        )
 
 
 def _check_loss(
-    loss: Loss, pred: Any, target: Any, *, eps: float, atol: float, rtol: float,
+    loss: Loss, pred: Any, target: Any, report: GradcheckReport, *,
     max_checks: int | None, rng: np.random.Generator,
-) -> GradcheckReport:
+) -> None:
     pred = np.array(pred, dtype=np.float64) if not hasattr(pred, "dtype") else pred.copy()
     if pred.dtype != np.float64:
         raise DTypeError(f"gradcheck of a loss needs float64 predictions, got {pred.dtype}")
     _, analytic = loss.value_and_gradient(pred, target)
     analytic = np.asarray(analytic.get() if hasattr(analytic, "get") else analytic)
-    idx = _indices(tuple(pred.shape), max_checks, rng)
-    numeric = np.zeros(pred.shape)
-    for i in idx:
-        saved = float(pred[i])
-        pred[i] = saved + eps
-        plus = loss(pred, target)
-        pred[i] = saved - eps
-        minus = loss(pred, target)
-        pred[i] = saved
-        numeric[i] = (plus - minus) / (2.0 * eps)
+    _check_entries(
+        report, loss.name, analytic, lambda: loss(pred, target), pred, max_checks, rng
+    )
+
+
+def graph_gradcheck(
+    f: Callable[..., Any],
+    *inputs: Any,
+    eps: float = 1e-6,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+    max_checks_per_tensor: int | None = None,
+    seed: int = 0,
+    raise_exception: bool = True,
+) -> GradcheckReport:
+    """Check the backprop gradients of a graph function against central differences.
+
+    ∂L/∂x_i ≈ (L(x + ε eᵢ) − L(x − ε eᵢ)) / 2ε, passing where
+    |analytic − numeric| ≤ atol + rtol·|numeric|. ``f(*tensors)`` returns a Tensor;
+    L is it when it has one element, else L = Σ f ⊙ R for a fixed random R.
+
+    ``inputs`` are float64 arrays (copied into new leaves) or float64 Tensors (used
+    as they are, perturbed in place and restored, so a layer's ``weight_tensor``
+    can be checked too). Returns a :class:`GradcheckReport` (one entry per input);
+    raises GradcheckError on failure if ``raise_exception``.
+    """
+    rng = np.random.default_rng(seed)
+    tensors: list[Tensor] = []
+    for i, item in enumerate(inputs):
+        given = as_tensor(item)
+        if given.dtype != np.float64:
+            raise DTypeError(
+                f"graph_gradcheck needs float64 inputs (finite differences in float32 are "
+                f"too coarse); input {i} is {given.dtype}"
+            )
+        if given is not item:  # an array: check a copy, leave the caller's alone
+            tensors.append(Tensor(given.data.copy(), requires_grad=True, name=f"input {i}"))
+        elif item.requires_grad:
+            tensors.append(item)
+        else:
+            tensors.append(Tensor(item.data, requires_grad=True, name=item.name))
+    out = as_tensor(f(*tensors), tensors[0])
+    backend = out.backend
+    projection = None
+    if out.size != 1:
+        with backend.activate():
+            projection = backend.asarray(rng.standard_normal(out.shape), dtype=out.dtype)
+
+    def value() -> float:
+        y = as_tensor(f(*tensors), tensors[0]).data
+        return float(y.reshape(-1)[0] if projection is None else backend.xp.vdot(y, projection))
+
     report = GradcheckReport(eps=eps, atol=atol, rtol=rtol)
-    report.entries.append(_compare(loss.name, analytic, numeric, idx, atol, rtol))
+    for i, (t, g) in enumerate(zip(tensors, gradients(out, tensors, projection), strict=True)):
+        analytic = np.zeros(t.shape) if g is None else t.backend.to_numpy(g)
+        name = t.name if t.name is not None else f"input {i}"
+        _check_entries(report, name, analytic, value, t.data, max_checks_per_tensor, rng)
+    if raise_exception and not report.ok:
+        raise GradcheckError("graph gradient check failed:\n" + str(report))
     return report
 
 
@@ -201,7 +291,7 @@ def gradcheck(
             model (it is wrapped in a float64 CPU model); a :class:`Loss`
             (then ``x`` is the prediction and ``y`` the target); or a function
             of Tensors returning a scalar Tensor (a graph function: ``x`` and
-            ``y``, when given, are its inputs; see :func:`gpubackprop.graph_gradcheck`).
+            ``y``, when given, are its inputs; see :func:`graph_gradcheck`).
         x: the input batch (the prediction for a loss).
         y, loss: target and loss for L; without a loss, L = Σ output ⊙ R for
             a fixed random R.
@@ -220,32 +310,20 @@ def gradcheck(
     if callable(target) and not isinstance(target, (Loss, Layer, Sequential)):
         if loss is not None:
             raise ConfigError("gradcheck of a graph function takes no loss: return a scalar")
-        from .graph import graph_gradcheck  # graph imports this module
-
         inputs = [v for v in (x, y) if v is not None]
         return graph_gradcheck(
             target, *inputs, eps=eps, atol=atol, rtol=rtol,
             max_checks_per_tensor=max_checks_per_tensor, seed=seed,
             raise_exception=raise_exception,
         )
+    report = GradcheckReport(eps=eps, atol=atol, rtol=rtol)
     if isinstance(target, Loss):
         if y is None:
             raise ConfigError("gradcheck of a loss needs the target y")
-        report = _check_loss(
-            target, x, y, eps=eps, atol=atol, rtol=rtol, max_checks=max_checks_per_tensor,
-            rng=rng,
-        )
+        _check_loss(target, x, y, report, max_checks=max_checks_per_tensor, rng=rng)
     else:
         if isinstance(target, Layer):
-            owner = target._owner
-            if target.standalone and isinstance(owner, Sequential):
-                target = owner  # a standalone layer built for graph use
-            elif owner is not None:
-                raise ConfigError(
-                    f"{target.label} belongs to a model: gradcheck that model instead"
-                )
-            else:
-                target = Sequential([target], device="cpu", dtype="float64", seed=seed)
+            target = _layer_model(target, seed)
         if not isinstance(target, Sequential):
             raise ConfigError(
                 f"gradcheck takes a Sequential, a Layer or a Loss, got {type(target).__name__}"
@@ -253,13 +331,15 @@ def gradcheck(
         resolved = None if loss is None else get_loss(loss)
         if resolved is not None and y is None:
             raise ConfigError("gradcheck with a loss needs the target y")
-        report = _check_model(
-            target, x, y, resolved, eps=eps, atol=atol, rtol=rtol,
-            max_checks=max_checks_per_tensor, check_input=check_input, rng=rng,
+        _check_model(
+            target, x, y, resolved, report, max_checks=max_checks_per_tensor,
+            check_input=check_input, rng=rng,
         )
     if raise_exception and not report.ok:
         raise GradcheckError("gradient check failed:\n" + str(report))
     return report
 
 
-__all__ = ["GradcheckEntry", "GradcheckReport", "gradcheck"]
+__all__ = [
+    "GradcheckEntry", "GradcheckReport", "central_difference", "gradcheck", "graph_gradcheck",
+]

@@ -27,7 +27,8 @@ start from zero.
 
 **Layers are coarse gates.** ``layer(t)`` applies a :class:`~gpubackprop.Dense`
 (or any layer) as one gate whose backward is the layer's own fused backward;
-see :class:`LayerGate`.
+see :class:`LayerGate`. This module is the adapter: ``Layer.__call__`` and
+``Layer.parameter_tensors`` are doors into it (graph sits above layers).
 
 **Dtypes.** Results follow NumPy's promotion rules, with Python scalars *weak*:
 ``t32 * 0.5`` stays float32, ``t32 + t64`` is float64. A gradient always has the
@@ -37,6 +38,7 @@ dtype of its tensor.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -45,14 +47,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS
 from .backend import Backend, backend_of, is_cupy_array
-from .errors import (
-    ConfigError,
-    DeviceError,
-    DTypeError,
-    GradcheckError,
-    ShapeError,
-)
-from .gradcheck import GradcheckReport, _compare, _indices
+from .errors import ConfigError, DeviceError, DTypeError, ShapeError
 from .losses import SoftmaxCrossEntropy
 
 if TYPE_CHECKING:
@@ -205,7 +200,7 @@ class Tensor:
                         f"got shape {self.shape}; pass grad=∂L/∂t of shape {self.shape}"
                     )
                 return xp.ones(self.shape, dtype=self.dtype)
-            seed = _lift(grad, self)
+            seed = as_tensor(grad, self)
             _check_devices("backward", (self, seed))
             if seed.shape != self.shape:
                 raise ShapeError(
@@ -303,12 +298,13 @@ class Tensor:
         return ActivationGate("relu")(self)
 
 
-def _lift(value: Any, like: Tensor | None) -> Tensor:
+def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
     """``value`` as a Tensor: Tensors as they are, anything else a constant.
 
-    A Python scalar is *weak* (as in NumPy 2): it becomes a 0-d array of
-    result_type(like.dtype, value) on like's device, so ``t32 * 0.5`` stays float32.
-    Arrays keep their own device and dtype (a mismatch is caught by the gate).
+    Given ``like``, a Python scalar is *weak* (as in NumPy 2): it becomes a 0-d
+    array of result_type(like.dtype, value) on like's device, so ``t32 * 0.5``
+    stays float32. Arrays keep their own device and dtype (a mismatch is caught
+    by the gate); without ``like`` a scalar or list becomes a NumPy array.
     """
     if isinstance(value, Tensor):
         return value
@@ -381,7 +377,7 @@ class Gate:
                 "of the graph: create a new one for each use"
             )
         like = next((v for v in inputs if isinstance(v, Tensor)), None)
-        tensors = tuple(_lift(v, like) for v in inputs)
+        tensors = tuple(as_tensor(v, like) for v in inputs)
         backend = _check_devices(self.describe(), tensors)
         self.backend = backend
         with backend.activate():
@@ -766,13 +762,15 @@ class SoftmaxCrossEntropyGate(Gate):
 class LayerGate(Gate):
     """A whole layer as one coarse gate: y = layer(x; W, b), backward = the layer's own.
 
-    Inputs are x and the layer's parameter tensors (:meth:`Layer.parameter_tensors`).
-    The forward is ``layer.forward`` (output and saved buffers copied, so one
-    layer may appear several times in a graph); the backward restores that call's
-    state and runs the layer's fused backward, ``layer.backward(Δ, need_input_grad)``,
-    which writes dW = Δ_Zᵀ x and db = Δ_Zᵀ 1 into ``layer.grads`` (overwriting);
-    the gate hands copies to the engine, which *adds* them into the parameter
-    tensors' ``.grad``, so a layer used k times gets the sum of its k contributions.
+    Inputs are x and the layer's parameter tensors (:func:`parameter_tensors`).
+    The forward is ``layer.forward``; the gate keeps its own copy of the output and
+    of the work buffers in ``layer.backward_state()`` (the layer's next call
+    overwrites them), so one layer may appear several times in a graph. The
+    backward restores that call's state and runs the layer's fused backward,
+    ``layer.backward(Δ, need_input_grad)``, which writes dW = Δ_Zᵀ x and
+    db = Δ_Zᵀ 1 into ``layer.grads`` (overwriting); the gate hands copies to the
+    engine, which *adds* them into the parameter tensors' ``.grad``, so a layer
+    used k times gets the sum of its k contributions.
     """
 
     def __init__(self, layer: Layer, param_names: tuple[str, ...]) -> None:
@@ -798,13 +796,63 @@ class LayerGate(Gate):
                 f"{layer.label}: its parameters are {layer.dtype.name} but the input tensor "
                 f"is {x.dtype}; build the layer with the input's dtype"
             )
-        out, self.state = layer.gate_forward(self.xp.ascontiguousarray(x))
-        return out
+        x = self.xp.ascontiguousarray(x)
+        out = layer.forward(x)
+        result = out.copy()
+        self.state = {
+            name: _own(value, x, out, result) for name, value in layer.backward_state().items()
+        }
+        return result
 
     def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        delta = self.xp.ascontiguousarray(grad, dtype=self.layer.dtype)
-        dx, grads = self.layer.gate_backward(self.state, delta, need_input_grad=needs[0])
-        return (dx, *(grads[name] for name in self.param_names))
+        layer = self.layer
+        layer.restore_backward_state(self.state)
+        dx = layer.backward(self.xp.ascontiguousarray(grad, dtype=layer.dtype), needs[0])
+        return (None if dx is None else dx.copy(),
+                *(layer.grads[name].copy() for name in self.param_names))
+
+
+def _own(value: Any, x: Array, out: Array, result: Array) -> Any:
+    """A layer's saved ``value`` as one gate call keeps it: the next call may overwrite it.
+
+    The output buffer becomes the gate's own copy ``result``; the input x is the
+    graph's (never written); any other array (a work buffer) is copied.
+    """
+    if value is out:
+        return result
+    if value is x or not (isinstance(value, np.ndarray) or is_cupy_array(value)):
+        return value
+    return value.copy()
+
+
+#: each layer's parameter tensors, made once (weak keys: a dropped layer takes them along)
+_PARAMETER_TENSORS: weakref.WeakKeyDictionary[Layer, dict[str, Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def parameter_tensors(layer: Layer) -> dict[str, Tensor]:
+    """Name -> Tensor over ``layer``'s live parameter view (requires grad).
+
+    What ``layer.parameter_tensors()`` returns (the layer's door to this function).
+
+    After ``backward()`` each tensor's ``.grad`` holds ∂L/∂param summed over every
+    call of the layer in the graph (while ``layer.grads`` holds only the last
+    call's, as the layer engine overwrites it). The same Tensor objects are
+    returned every time, so their gradients accumulate like any tensor's.
+    """
+    if layer.backend is None:
+        raise ConfigError(
+            f"{layer.label} has no parameters yet: call layer.build(device, dtype, seed) "
+            "or apply it to a Tensor first"
+        )
+    tensors = _PARAMETER_TENSORS.get(layer)
+    if tensors is None:
+        tensors = {
+            name: Tensor(view, requires_grad=True, name=name) for name, view in layer.params.items()
+        }
+        _PARAMETER_TENSORS[layer] = tensors
+    return dict(tensors)
 
 
 def layer_gate(layer: Layer, x: Any) -> Tensor:
@@ -815,7 +863,7 @@ def layer_gate(layer: Layer, x: Any) -> Tensor:
     device and dtype with an unseeded initialisation; call
     ``layer.build(device, dtype, seed)`` beforehand for a reproducible one.
     """
-    x = _lift(x, None)
+    x = as_tensor(x)
     if layer.backend is None:
         if x.dtype not in (np.float32, np.float64):
             raise DTypeError(
@@ -823,7 +871,7 @@ def layer_gate(layer: Layer, x: Any) -> Tensor:
                 f"float32 or float64, got {x.dtype}"
             )
         layer.build(device=x.device, dtype=x.dtype)
-    params = layer.parameter_tensors()
+    params = parameter_tensors(layer)
     return LayerGate(layer, tuple(params))(x, *params.values())
 
 
@@ -861,7 +909,7 @@ def zero_grad(*items: Tensor | Layer) -> None:
         if isinstance(item, Tensor):
             item.zero_grad()
         else:
-            for t in item.parameter_tensors().values():
+            for t in parameter_tensors(item).values():
                 t.zero_grad()
 
 
@@ -922,6 +970,19 @@ def _backprop(root: Tensor, seed: Array, order: list[Tensor]) -> dict[int, Array
     return grads
 
 
+def gradients(output: Tensor, inputs: Sequence[Tensor], grad: Any = None) -> list[Array | None]:
+    """∂L/∂t for each tensor t of ``inputs`` by backprop, without touching any ``.grad``.
+
+    L = output when it has one element, else L = Σ grad ⊙ output (as in
+    :meth:`Tensor.backward`). An input L does not depend on gets None (all of
+    them when the output does not require grad).
+    """
+    if not output.requires_grad:
+        return [None] * len(inputs)
+    found = _backprop(output, output._seed(grad), topological_order(output, grad_only=True))
+    return [found.get(id(t)) for t in inputs]
+
+
 def jacobian(f: Callable[[Tensor], Any], x: Any) -> Array:
     """The Jacobian J[i, j] = ∂y_i/∂x_j of y = f(x), by backprop: one backward per row.
 
@@ -930,9 +991,9 @@ def jacobian(f: Callable[[Tensor], Any], x: Any) -> Array:
     (y.size, x.size). ``x`` is an array or Tensor (its values are used in a new
     leaf); ``f`` maps a Tensor to a Tensor. The result is an array on x's device.
     """
-    source = x.data if isinstance(x, Tensor) else _lift(x, None).data
+    source = x.data if isinstance(x, Tensor) else as_tensor(x).data
     leaf = Tensor(source, requires_grad=True)
-    y = _lift(f(leaf), leaf)
+    y = as_tensor(f(leaf), leaf)
     xp = leaf.backend.xp
     with leaf.backend.activate():
         jac = xp.zeros((y.size, leaf.size), dtype=np.result_type(y.dtype, leaf.dtype))
@@ -946,78 +1007,6 @@ def jacobian(f: Callable[[Tensor], Any], x: Any) -> Array:
             if g is not None:
                 jac[i] = g.reshape(-1)
     return jac
-
-
-def graph_gradcheck(
-    f: Callable[..., Any],
-    *inputs: Any,
-    eps: float = 1e-6,
-    atol: float = 1e-6,
-    rtol: float = 1e-5,
-    max_checks_per_tensor: int | None = None,
-    seed: int = 0,
-    raise_exception: bool = True,
-) -> GradcheckReport:
-    """Check the backprop gradients of a graph function against central differences.
-
-    ∂L/∂x_i ≈ (L(x + ε eᵢ) − L(x − ε eᵢ)) / 2ε, passing where
-    |analytic − numeric| ≤ atol + rtol·|numeric|. ``f(*tensors)`` returns a Tensor;
-    L is it when it has one element, else L = Σ f ⊙ R for a fixed random R.
-
-    ``inputs`` are float64 arrays (copied into new leaves) or float64 Tensors (used
-    as they are, perturbed in place and restored, so a layer's ``weight_tensor``
-    can be checked too). Returns a :class:`~gpubackprop.gradcheck.GradcheckReport`
-    (one entry per input); raises GradcheckError on failure if ``raise_exception``.
-    """
-    rng = np.random.default_rng(seed)
-    tensors: list[Tensor] = []
-    for i, value in enumerate(inputs):
-        given = value if isinstance(value, Tensor) else _lift(value, None)
-        if given.dtype != np.float64:
-            raise DTypeError(
-                f"graph_gradcheck needs float64 inputs (finite differences in float32 are "
-                f"too coarse); input {i} is {given.dtype}"
-            )
-        if given is not value:  # an array: check a copy, leave the caller's alone
-            tensors.append(Tensor(given.data.copy(), requires_grad=True, name=f"input {i}"))
-        elif value.requires_grad:
-            tensors.append(value)
-        else:
-            tensors.append(Tensor(value.data, requires_grad=True, name=value.name))
-    out = _lift(f(*tensors), tensors[0])
-    backend = out.backend
-    projection = None
-    if out.size != 1:
-        with backend.activate():
-            projection = backend.asarray(rng.standard_normal(out.shape), dtype=out.dtype)
-
-    def value() -> float:
-        y = _lift(f(*tensors), tensors[0]).data
-        return float(y.reshape(-1)[0] if projection is None else backend.xp.vdot(y, projection))
-
-    report = GradcheckReport(eps=eps, atol=atol, rtol=rtol)
-    grads: dict[int, Array] = {}
-    if out.requires_grad:
-        seed_grad = out._seed(None if projection is None else projection)
-        grads = _backprop(out, seed_grad, topological_order(out, grad_only=True))
-    for i, t in enumerate(tensors):
-        g = grads.get(id(t))
-        analytic = np.zeros(t.shape) if g is None else t.backend.to_numpy(g)
-        idx = _indices(t.shape, max_checks_per_tensor, rng)
-        numeric = np.zeros(t.shape)
-        for j in idx:
-            saved = float(t.data[j])
-            t.data[j] = saved + eps
-            plus = value()
-            t.data[j] = saved - eps
-            minus = value()
-            t.data[j] = saved
-            numeric[j] = (plus - minus) / (2.0 * eps)
-        name = t.name if t.name is not None else f"input {i}"
-        report.entries.append(_compare(name, analytic, numeric, idx, atol, rtol))
-    if raise_exception and not report.ok:
-        raise GradcheckError("graph gradient check failed:\n" + str(report))
-    return report
 
 
 __all__ = [
@@ -1040,10 +1029,12 @@ __all__ = [
     "SumGate",
     "Tensor",
     "TransposeGate",
-    "graph_gradcheck",
+    "as_tensor",
+    "gradients",
     "jacobian",
     "layer_gate",
     "maximum",
+    "parameter_tensors",
     "softmax_cross_entropy",
     "topological_order",
     "zero_grad",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,6 +56,16 @@ def device_allocation(what: str, nbytes: int) -> Iterator[None]:
         ) from exc
 
 
+def _graph() -> ModuleType:
+    """:mod:`gpubackprop.graph`, imported on first use: the one door from layers up to graphs.
+
+    graph sits above layers (it imports them), so layers reach it only here, lazily.
+    """
+    from . import graph
+
+    return graph
+
+
 class Layer:
     """Base class: a step of the forward pass with its own backward.
 
@@ -81,6 +92,11 @@ class Layer:
         """How errors name this layer: ``layer 2 (Dense 100->10, sigmoid)``."""
         where = f"layer {self.index}" if self.index is not None else "unattached layer"
         return f"{where} ({self.describe()})"
+
+    @property
+    def owner(self) -> object | None:
+        """The model this layer belongs to (None while unattached)."""
+        return self._owner
 
     def describe(self) -> str:
         return type(self).__name__
@@ -159,12 +175,22 @@ class Layer:
         """Write parameter gradients; return ∂L/∂input if asked (an internal buffer)."""
         raise NotImplementedError
 
-    # --- the layer as a coarse gate of a computational graph (gpubackprop.graph) ----------
-    #: the attributes :meth:`backward` reads, saved per gate call (see :meth:`gate_forward`)
-    _GATE_STATE: tuple[str, ...] = ()
-    #: the parameter tensors, made once by :meth:`parameter_tensors`
-    _param_tensors: dict[str, Tensor] | None = None
+    #: the attributes :meth:`forward` sets and :meth:`backward` reads
+    _BACKWARD_STATE: tuple[str, ...] = ()
 
+    def backward_state(self) -> dict[str, Any]:
+        """What :meth:`backward` reads from the last :meth:`forward`: name -> value.
+
+        Arrays among the values may be work buffers that the next forward overwrites.
+        """
+        return {name: getattr(self, name) for name in self._BACKWARD_STATE}
+
+    def restore_backward_state(self, state: dict[str, Any]) -> None:
+        """Make ``state`` (from :meth:`backward_state`) what the next :meth:`backward` reads."""
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    # --- the door to gpubackprop.graph -------------------------------------------------
     def __call__(self, x: Tensor | Array) -> Tensor:
         """``layer(t)``: the layer as one coarse gate of a graph, y = layer.forward(t).
 
@@ -172,11 +198,25 @@ class Layer:
         own fused backward (∂L/∂x = Δ_Z W, dW = Δ_Zᵀ x, db = Δ_Zᵀ 1), so layers and
         primitive gates mix freely. A layer with no parameters yet is first built
         on the tensor's device and dtype (unseeded; see :meth:`build`).
+
+        A door: the adapter is :func:`gpubackprop.graph.layer_gate`, imported on first
+        use by :func:`_graph` (graph sits above layers).
         """
-        from .graph import layer_gate
+        return _graph().layer_gate(self, x)
 
-        return layer_gate(self, x)
+    def parameter_tensors(self) -> dict[str, Tensor]:
+        """Name -> graph Tensor over this layer's live parameter view (requires grad).
 
+        After ``backward()`` each tensor's ``.grad`` holds ∂L/∂param summed over
+        every call of the layer in the graph (while ``self.grads`` holds only the
+        last call's, as the layer engine overwrites it). The same Tensor objects
+        are returned every time, so their gradients accumulate like any tensor's.
+
+        A door to :func:`gpubackprop.graph.parameter_tensors` (see :meth:`__call__`).
+        """
+        return _graph().parameter_tensors(self)
+
+    # --- standalone use ------------------------------------------------------------------
     def build(self, device: str | Backend = "cpu", dtype: Any = "float32",
               seed: int | None = None) -> Layer:
         """Give a standalone layer parameters of its own; returns the layer.
@@ -198,62 +238,6 @@ class Layer:
         Sequential([self], device=device, dtype=dtype, seed=seed)
         self.standalone = True
         return self
-
-    def parameter_tensors(self) -> dict[str, Tensor]:
-        """Name -> graph Tensor over this layer's live parameter view (requires grad).
-
-        After ``backward()`` each tensor's ``.grad`` holds ∂L/∂param summed over
-        every call of the layer in the graph (while ``self.grads`` holds only the
-        last call's, as the layer engine overwrites it). The same Tensor objects
-        are returned every time, so their gradients accumulate like any tensor's.
-        """
-        if self.backend is None:
-            raise ConfigError(
-                f"{self.label} has no parameters yet: call layer.build(device, dtype, seed) "
-                "or apply it to a Tensor first"
-            )
-        if self._param_tensors is None:
-            from .graph import Tensor
-
-            self._param_tensors = {
-                name: Tensor(view, requires_grad=True, name=name)
-                for name, view in self.params.items()
-            }
-        return dict(self._param_tensors)
-
-    def gate_forward(self, x: Array) -> tuple[Array, dict[str, Any]]:
-        """Forward for a graph gate: (a new output array, the state backward needs).
-
-        :meth:`forward` returns an internal buffer that the next call overwrites;
-        here the output and every saved work buffer are copied, so one layer may
-        appear several times in a graph.
-        """
-        out = self.forward(x)
-        result = out.copy()
-        buffers = {id(b) for ws in self._workspaces.values() for b in ws.values()}
-        state: dict[str, Any] = {}
-        for attr in self._GATE_STATE:
-            value = getattr(self, attr)
-            if value is out:
-                value = result
-            elif id(value) in buffers:
-                value = value.copy()
-            state[attr] = value
-        return result, state
-
-    def gate_backward(
-        self, state: dict[str, Any], delta: Array, need_input_grad: bool
-    ) -> tuple[Array | None, dict[str, Array]]:
-        """Backward for a graph gate from the state :meth:`gate_forward` returned.
-
-        Runs :meth:`backward` (which overwrites ``self.grads``) and returns
-        (∂L/∂x or None, {name: a copy of ∂L/∂param}).
-        """
-        for attr, value in state.items():
-            setattr(self, attr, value)
-        dx = self.backward(delta, need_input_grad)
-        grads = {name: g.copy() for name, g in self.grads.items()}
-        return (None if dx is None else dx.copy()), grads
 
 
 class Dense(Layer):
@@ -291,7 +275,7 @@ class Dense(Layer):
         self._saved: Array | None = None
         self._batch = 0
 
-    _GATE_STATE = ("_input", "_saved", "_batch")
+    _BACKWARD_STATE = ("_input", "_saved", "_batch")
 
     @property
     def weight_tensor(self) -> Tensor:
@@ -383,7 +367,7 @@ class Activation(Layer):
         self._saved: Array | None = None
         self._shape: tuple[int, ...] = ()
 
-    _GATE_STATE = ("_saved", "_shape")
+    _BACKWARD_STATE = ("_saved", "_shape")
 
     def describe(self) -> str:
         return f"Activation {self.activation.name}"

@@ -9,6 +9,7 @@ import pytest
 
 import gpubackprop as gb
 from gpubackprop.backend.numpy_ops import NumpyOps
+from gpubackprop.gradcheck import central_difference
 from gpubackprop.layers import Dense
 
 NAMES = sorted(gb.ACTIVATIONS)
@@ -339,3 +340,12 @@ def test_gradcheck_routes_graph_functions() -> None:
 def test_gradcheck_of_a_built_standalone_layer() -> None:
     layer = gb.Dense(4, 3, "tanh").build(dtype="float64", seed=0)
     assert gb.gradcheck(layer, np.random.default_rng(1).standard_normal((5, 4))).ok
+
+
+def test_central_difference_perturbs_the_given_entries_and_restores_them() -> None:
+    a = np.array([[0.5, -1.0], [2.0, 3.0]])
+    before = a.copy()
+    numeric = central_difference(lambda: float((a**3).sum()), a, [(0, 1), (1, 0)], 1e-6)
+    np.testing.assert_allclose(numeric, [3.0, 12.0], rtol=1e-8)  # ∂Σa³/∂a = 3a²
+    np.testing.assert_array_equal(a, before)
+    assert central_difference(lambda: 0.0, a, [], 1e-6).shape == (0,)

@@ -12,7 +12,7 @@ import pytest
 import gpubackprop as gb
 from gpubackprop.backend.numpy_ops import NumpyOps
 
-from .helpers import to_numpy
+from .helpers import numeric_gradient, to_numpy
 
 EPS = 1e-6
 
@@ -24,17 +24,7 @@ def _dev(device: str, a: np.ndarray) -> object:
 
 def _fd_grad(f: Callable[..., float], arrays: list[np.ndarray], i: int) -> np.ndarray:
     """Central differences of the scalar f(*arrays) with respect to arrays[i]."""
-    x = arrays[i]
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        saved = x[idx]
-        x[idx] = saved + EPS
-        plus = f(*arrays)
-        x[idx] = saved - EPS
-        minus = f(*arrays)
-        x[idx] = saved
-        grad[idx] = (plus - minus) / (2 * EPS)
-    return grad
+    return numeric_gradient(lambda: f(*arrays), arrays[i], EPS)
 
 
 def _away_from_zero(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -438,6 +428,20 @@ def test_sigmoid_from_primitive_gates_equals_the_fused_gate(
     # neg, exp, const 1, add, const 1, div vs one sigmoid node
     assert len(gb.topological_order(primitive)) == 7
     assert len(gb.topological_order(fused)) == 2
+
+
+def test_gradients_are_backward_without_touching_grad(rng: np.random.Generator) -> None:
+    x = gb.Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    w = gb.Tensor(rng.standard_normal((2, 4)), requires_grad=True)
+    unused = gb.Tensor(rng.standard_normal(2), requires_grad=True)
+    y = (x @ w.T).tanh()
+    r = rng.standard_normal(y.shape)
+    dx, dw, du = gb.graph.gradients(y, [x, w, unused], r)
+    assert du is None and x.grad is None and w.grad is None
+    y.backward(r)
+    np.testing.assert_array_equal(dx, x.grad)
+    np.testing.assert_array_equal(dw, w.grad)
+    assert gb.graph.gradients(gb.Tensor(np.ones(3)).sum(), [x]) == [None]
 
 
 # --- Jacobians ----------------------------------------------------------------------------

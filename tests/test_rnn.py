@@ -10,7 +10,7 @@ import pytest
 import gpubackprop as gb
 from gpubackprop.backend import get_backend
 
-from .helpers import to_numpy
+from .helpers import numeric_gradient, to_numpy
 
 F = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0)}
 
@@ -25,20 +25,6 @@ def reference_forward(
         h = F[act](x[:, t] @ params["Wxh"].T + h @ params["Whh"].T + params["bh"])
         out.append(h)
     return np.stack(out, axis=1)
-
-
-def numeric_grad(value, arr, eps: float = 1e-6) -> np.ndarray:
-    """Central differences ∂value/∂arr, perturbing ``arr`` (NumPy or CuPy) in place."""
-    grad = np.zeros(arr.shape)
-    for i in np.ndindex(arr.shape):
-        saved = float(arr[i])
-        arr[i] = saved + eps
-        plus = value()
-        arr[i] = saved - eps
-        minus = value()
-        arr[i] = saved
-        grad[i] = (plus - minus) / (2 * eps)
-    return grad
 
 
 # --- backprop through time against finite differences --------------------------------------------
@@ -76,7 +62,7 @@ def test_bptt_matches_central_differences(
         tensors["h0"] = h0
     for name, tensor in tensors.items():
         np.testing.assert_allclose(
-            analytic[name], numeric_grad(loss, tensor), rtol=1e-6, atol=1e-8, err_msg=name
+            analytic[name], numeric_gradient(loss, tensor), rtol=1e-6, atol=1e-8, err_msg=name
         )
 
 
