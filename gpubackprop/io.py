@@ -9,8 +9,9 @@
 A checkpoint is a `safetensors <https://github.com/huggingface/safetensors>`_ file
 (an 8-byte little-endian header length, a JSON header, then the raw little-endian
 tensor bytes), so ``safetensors.safe_open(path, "np")`` or ``"pt"`` reads its
-tensors. Nothing is ever unpickled: the loader parses the header itself and builds
-arrays from raw bytes only.
+tensors. Nothing is ever unpickled: the loader checks the header itself, then the
+safetensors library (which holds raw bytes only) checks the layout and reads the
+tensors.
 
 Tensors (all of the model's dtype, ``F32`` or ``F64``):
 
@@ -545,17 +546,6 @@ class _OptimizerSpec:
     num_params: int | None
     state: tuple[str, ...]
 
-    def entries(self, num_params: int) -> dict[str, tuple[int, ...]]:
-        """The tensors this record says the file holds, with the shapes a model of
-        ``num_params`` parameters needs."""
-        return {f"optimizer.{name}": (num_params,) for name in self.state}
-
-    def problems(self, num_params: int) -> list[str]:
-        """How the record disagrees with a model of ``num_params`` parameters."""
-        if self.num_params is None or self.num_params == num_params:
-            return []
-        return [f"optimizer num_params (checkpoint {self.num_params}, model {num_params})"]
-
     def state_dict(self, file: _File, backend: Backend) -> dict[str, object]:
         """The :meth:`Optimizer.load_state_dict` snapshot, arrays on ``backend``."""
         names = self.cls._state_names
@@ -652,10 +642,19 @@ def _compare(
     file: _File,
     dtype: np.dtype,
     expected: dict[str, tuple[int, ...]],
-    extra: list[str] | None = None,
+    spec: _OptimizerSpec | None,
+    extra: list[str],
 ) -> None:
     """CheckpointError listing missing, unexpected and mismatched-shape tensors, tensors
-    of another dtype, and the ``extra`` problems, if there are any."""
+    of another dtype, and the ``extra`` problems, if there are any. ``expected``: the
+    model's tensors; the optimizer's (``spec``) hold one entry per model parameter."""
+    num_params = sum(math.prod(shape) for shape in expected.values())
+    if spec is not None:
+        expected = {**expected, **{f"optimizer.{name}": (num_params,) for name in spec.state}}
+        if spec.num_params not in (None, num_params):
+            extra = [
+                *extra, f"optimizer num_params (checkpoint {spec.num_params}, model {num_params})"
+            ]
     code, tensors = _CODE_OF[dtype], file.tensors
     missing = [name for name in expected if name not in tensors]
     unexpected = [name for name in tensors if name not in expected]
@@ -674,7 +673,7 @@ def _compare(
             ("unexpected", unexpected),
             ("mismatched shapes", mismatched),
             (f"not {code} like the {dtype.name} model", wrong_dtype),
-            ("mismatched", extra or []),
+            ("mismatched", extra),
         )
         if items
     ]
@@ -751,16 +750,12 @@ def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
             for i, layer in enumerate(layers)
             for param, shape in layer.param_shapes()
         }
-        total = sum(math.prod(shape) for shape in expected.values())
         spec = _optimizer_spec(file)
         optimizer = None
-        problems: list[str] = []
         if spec is not None:
-            expected.update(spec.entries(total))
-            problems = spec.problems(total)
             optimizer = _build_optimizer(spec)
             _check_hyperparameter_names(spec, optimizer)
-        _compare(file, dtype, expected, problems)
+        _compare(file, dtype, expected, spec, [])
         rng = _rng(file)
         try:
             # precision= only when it is not the default, for a Sequential without it
@@ -807,10 +802,7 @@ def load_state(model: Sequential, path: PathLike, optimizer: Optimizer | None = 
             layer_problems.append(f"dtype (checkpoint {dtype.name}, model {model.dtype.name})")
         expected = {f"model.{k}": tuple(v.shape) for k, v in model.parameters().items()}
         spec = _optimizer_spec(file)
-        if spec is not None:
-            expected.update(spec.entries(model.num_parameters))
-            layer_problems += spec.problems(model.num_parameters)
-        _compare(file, model.dtype, expected, layer_problems)
+        _compare(file, model.dtype, expected, spec, layer_problems)
         if optimizer is not None:
             if spec is None:
                 raise CheckpointError(
