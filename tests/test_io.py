@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import io as stdio
 import json
 import re
@@ -189,6 +190,7 @@ def test_file_is_plain_safetensors_with_documented_header(tmp_path: Path) -> Non
     assert json.loads(meta["architecture"]) == {
         "class": "Sequential",
         "seed": 0,
+        "precision": "fp32",
         "layers": [
             {"type": "Dense", "in_features": 4, "out_features": 8, "activation": "relu",
              "bias": True},
@@ -214,6 +216,39 @@ def test_other_bit_generators_round_trip(tmp_path: Path) -> None:
     model.save(tmp_path / "m.safetensors")
     restored, _ = gb.load(tmp_path / "m.safetensors", device="cpu")
     assert np.array_equal(restored.rng.random(5), model.rng.random(5))
+
+
+def test_checkpoints_without_precision_load_as_fp32(tmp_path: Path) -> None:
+    """Files written before the precision key load as they did (as "fp32")."""
+    path, model, _ = _trained(tmp_path)
+    _edit(path, _edit_meta_json("architecture", lambda a: a.pop("precision")), sign=True)
+    restored, _ = gb.load(path, device="cpu")
+    assert getattr(restored, "precision", "fp32") == "fp32"
+    _assert_same_arrays(_params(restored), _params(model))
+
+
+def test_tf32_precision_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model()
+    model.precision = "tf32"  # as Sequential(..., precision="tf32") sets it
+    path = tmp_path / "tf32.safetensors"
+    model.save(path)
+    with safetensors.safe_open(str(path), "np") as f:
+        assert json.loads(f.metadata()["architecture"])["precision"] == "tf32"
+    if "precision" not in inspect.signature(gb.Sequential).parameters:
+
+        class WithPrecision(gb.Sequential):  # the constructor that takes it
+            def __init__(self, *args: object, precision: str = "fp32", **kw: object) -> None:
+                super().__init__(*args, **kw)
+                self.precision = precision
+
+        monkeypatch.setattr(ckio, "Sequential", WithPrecision)
+    restored, _ = gb.load(path, device="cpu")
+    assert restored.precision == "tf32"
+    _assert_same_arrays(_params(restored), _params(model))
+    into = _model(seed=4)
+    into.load_state(path)  # the model keeps its own precision
+    assert getattr(into, "precision", "fp32") == "fp32"
+    _assert_same_arrays(_params(into), _params(model))
 
 
 # --- resuming ------------------------------------------------------------------------------
@@ -463,6 +498,10 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
         "unknown activation"),
     "bad dtype name": (
         lambda p: _edit(p, _set_meta("dtype", "int8"), sign=True), "dtype must be"),
+    "bad precision": (
+        lambda p: _edit(p, _edit_meta_json(
+            "architecture", lambda a: a.update(precision="fp16")), sign=True),
+        "architecture precision must be one of ['fp32', 'tf32'], got 'fp16'"),
     "unknown optimizer": (
         lambda p: _edit(p, _edit_meta_json(
             "optimizer", lambda o: o.update(type="Lion")), sign=True),
