@@ -72,7 +72,7 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     args = gs.parse_args(["--networks", "wide,seed-2layer", "--contenders", "gbp_eager"])
     assert [n.name for n in args.network_list] == ["wide", "seed-2layer"]
     assert args.contenders == ("gbp_eager",)
-    assert gs.parse_args([]).contenders == gs.CONTENDERS
+    assert gs.parse_args([]).contenders == gs.ALL_CONTENDERS == gs.CONTENDERS + gs.TF32_CONTENDERS
 
 
 # --- ratios, targets, table -----------------------------------------------------------------------
@@ -144,11 +144,23 @@ def test_targets_pass_miss_and_na() -> None:
     assert {t["ratio"]: t["verdict"] for t in rows} == {
         gs.CAPTURED_BEST_PEER: "MISS",  # 22.3 > 22.2
         gs.CAPTURED_FLOOR: "PASS",  # 22.3 / 22.0 = 1.014
+        gs.TF32_TORCH_TF32: "n/a",  # no TF32 rows measured
     }
+    # the TF32 row against the faster of torch's TF32 eager and graph steps
+    tf32 = {**wide, gs.GBP_TF32: 4.6, gs.TORCH_TF32_EAGER: 4.9, gs.TORCH_TF32_GRAPH: 4.5}
+    tf32_ratios = gs.compute_ratios(tf32)
+    assert tf32_ratios[gs.TF32_TORCH_TF32] == pytest.approx(4.6 / 4.5)
+    verdicts = {t["ratio"]: t["verdict"] for t in gs.evaluate_targets("wide", tf32_ratios)}
+    assert verdicts[gs.TF32_TORCH_TF32] == "MISS"
+    faster = gs.compute_ratios({**tf32, gs.GBP_TF32: 4.4, gs.TORCH_TF32_GRAPH: None})
+    assert faster[gs.TF32_TORCH_TF32] == pytest.approx(4.4 / 4.9)
+    verdicts = {t["ratio"]: t["verdict"] for t in gs.evaluate_targets("wide-b512", faster)}
+    assert verdicts[gs.TF32_TORCH_TF32] == "PASS"
+    assert gs.TF32_TORCH_TF32 not in {t["ratio"] for t in small}  # no TF32 target there
     eager_floor = gs.evaluate_targets("wide", gs.compute_ratios(wide), floor_mode="eager")
     assert eager_floor[1]["verdict"] == "n/a" and "not captured" in eager_floor[1]["why"]
     missing = gs.evaluate_targets("wide-b512", gs.compute_ratios({}))
-    assert [t["verdict"] for t in missing] == ["n/a", "n/a"]
+    assert [t["verdict"] for t in missing] == ["n/a", "n/a", "n/a"]
     assert gs.evaluate_targets("some-other-net", gs.compute_ratios(FULL)) == []
 
 
@@ -534,10 +546,8 @@ def test_main_end_to_end_with_cpu_stand_ins(
     """main()'s GPU path with NumPy as "CuPy" and the CPU stand-ins of the contenders."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
-    from gpubackprop.backend import _compat
-
     monkeypatch.setattr(gs, "no_gpu_reason", lambda: None)
-    monkeypatch.setattr(_compat, "cupy_module", lambda: np)
+    monkeypatch.setattr(gs, "cupy_module", lambda: np)
     monkeypatch.setattr(gs, "import_torch", lambda: (torch, None))
     monkeypatch.setattr(gs, "GbpEager", _CpuGbpEager)
     monkeypatch.setattr(gs, "TorchEager", _CpuTorchEager)
