@@ -102,10 +102,13 @@ PROG = "gpubackprop bench" if __name__ == "gpubackprop_bench" else None
 
 # GEMM floor check: ‖out − ref‖ / ‖ref‖ against a float64 product (TF32 gives ~3e-4).
 GEMM_RTOL = 1e-4
-# TF32 rows are checked against the float32 reference step: TF32 rounds GEMM operands
-# to 10 mantissa bits (relative 2^-11 ≈ 5e-4 per operand).
+# TF32 rows are checked against the float32 reference step. TF32 rounds GEMM operands
+# to 10 mantissa bits (relative 2^-11 ≈ 5e-4 each); a NumPy emulation (operands rounded
+# to nearest TF32, float32 sums) of one wide-b512 step gave loss 1.3e-5 and update
+# error 2.6e-2 on the first layer (2.6e-4 on the last: the error grows through the
+# backward pass and its ReLU masks). Bugs (lr, loss scale, bias, transpose) give O(1).
 TF32_LOSS_RTOL = 1e-3
-TF32_UPDATE_RTOL = 3e-2
+TF32_UPDATE_RTOL = 1e-1
 TF32_TOL = {"loss_rtol": TF32_LOSS_RTOL, "update_rtol": TF32_UPDATE_RTOL}
 #: (warmup, iters, reps): the defaults, and --quick's (every contender and network kept)
 FULL_REPS = {"warmup": 20, "iters": 50, "reps": 10}

@@ -174,3 +174,36 @@ def test_only_the_adapter_uses_gpubackprop_private_names() -> None:
             text = text[:start] + text[end:]
         hits = [m.group(0) for m in _PRIVATE.finditer(text)]
         assert not hits, (path.name, hits)
+
+
+def test_cpu_step_quick_check_and_timing_summary() -> None:
+    pytest.importorskip("torch")
+    from bench import cpu_step
+
+    args = cpu_step.parse_args(["--quick"])
+    assert (args.repeat_seconds, args.rounds, args.settle_ms) == (0.2, 3, 50.0)
+    assert cpu_step.parse_args(["--quick", "--rounds", "2"]).rounds == 2
+    assert cpu_step.parse_args([]).repeat_seconds == 1.0
+    net = NETWORKS[0]
+    x, y = make_batch(net)
+    contenders = [
+        cpu_step.gb_contender(net, x, y, 0),
+        cpu_step.gb_internal_contender(net, x, y, 0),
+    ]
+    init = contenders[0].params()
+    contenders += [
+        cpu_step.torch_contender(net, x, y, init),
+        cpu_step.textbook_contender(net, x, y, init),
+    ]
+    checks = cpu_step.check_contenders(contenders, init)
+    assert list(checks) == ["gb internal", "torch", "textbook numpy"]
+    assert all(c["ok"] for c in checks.values()), checks
+    assert checks["gb internal"]["update_rel"] == 0.0  # the same engine, the same bits
+    timing = cpu_step.Timing([[1.0, 3.0], [2.0, 4.0]]).as_dict()
+    assert timing == {
+        "median_ms": 2.5,
+        "p10_ms": pytest.approx(1.3),
+        "p90_ms": pytest.approx(3.7),
+        "steps": 4,
+        "block_medians_ms": [2.0, 3.0],
+    }

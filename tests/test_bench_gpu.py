@@ -614,3 +614,95 @@ def test_gpu_step_short_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             if entry["check"] is not None:
                 assert entry["check"]["ok"], (r["network"], key, entry["check"])
     assert code == 0, out
+
+
+# --- --quick, the TF32 rows --------------------------------------------------------------------
+def test_quick_keeps_every_contender_and_network_with_fewer_steps() -> None:
+    args = gs.parse_args(["--quick"])
+    assert (args.warmup, args.iters, args.reps) == (5, 20, 3)
+    assert args.contenders == gs.ALL_CONTENDERS and args.network_list == GPU_NETWORKS
+    assert gs.parse_args(["--quick", "--reps", "4"]).reps == 4  # explicit values win
+    full = gs.parse_args([])
+    assert (full.warmup, full.iters, full.reps, full.quick) == (20, 50, 10, False)
+    with pytest.raises(SystemExit):
+        gs.parse_args(["--quick", "--iters", "0"])
+
+
+def test_tf32_rows_run_on_the_wide_networks_only() -> None:
+    assert gs.network_contenders(BY_NAME["wide"], gs.ALL_CONTENDERS) == gs.ALL_CONTENDERS
+    assert gs.network_contenders(BY_NAME["wide-b512"], gs.ALL_CONTENDERS) == gs.ALL_CONTENDERS
+    assert gs.network_contenders(BY_NAME["mnist-mlp"], gs.ALL_CONTENDERS) == gs.CONTENDERS
+    picked = (gs.GBP_EAGER, gs.TORCH_TF32_GRAPH)
+    assert gs.network_contenders(BY_NAME["seed-2layer"], picked) == (gs.GBP_EAGER,)
+
+
+def test_torch_tf32_sets_the_flag_inside_and_restores_it() -> None:
+    torch = pytest.importorskip("torch")
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        with gs.torch_tf32(torch):
+            assert matmul.allow_tf32
+        assert not matmul.allow_tf32
+        with pytest.raises(RuntimeError), gs.torch_tf32(torch):
+            raise RuntimeError("step failed")
+        assert not matmul.allow_tf32
+    finally:
+        matmul.allow_tf32 = before
+
+
+class _CpuTorchTf32Eager(_WallClock, gs.TorchTf32Eager):
+    device = "cpu"
+
+
+def test_tf32_rows_skip_without_precision_and_check_against_float32(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a gpubackprop without ``precision=``, the gbp TF32 row is skipped, not an error;
+    torch's TF32 row (on the CPU: plain float32) passes the TF32 check."""
+    torch = pytest.importorskip("torch")
+
+    def old_build_model(*args: Any, precision: str | None = None, **kwargs: Any) -> Any:
+        if precision is not None:
+            raise TypeError("Sequential.__init__() got an unexpected keyword argument 'precision'")
+        return build_model(*args, **kwargs)
+
+    monkeypatch.setattr(gs, "build_model", old_build_model)
+    monkeypatch.setattr(gs, "GbpEager", _CpuGbpEager)
+    monkeypatch.setattr(gs, "TorchTf32Eager", _CpuTorchTf32Eager)
+    libs = gs.Libraries(cp=np, torch=torch)
+    contenders = "gbp_eager,gbp_tf32_captured,torch_tf32_eager"
+    args = gs.parse_args(
+        ["--contenders", contenders, "--warmup", "0", "--iters", "1", "--reps", "1"]
+    )
+    small = gs.Network("tiny-wide", 16, (32, 32, 10), "relu", "cross_entropy")
+    monkeypatch.setattr(gs, "TF32_NETWORKS", ("tiny-wide",))
+    result = gs.run_network(small, libs, args)
+    c = result["contenders"]
+    assert c[gs.GBP_TF32]["status"] == "missing"
+    assert c[gs.GBP_TF32]["error"].startswith("skipped: this gpubackprop does not take precision=")
+    assert c[gs.TORCH_TF32_EAGER]["status"] == "ok" and c[gs.TORCH_TF32_EAGER]["check"]["ok"]
+    assert c[gs.TORCH_GRAPH]["status"] == "missing"  # not selected
+    assert not gs.run_failed([result])  # a skipped TF32 row does not fail the run
+    assert "gpubackprop tf32 (captured): skipped" in capsys.readouterr().out
+    text = gs.report([result])
+    assert "tiny-wide / gpubackprop tf32 (captured): missing: skipped" in text
+    assert "TF32 (target: tf32 <= 1.0x the faster torch TF32 step)" in text
+    assert not torch.backends.cuda.matmul.allow_tf32  # restored after the TF32 row
+
+
+def test_tf32_table_and_check_use_the_tf32_rows() -> None:
+    tf32 = {gs.GBP_TF32: 4.6, gs.TORCH_TF32_EAGER: 4.9, gs.TORCH_TF32_GRAPH: 4.5}
+    loose = {"ok": True, "loss_rel": 2e-4, "update_rel": 8e-3, "summary": "ok"}
+    result = _fake_result("wide", {**FULL, **tf32}, gbp_tf32_captured={"check": loose})
+    (row,) = gs.tf32_rows([result])
+    cells = dict(zip(gs.TF32_HEAD, row, strict=True))
+    assert cells["gpubackprop tf32 (captured) ms"] == "4.600"
+    assert cells[gs.TF32_TORCH_TF32] == f"{4.6 / 4.5:.2f}"
+    assert cells["tf32 check"] == "ok (max loss 2e-04, dW 8e-03)"
+    (main_row,) = gs.table_rows([result])
+    assert "8e-03" not in main_row[-1]  # the float32 check column leaves the TF32 rows out
+    assert gs.tf32_rows([_fake_result("seed-2layer", FULL)]) == []
+    detail = [r[1] for r in gs.detail_rows([result])]
+    assert "torch tf32 graph" in detail and "gpubackprop tf32 (captured)" in detail
