@@ -6,8 +6,8 @@ batch and starting from the same weights:
 
 * ``gpubackprop``: ``model.train_step(x, y, loss, optimizer)`` on ``device="cpu"``
   (the public API, input validation included);
-* ``gb internal``: the same step without validation (``model._loss_and_grad`` on
-  a batch prepared once, then ``optimizer.step``), to show what validation costs;
+* ``gb internal``: the same step without validation (``bench.common``'s engine
+  adapter: a batch prepared once, then ``eager_step``), to show what validation costs;
 * ``torch``: PyTorch CPU eager, ``nn.Sequential`` of ``nn.Linear`` + activations
   and ``torch.optim.SGD``, with as many threads as NumPy's BLAS uses;
 * ``textbook numpy``: the seed notes' loop, a new array for every operation.
@@ -22,18 +22,15 @@ per contender, gpubackprop's median over the others' (the ratios), and the
 median over rounds of the per-round ratio of block medians (the paired ratios,
 steadier when load on the machine comes and goes).
 
-Run from the repository root: ``python bench/cpu_step.py [--networks a,b]
+Run from the repository root: ``python bench/cpu_step.py [--quick] [--networks a,b]
 [--repeat-seconds 1] [--json results.json]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
-import platform
 import re
 import sys
 import time
@@ -44,13 +41,33 @@ from typing import Any
 
 import numpy as np
 
-# Import the checkout's gpubackprop (and bench.networks) even when run as a script.
+# Import the checkout's gpubackprop (and bench.*) even when run as a script.
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 import gpubackprop as gb  # noqa: E402
-from bench.networks import Network, build_model, get_networks, make_batch  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import (  # noqa: E402
+    LR,
+    Params,
+    build_torch_model,
+    compare_step,
+    eager_step,
+    format_table,
+    gb_params,
+    paired_ratio,
+    prepare_batch,
+    ratio,
+    summarize,
+    summarize_checks,
+    torch_batch,
+    torch_loss_fn,
+    torch_params,
+    torch_sgd,
+    torch_train_step,
+)
+from bench.networks import NETWORKS, Network, build_model, get_networks, make_batch  # noqa: E402
 
 try:
     import torch
@@ -62,19 +79,17 @@ try:
 except ImportError:  # thread counts are then reported, not set
     threadpoolctl = None
 
-LR = 0.01
+#: "gpubackprop bench --cpu" when ``python -m gpubackprop bench --cpu`` runs this file
+PROG = "gpubackprop bench --cpu" if __name__ == "gpubackprop_bench" else None
 WARMUP_STEPS = 5
 MIN_STEPS = 10
-# Pass bounds of the correctness check (see _update_error): relative loss
-# difference, and weight difference relative to the size of the update.
-LOSS_RTOL = 1e-4
-UPDATE_RTOL = 1e-3
 # p90/p10 of a contender's step times above this flags the network as noisy.
 NOISY_SPREAD = 2.0
+#: --repeat-seconds / --rounds / --settle-ms defaults, and --quick's
+FULL = {"repeat_seconds": 1.0, "rounds": 5, "settle_ms": 150.0}
+QUICK = {"repeat_seconds": 0.2, "rounds": 3, "settle_ms": 50.0}
 
 GB, GB_INTERNAL, TORCH, TEXTBOOK = "gpubackprop", "gb internal", "torch", "textbook numpy"
-
-Params = list[tuple[np.ndarray, np.ndarray]]  # [(W (out, in), b (out,)), ...] per layer
 
 
 # --- contenders ----------------------------------------------------------------------
@@ -85,14 +100,6 @@ class Contender:
     name: str
     step: Callable[[], float]
     params: Callable[[], Params]
-
-
-def gb_params(model: gb.Sequential) -> Params:
-    """Host copies of a gpubackprop model's (weight, bias) per layer."""
-    p = model.parameters()
-    return [
-        (np.array(p[f"{i}.weight"]), np.array(p[f"{i}.bias"])) for i in range(len(model.layers))
-    ]
 
 
 def gb_contender(net: Network, x: np.ndarray, y: np.ndarray, seed: int) -> Contender:
@@ -107,49 +114,24 @@ def gb_internal_contender(net: Network, x: np.ndarray, y: np.ndarray, seed: int)
     """gpubackprop's step without input validation: the batch is prepared once."""
     model = build_model(net, device="cpu", dtype="float32", seed=seed)
     opt = gb.optim.SGD(LR)
-    xd, yd, loss = model._prepare_batch(x, y, net.loss)
-
-    def step() -> float:
-        value = model._loss_and_grad(xd, yd, loss)
-        opt.step(model.flat_params, model.flat_grads)
-        return float(value)
-
-    return Contender(GB_INTERNAL, step, lambda: gb_params(model))
+    batch = prepare_batch(model, x, y, net.loss)
+    return Contender(
+        GB_INTERNAL, lambda: float(eager_step(model, batch, opt)), lambda: gb_params(model)
+    )
 
 
 def torch_contender(net: Network, x: np.ndarray, y: np.ndarray, init: Params) -> Contender:
-    """PyTorch eager: nn.Sequential of Linear + activation, torch.optim.SGD."""
-    assert torch is not None
-    nn, functional = torch.nn, torch.nn.functional
-    acts = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
-    modules: list[Any] = []
-    for (fan_in, fan_out, act), (w, b) in zip(net.layers, init, strict=True):
-        linear = nn.Linear(fan_in, fan_out)
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(w))
-            linear.bias.copy_(torch.from_numpy(b))
-        modules.append(linear)
-        if act is not None:
-            if act not in acts:
-                raise ValueError(f"{net.name}: no torch twin for activation {act!r}")
-            modules.append(acts[act]())
-    model = nn.Sequential(*modules)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    loss_fn = functional.mse_loss if net.loss == "mse" else functional.cross_entropy
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(tx), ty)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    def params() -> Params:
-        linears = [m for m in model if isinstance(m, nn.Linear)]
-        return [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in linears]
-
-    return Contender(TORCH, step, params)
+    """PyTorch eager: ``bench.common``'s twin on the CPU, torch.optim.SGD (torch's CPU loop)."""
+    device = torch.device("cpu")
+    model = build_torch_model(net, init, device)
+    opt = torch_sgd(model, foreach=None)
+    loss_fn = torch_loss_fn(net)
+    tx, ty = torch_batch(x, y, device)
+    return Contender(
+        TORCH,
+        lambda: torch_train_step(model, opt, loss_fn, tx, ty).item(),
+        lambda: torch_params(model),
+    )
 
 
 class TextbookNumpy:
@@ -226,97 +208,41 @@ def textbook_contender(net: Network, x: np.ndarray, y: np.ndarray, init: Params)
 
 
 # --- correctness ------------------------------------------------------------------------
-@dataclass
-class Check:
-    """One step from identical weights, compared with gpubackprop's step."""
+def check_contenders(contenders: list[Contender], before: Params) -> dict[str, dict[str, Any]]:
+    """Step every contender once (all start from ``before``); compare with the first.
 
-    loss_rel: dict[str, float] = field(default_factory=dict)
-    update_rel: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return all(v <= LOSS_RTOL for v in self.loss_rel.values()) and all(
-            v <= UPDATE_RTOL for v in self.update_rel.values()
-        )
-
-    def summary(self) -> str:
-        worst_loss = max(self.loss_rel.values(), default=0.0)
-        worst_update = max(self.update_rel.values(), default=0.0)
-        verdict = "ok" if self.ok else "FAIL"
-        return f"{verdict} (loss {worst_loss:.0e}, dW {worst_update:.0e})"
-
-
-def _update_error(before: Params, ref: Params, other: Params) -> float:
-    """Worst weight difference after one step, relative to the size of ref's update.
-
-    Two float32 ulps of the largest weight are forgiven first: ``W − lr·dW`` is
-    rounded to the weights' precision, and libraries round that update
-    differently (torch fuses ``add_(g, alpha=-lr)``), which alone can move a
-    weight by one ulp when the update is ~1000 ulps (deep tanh stacks).
+    Returns name -> ``common.compare_step`` entry for every contender but the first.
     """
-    eps = float(np.finfo(np.float32).eps)
-    worst = 0.0
-    for old_pair, ref_pair, other_pair in zip(before, ref, other, strict=True):
-        for old, new_ref, new_other in zip(old_pair, ref_pair, other_pair, strict=True):
-            update = float(np.max(np.abs(new_ref - old)))
-            diff = float(np.max(np.abs(new_other - new_ref)))
-            diff = max(0.0, diff - 2 * eps * float(np.max(np.abs(old))))
-            worst = max(worst, diff / update if update > 0 else diff)
-    return worst
-
-
-def check_contenders(contenders: list[Contender], before: Params) -> Check:
-    """Step every contender once (all start from ``before``); compare with the first."""
     losses = [c.step() for c in contenders]
     params = [c.params() for c in contenders]
-    check = Check()
-    for c, loss, p in zip(contenders[1:], losses[1:], params[1:], strict=True):
-        check.loss_rel[c.name] = abs(loss - losses[0]) / max(abs(losses[0]), 1e-30)
-        check.update_rel[c.name] = _update_error(before, params[0], p)
-    return check
+    return {
+        c.name: compare_step(before, losses[0], params[0], loss, p)
+        for c, loss, p in zip(contenders[1:], losses[1:], params[1:], strict=True)
+    }
 
 
 # --- timing ------------------------------------------------------------------------------
 @dataclass
 class Timing:
-    """Per-step wall times of one contender, in nanoseconds, one list per round."""
+    """Per-step wall times of one contender, in milliseconds, one list per round."""
 
-    blocks: list[list[int]] = field(default_factory=list)
+    blocks: list[list[float]] = field(default_factory=list)
 
-    @property
-    def samples(self) -> list[int]:
-        return [t for block in self.blocks for t in block]
-
-    def ms(self, q: float) -> float:
-        return float(np.percentile(self.samples, q)) / 1e6
-
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, Any]:
+        """median / p10 / p90 over every step, the number of steps, each block's median."""
+        samples = [t for block in self.blocks for t in block]
         return {
-            "median_ms": self.ms(50),
-            "p10_ms": self.ms(10),
-            "p90_ms": self.ms(90),
-            "steps": len(self.samples),
-            "block_medians_ms": [float(np.median(b)) / 1e6 for b in self.blocks],
+            **summarize(samples, keep_samples=False),
+            "steps": len(samples),
+            "block_medians_ms": [float(np.median(b)) for b in self.blocks],
         }
 
 
-def paired_ratio(num: Timing, den: Timing) -> float:
-    """Median over rounds of (num's block median / den's block median of that round).
-
-    Blocks of one round run seconds apart, so load that comes and goes on the
-    machine cancels out more than in the ratio of the overall medians.
-    """
-    return float(
-        np.median(
-            [np.median(a) / np.median(b) for a, b in zip(num.blocks, den.blocks, strict=True)]
-        )
-    )
-
-
-def _timed(step: Callable[[], float]) -> int:
+def _timed(step: Callable[[], float]) -> float:
+    """Milliseconds of one call of ``step``."""
     start = time.perf_counter_ns()
     step()
-    return time.perf_counter_ns() - start
+    return (time.perf_counter_ns() - start) / 1e6
 
 
 def measure(
@@ -329,7 +255,7 @@ def measure(
     library's worker threads finish spinning) and one untimed step.
     """
     # the fastest warm-up step estimates the step time (slow ones are noise)
-    estimate = {c.name: min(_timed(c.step) for _ in range(WARMUP_STEPS)) / 1e9 for c in contenders}
+    estimate = {c.name: min(_timed(c.step) for _ in range(WARMUP_STEPS)) / 1e3 for c in contenders}
     per_round = {
         name: max(math.ceil(MIN_STEPS / rounds), math.ceil(repeat_seconds / rounds / est))
         for name, est in estimate.items()
@@ -357,19 +283,12 @@ def _numpy_blas() -> dict[str, Any] | None:
 
 
 def environment() -> dict[str, Any]:
-    """Machine, versions, BLAS libraries and thread counts."""
+    """``common.host_environment()`` plus versions, BLAS libraries and thread counts."""
     blas = _numpy_blas()
     env: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": _cpu_model(),
-            "logical_cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        **common.host_environment(),
         "versions": {
-            "gpubackprop": gb.__version__,
-            "numpy": np.__version__,
+            **common.core_versions(),
             "torch": None if torch is None else torch.__version__,
             "threadpoolctl": None if threadpoolctl is None else threadpoolctl.__version__,
         },
@@ -392,17 +311,6 @@ def environment() -> dict[str, Any]:
             "blas": found.group(1) if found else "unknown",
         }
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def set_threads(threads: int | None) -> Any:
@@ -428,9 +336,7 @@ def _fmt_ms(result: dict[str, Any], name: str) -> str:
 
 def _ratio(result: dict[str, Any], name: str) -> float | None:
     timings = result["timings"]
-    if name not in timings:
-        return None
-    return timings[GB]["median_ms"] / timings[name]["median_ms"]
+    return ratio(timings[GB]["median_ms"], timings.get(name, {}).get("median_ms"))
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
@@ -457,7 +363,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
             + ["n/a" if q is None else f"{q:.2f}" for q in ratios]
             + [r["check"]["summary"]]
         )
-    _print_rows(head, rows)
+    print(format_table(head, rows))
     print()
     spread = [["network", "contender", "median ms", "p10 ms", "p90 ms", "steps", "GFLOP/s"]]
     for r in results:
@@ -474,7 +380,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
                     f"{gflops:.0f}",
                 ]
             )
-    _print_rows(spread[0], spread[1:])
+    print(format_table(spread[0], spread[1:]))
     spreads = {
         r["network"]: max(t["p90_ms"] / t["p10_ms"] for t in r["timings"].values()) for r in results
     }
@@ -486,15 +392,6 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"\nnoisy: {noisy}. Other load on the machine; rerun when it is quiet, "
             "or compare with --threads 1."
         )
-
-
-def _print_rows(head: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-    line = " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
-    print(line)
-    print("-|-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def print_environment(env: dict[str, Any]) -> None:
@@ -528,39 +425,53 @@ def run_network(net: Network, args: argparse.Namespace) -> dict[str, Any]:
     if torch is not None:
         contenders.append(torch_contender(net, x, y, init))
     contenders.append(textbook_contender(net, x, y, init))
-    check = check_contenders(contenders, init)
+    checks = check_contenders(contenders, init)
     timings = measure(contenders, args.repeat_seconds, args.rounds, args.settle_ms / 1e3)
     return {
         **net.summary(),
         "loadavg_1min_before": load,
         "timings": {name: t.as_dict() for name, t in timings.items()},
         "paired_ratios": {
-            name: paired_ratio(timings[GB], t) for name, t in timings.items() if name != GB
+            name: paired_ratio(timings[GB].blocks, t.blocks)
+            for name, t in timings.items()
+            if name != GB
         },
         "check": {
-            "ok": check.ok,
-            "summary": check.summary(),
-            "loss_rel": check.loss_rel,
-            "update_rel": check.update_rel,
+            "ok": all(c["ok"] for c in checks.values()),
+            "summary": summarize_checks(checks),
+            "contenders": checks,
         },
     }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--networks", default="", help="comma-separated names (default: all)")
+def build_parser(prog: str | None = PROG) -> argparse.ArgumentParser:
+    """The options: ``bench.common``'s shared ones, then the CPU benchmark's."""
+    parser = common.bench_parser(
+        prog,
+        (__doc__ or "").splitlines()[0],
+        NETWORKS,
+        json_help="write the results here",
+        quick_help=(
+            "short repetitions: --repeat-seconds {repeat_seconds} --rounds {rounds} "
+            "--settle-ms {settle_ms:g} unless given".format(**QUICK)
+        ),
+    )
     parser.add_argument(
         "--repeat-seconds",
         type=float,
-        default=1.0,
-        help=f"timed seconds per contender per network (at least {MIN_STEPS} steps)",
+        default=None,
+        help=f"timed seconds per contender per network, at least {MIN_STEPS} steps "
+        f"(default {FULL['repeat_seconds']:g})",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help=f"interleaved rounds (default {FULL['rounds']})"
+    )
     parser.add_argument(
         "--settle-ms",
         type=float,
-        default=150.0,
-        help="pause before each timed block so idle worker threads stop spinning",
+        default=None,
+        help="pause before each timed block so idle worker threads stop spinning "
+        f"(default {FULL['settle_ms']:g})",
     )
     parser.add_argument(
         "--threads",
@@ -568,9 +479,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="BLAS and torch threads (default: NumPy's BLAS default; torch matches it)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    common.resolve_quick(args, FULL, QUICK)
     if args.rounds < 1 or args.repeat_seconds <= 0 or args.settle_ms < 0:
         parser.error("--rounds >= 1, --repeat-seconds > 0 and --settle-ms >= 0 are required")
     return args
@@ -604,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {
                 "lr": LR,
                 "dtype": "float32",
+                "quick": args.quick,
                 "warmup_steps": WARMUP_STEPS,
                 "repeat_seconds": args.repeat_seconds,
                 "rounds": args.rounds,
@@ -612,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "results": results,
         }
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        common.write_json(args.json, payload)
         print(f"\nwrote {args.json}")
     if limiter is not None:
         limiter.restore_original_limits()

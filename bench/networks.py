@@ -134,13 +134,22 @@ def make_batch(net: Network, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_model(
-    net: Network, device: str = "cpu", dtype: str = "float32", seed: int = 0
+    net: Network,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    precision: str | None = None,
 ) -> Sequential:
-    """The network as a ``gpubackprop.Sequential`` (seeded initial weights)."""
+    """The network as a ``gpubackprop.Sequential`` (seeded initial weights).
+
+    ``precision`` (``"fp32"`` / ``"tf32"``) is passed on only when given, so a
+    gpubackprop without that argument still builds the default models.
+    """
     import gpubackprop as gb
 
     layers = [gb.Dense(i, o, act) for i, o, act in net.layers]
-    return gb.Sequential(layers, device=device, dtype=dtype, seed=seed)
+    extra = {} if precision is None else {"precision": precision}
+    return gb.Sequential(layers, device=device, dtype=dtype, seed=seed, **extra)
 
 
 __all__ = [

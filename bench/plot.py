@@ -22,6 +22,9 @@ COLORS = {
     "torch_graph": "#d94801",
     "jax_jit": "#74c476",
     "gemm_floor": "#636363",
+    "gbp_tf32_captured": "#6a51a3",
+    "torch_tf32_eager": "#fdd0a2",
+    "torch_tf32_graph": "#a63603",
 }
 
 
@@ -94,7 +97,7 @@ def plot_results(json_path: str | Path, png_path: str | Path) -> Path:
     ax.set_axisbelow(True)
     device = payload.get("device", {}).get("name", "unknown device")
     date = str(payload.get("date", ""))[:10]
-    ax.set_title(f"One training step, float32, TF32 off: {device}, {date}")
+    ax.set_title(f"One training step, float32 (TF32 only in the tf32 bars): {device}, {date}")
     ax.legend(fontsize=8, ncol=min(len(keys), 3) or 1, loc="upper left")
     fig.tight_layout()
     out = Path(png_path)

@@ -7,7 +7,8 @@
   and sample from it (:mod:`gpubackprop.charrnn`).
 * ``bench``: the GPU training-step benchmark, ``bench/gpu_step.py`` of the
   source checkout (on a machine without a GPU it says so and exits 0);
-  ``bench --cpu`` runs ``bench/cpu_step.py``. Remaining arguments are passed on.
+  ``bench --cpu`` runs ``bench/cpu_step.py``. Remaining arguments are passed on;
+  ``bench --help`` (or ``-h``, with or without ``--cpu``) prints one help for both.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from .errors import GpuBackpropError
 #: The source checkout's benchmark folder (absent in an installed wheel).
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 BENCH_SCRIPTS = {"gpu": "gpu_step.py", "cpu": "cpu_step.py"}
+#: each benchmark's usage name in the help of ``gpubackprop bench``
+BENCH_PROGS = {"gpu": "gpubackprop bench", "cpu": "gpubackprop bench --cpu"}
+HELP_FLAGS = ("-h", "--help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark one training step on the GPU (--cpu: on the CPU) against PyTorch",
         description=(
             "Run bench/gpu_step.py (or, with --cpu first, bench/cpu_step.py) from the source "
-            "checkout with the remaining arguments (try: gpubackprop bench --help, "
-            "gpubackprop bench --cpu --help). Benchmarks are not part of an installed wheel."
+            "checkout with the remaining arguments (try: gpubackprop bench --help, which "
+            "lists both benchmarks' options). Benchmarks are not part of an installed wheel."
         ),
         add_help=False,  # --help goes to the benchmark script
     )
@@ -129,10 +133,30 @@ def _as_script(script: Path, argv: list[str]) -> Iterator[None]:
         sys.argv, sys.path[:] = saved_argv, saved_path
 
 
+def _load_script(script: Path, argv: list[str]) -> dict[str, object]:
+    """The namespace of ``script`` run as ``python <script> <argv>`` would import it."""
+    with _as_script(script, argv):
+        return runpy.run_path(str(script), run_name="gpubackprop_bench")
+
+
+def bench_help() -> str:
+    """One help for both benchmarks: the GPU one's options, then the CPU one's (``--cpu``)."""
+    parts = []
+    for kind, title in (
+        ("gpu", "GPU benchmark (the default; bench/gpu_step.py):"),
+        ("cpu", "CPU benchmark (--cpu first; bench/cpu_step.py):"),
+    ):
+        namespace = _load_script(BENCH_DIR / BENCH_SCRIPTS[kind], [])
+        parser = namespace["build_parser"](BENCH_PROGS[kind])  # type: ignore[operator]
+        parts.append(f"{title}\n{parser.format_help()}")
+    return "\n".join(parts)
+
+
 def run_bench(argv: list[str]) -> int:
     """Run ``BENCH_DIR/gpu_step.py`` (``--cpu`` first: ``cpu_step.py``) ``main(argv)``.
 
-    Returns its exit code (None counts as 0).
+    ``-h`` / ``--help`` anywhere prints :func:`bench_help` instead. Returns the
+    script's exit code (None counts as 0).
     """
     kind = "gpu"
     if argv[:1] == ["--cpu"]:
@@ -149,6 +173,9 @@ def run_bench(argv: list[str]) -> int:
     if not script.is_file():
         print(f"gpubackprop bench: {script} is not in this checkout", file=sys.stderr)
         return 1
+    if any(flag in argv for flag in HELP_FLAGS):
+        print(bench_help())
+        return 0
     with _as_script(script, argv):
         namespace = runpy.run_path(str(script), run_name="gpubackprop_bench")
         result = namespace["main"](argv)

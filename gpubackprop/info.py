@@ -19,8 +19,9 @@ from . import __version__
 from .backend import _compat, available_devices, get_backend
 
 
-def _cuda_version(code: int) -> str:
-    """CUDA's integer version (``12040``) as ``"12.4"``."""
+def format_cuda_version(code: int) -> str:
+    """CUDA's integer version (``12040``) as ``"12.4"``: major = code // 1000,
+    minor = (code mod 1000) // 10."""
     return f"{code // 1000}.{code % 1000 // 10}"
 
 
@@ -33,7 +34,7 @@ def _cuda_rows(cp: ModuleType) -> list[tuple[str, str]]:
         ("CUDA driver", runtime.driverGetVersion),
     ):
         try:
-            rows.append((label, _cuda_version(int(query()))))
+            rows.append((label, format_cuda_version(int(query()))))
         except Exception as exc:  # no driver, or a runtime that does not match it
             rows.append((label, f"unavailable ({type(exc).__name__}: {exc})"))
     count = _compat.gpu_count()
@@ -81,4 +82,4 @@ def print_info(file: TextIO | None = None) -> None:
         print(f"{label + ':':<{width}} {value}", file=file)
 
 
-__all__ = ["collect_info", "print_info"]
+__all__ = ["collect_info", "format_cuda_version", "print_info"]

@@ -173,10 +173,38 @@ def test_bench_runs_the_script_main_with_the_remaining_arguments(
     monkeypatch.setattr(cli, "BENCH_DIR", bench)
     monkeypatch.delitem(sys.modules, "helper_for_test_cli", raising=False)
     argv_before, path_before = sys.argv[:], sys.path[:]
-    assert cli.main(["bench", "--cpu", "--networks", "small", "-h", "x"]) == 3
+    assert cli.main(["bench", "--cpu", "--networks", "small", "--quick", "x"]) == 3
     out = capsys.readouterr().out
-    assert f"argv ['--networks', 'small', '-h', 'x'] prog {bench / 'cpu_step.py'} answer 7" in out
+    expected = f"argv ['--networks', 'small', '--quick', 'x'] prog {bench / 'cpu_step.py'} answer 7"
+    assert expected in out
     assert sys.argv == argv_before and sys.path == path_before
+
+
+@pytest.mark.parametrize(
+    "argv", [["bench", "--help"], ["bench", "-h"], ["bench", "--cpu", "--help"]]
+)
+def test_bench_help_is_one_help_for_both_benchmarks(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv_before, path_before = sys.argv[:], sys.path[:]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "usage: gpubackprop bench [-h]" in out
+    assert "usage: gpubackprop bench --cpu [-h]" in out
+    assert "gpu_step.py [" not in out and "usage: gpu_step.py" not in out
+    for option in ("--quick", "--contenders", "--iters", "--png"):  # the GPU benchmark's
+        assert option in out
+    for option in ("--repeat-seconds", "--settle-ms", "--threads"):  # the CPU benchmark's
+        assert option in out
+    assert "gbp_tf32_capture" in "".join(out.split())  # the TF32 rows (help wraps lines)
+    assert sys.argv == argv_before and sys.path == path_before
+
+
+def test_bench_help_via_python_dash_m() -> None:
+    proc = _run("-m", "gpubackprop", "bench", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("GPU benchmark") and "--cpu" in proc.stdout
+    assert "usage: gpu_step.py" not in proc.stdout
 
 
 # --- lazy imports ---------------------------------------------------------------------------
