@@ -6,8 +6,8 @@ batch and starting from the same weights:
 
 * ``gpubackprop``: ``model.train_step(x, y, loss, optimizer)`` on ``device="cpu"``
   (the public API, input validation included);
-* ``gb internal``: the same step without validation (``model._loss_and_grad`` on
-  a batch prepared once, then ``optimizer.step``), to show what validation costs;
+* ``gb internal``: the same step without validation (``model.step`` on
+  a batch from ``model.prepare_batch``, prepared once), to show what validation costs;
 * ``torch``: PyTorch CPU eager, ``nn.Sequential`` of ``nn.Linear`` + activations
   and ``torch.optim.SGD``, with as many threads as NumPy's BLAS uses;
 * ``textbook numpy``: the seed notes' loop, a new array for every operation.
@@ -107,12 +107,10 @@ def gb_internal_contender(net: Network, x: np.ndarray, y: np.ndarray, seed: int)
     """gpubackprop's step without input validation: the batch is prepared once."""
     model = build_model(net, device="cpu", dtype="float32", seed=seed)
     opt = gb.optim.SGD(LR)
-    xd, yd, loss = model._prepare_batch(x, y, net.loss)
+    batch = model.prepare_batch(x, y, net.loss)
 
     def step() -> float:
-        value = model._loss_and_grad(xd, yd, loss)
-        opt.step(model.flat_params, model.flat_grads)
-        return float(value)
+        return float(model.step(batch, opt))
 
     return Contender(GB_INTERNAL, step, lambda: gb_params(model))
 

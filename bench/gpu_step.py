@@ -6,9 +6,10 @@ TF32 off everywhere, on the networks of :data:`bench.networks.GPU_NETWORKS`
 process, on the same batch (already on the device) and from the same weights:
 
 * ``gbp eager``: gpubackprop's eager step *without* the loss sync and input
-  validation of ``train_step``: ``model._loss_and_grad(x, y, loss)`` on a batch
-  prepared once (x float32 C-contiguous, y int64 labels or float32 targets),
-  then ``optimizer.step(model.flat_params, model.flat_grads)``;
+  validation of ``train_step``: ``model.step(batch, optimizer)`` (forward, loss,
+  backward, ``optimizer.step`` on the flat buffers) on a batch from
+  ``model.prepare_batch``, prepared once (x float32 C-contiguous, y int64 labels
+  or float32 targets);
 * ``gbp captured``: ``step = model.compile_step(loss, optimizer)``, timed as
   ``step(x, y)`` (copies the batch into the graph's static buffers and replays
   one captured CUDA graph of the whole step; ``return_loss=False``, no sync);
@@ -496,19 +497,17 @@ class GbpEager(CupyContender):
         with backend.activate():
             xd, yd = cp.asarray(x, dtype=np.float32), cp.asarray(y)
         self.raw = (xd, yd)
-        self.x, self.y, self.loss = self.model._prepare_batch(xd, yd, net.loss)
+        self.batch = self.model.prepare_batch(xd, yd, net.loss)
 
     def first_step(self) -> tuple[float, Params]:
         # the public API for the reference step (validation included)
-        value = self.model.train_step(self.raw[0], self.raw[1], self.loss, self.opt)
+        value = self.model.train_step(self.raw[0], self.raw[1], self.batch.loss, self.opt)
         return float(value), gb_params(self.model)
 
     def issue(self, steps: int) -> None:
-        model, opt, x, y, loss = self.model, self.opt, self.x, self.y, self.loss
-        params, grads = model.flat_params, model.flat_grads
+        model, opt, batch = self.model, self.opt, self.batch
         for _ in range(steps):
-            model._loss_and_grad(x, y, loss)
-            opt.step(params, grads)
+            model.step(batch, opt)
 
 
 class GbpCaptured(CupyContender):
@@ -1090,11 +1089,11 @@ def unset_cupy_tf32() -> str | None:
 
 def no_gpu_reason() -> str | None:
     """Why this machine cannot run the benchmark (None when CuPy sees a GPU)."""
-    from gpubackprop.backend import _compat
+    from gpubackprop import arrays
 
-    cp = _compat.cupy_module()
+    cp = arrays.cupy_module()
     if cp is None:
-        return f"CuPy is not importable ({_compat.cupy_import_error()})"
+        return f"CuPy is not importable ({arrays.cupy_import_error()})"
     try:
         count = int(cp.cuda.runtime.getDeviceCount())
     except Exception as exc:
@@ -1452,9 +1451,9 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(f"gpu_step: no GPU benchmark on this machine: {reason}. Nothing was timed.")
         return 0
-    from gpubackprop.backend import _compat
+    from gpubackprop import arrays
 
-    cp = _compat.cupy_module()
+    cp = arrays.cupy_module()
     assert cp is not None
     if cupy_tf32_before is not None and cupy_tf32_before != "0":
         print(f"warning: CUPY_TF32={cupy_tf32_before!r} was set; unset now (cupy.matmul only)")

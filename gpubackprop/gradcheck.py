@@ -23,8 +23,6 @@ from .layers import Layer
 from .losses import Loss, get_loss
 from .model import Sequential
 
-Array = Any
-
 
 @dataclass
 class GradcheckEntry:
@@ -109,30 +107,30 @@ def _check_model(
             f"coarse); got {model.dtype.name}: build it with dtype='float64'"
         )
     backend = model.backend
-    xb = model._prepare_input(model.to_device(x))
+    xb = model.prepare_input(model.to_device(x))
     if loss is not None:
-        _, yb, loss = model._prepare_batch(xb, backend.asarray(y), loss)
+        yb = model.prepare_batch(xb, backend.asarray(y), loss).y
         projection = None
     else:
         out_shape = (xb.shape[0], model.output_width(xb.shape[1]))
         projection = backend.asarray(rng.standard_normal(out_shape))
 
     def value() -> float:
-        out = model._forward(xb)
+        out = model.forward_batch(xb)
         if projection is None:
             assert loss is not None
-            return float(loss.value_and_grad(backend, out, yb, backend.xp.empty_like(out)))
+            return float(loss.write_value_and_grad(backend, out, yb, backend.xp.empty_like(out)))
         return float(backend.xp.vdot(out, projection))
 
     # analytic
-    out = model._forward(xb)
+    out = model.forward_batch(xb)
     if projection is None:
         assert loss is not None
         grad_out = backend.xp.empty_like(out)
-        loss.value_and_grad(backend, out, yb, grad_out)
+        loss.write_value_and_grad(backend, out, yb, grad_out)
     else:
         grad_out = projection
-    input_grad = model._backward(grad_out, need_input_grad=check_input)
+    input_grad = model.backward_batch(grad_out, need_input_grad=check_input)
     analytic = {k: backend.to_numpy(v).copy() for k, v in model.gradients().items()}
     if check_input:
         analytic["input"] = backend.to_numpy(input_grad).copy()
@@ -237,10 +235,9 @@ def gradcheck(
         )
     else:
         if isinstance(target, Layer):
-            owner = target._owner
-            if target.standalone and isinstance(owner, Sequential):
-                target = owner  # a standalone layer built for graph use
-            elif owner is not None:
+            if target.standalone:
+                target = Sequential.over_built_layer(target)  # built for graph use
+            elif target.owner is not None:
                 raise ConfigError(
                     f"{target.label} belongs to a model: gradcheck that model instead"
                 )

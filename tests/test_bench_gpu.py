@@ -534,10 +534,10 @@ def test_main_end_to_end_with_cpu_stand_ins(
     """main()'s GPU path with NumPy as "CuPy" and the CPU stand-ins of the contenders."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
-    from gpubackprop.backend import _compat
+    from gpubackprop import arrays
 
     monkeypatch.setattr(gs, "no_gpu_reason", lambda: None)
-    monkeypatch.setattr(_compat, "cupy_module", lambda: np)
+    monkeypatch.setattr(arrays, "cupy_module", lambda: np)
     monkeypatch.setattr(gs, "import_torch", lambda: (torch, None))
     monkeypatch.setattr(gs, "GbpEager", _CpuGbpEager)
     monkeypatch.setattr(gs, "TorchEager", _CpuTorchEager)

@@ -19,13 +19,11 @@ import ctypes
 import ctypes.util
 import os
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
+from ..arrays import Array
 from ..errors import DTypeError, ShapeError
-
-Array = Any
 
 _OP_N, _OP_T = 0, 1
 _DEFAULT_MATH = 0  # full precision: no TF32 (as PyTorch and CuPy by default)

@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from ..activations import Activation
+from ..activations import ActivationSpec
+from ..arrays import Array
 from .cublas import CublasHandle
 from .numpy_ops import NumpyOps
-
-Array = Any
 
 
 class CupyOps(NumpyOps):
@@ -76,23 +75,25 @@ class CupyOps(NumpyOps):
         return kernels.column_sum(x, out)
 
     # --- activations -------------------------------------------------------------------
-    def activation_forward(self, act: Activation, z: Array, out: Array) -> Array:
+    def activation_forward(self, act: ActivationSpec, z: Array, out: Array) -> Array:
         if z.ndim != 2:
             return super().activation_forward(act, z, out)
         return kernels.bias_act_forward(act.name, z, None, out)
 
-    def activation_backward(self, act: Activation, delta: Array, saved: Array, out: Array) -> Array:
+    def activation_backward(
+        self, act: ActivationSpec, delta: Array, saved: Array, out: Array
+    ) -> Array:
         return kernels.act_backward(act.name, delta, saved, out)
 
     def bias_activation_forward(
-        self, act: Activation, z: Array, bias: Array | None, out: Array
+        self, act: ActivationSpec, z: Array, bias: Array | None, out: Array
     ) -> Array:
         if act.is_identity and bias is None and out is z:
             return out
         return kernels.bias_act_forward(act.name, z, bias, out)
 
     def activation_backward_bias_grad(
-        self, act: Activation, delta: Array, saved: Array, dz: Array, db: Array | None
+        self, act: ActivationSpec, delta: Array, saved: Array, dz: Array, db: Array | None
     ) -> Array:
         if db is None:
             return delta if act.is_identity else self.activation_backward(act, delta, saved, dz)
