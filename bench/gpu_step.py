@@ -484,7 +484,7 @@ class CupyContender(Contender):
 
 
 class GbpEager(CupyContender):
-    """gpubackprop eager: ``_loss_and_grad`` + ``optimizer.step`` on a prepared batch."""
+    """gpubackprop eager: ``model.step`` (forward, loss, backward, update) on a prepared batch."""
 
     device = "cuda"  # the tests run the same class on "cpu" with NumPy as ``cp``
 

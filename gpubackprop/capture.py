@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from .optim import Optimizer
 
 
-
 class CompiledStep:
     """A training step of ``model`` recorded as a CUDA graph (see the module doc).
 
@@ -156,7 +155,6 @@ class CompiledStep:
         batch = Batch(static_x, static_y, loss)
         model.loss_and_grad_batch(batch)
         optimizer.prepare(model.flat_params, model.flat_grads)
-        batch = x.shape[0]
         pinned = [
             buf for layer in model.layers if layer.workspaces is not None
             for buf in layer.workspaces.arrays()

@@ -48,7 +48,7 @@ from .backend import Backend
 from .cli_types import int_at_least, positive_float
 from .errors import ConfigError, DTypeError, GpuBackpropError, LabelError, ShapeError
 from .optim import Adam
-from .params import FlatParameters, allocate_flat
+from .params import FlatParameters, allocate_flat, he_or_xavier
 from .progress import ProgressBar
 from .rnn import RNN, clip_grad_norm, positive_int
 
@@ -120,10 +120,9 @@ class CharRNN(FlatParameters):
         )
         n_rnn = self.rnn.num_parameters
         self.rnn.move_into(self.flat_params[:n_rnn], self.flat_grads[:n_rnn])
-        limit = math.sqrt(6.0 / (h + v))
         with self.backend.activate():
             self.params["Why"][...] = self.backend.asarray(
-                rng.uniform(-limit, limit, (v, h)).astype(self.dtype)
+                he_or_xavier(rng, "xavier", v, h).astype(self.dtype)
             )
 
     # --- description -------------------------------------------------------------------

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from .model import Sequential
 
 
-
 def _shape(*dims: int) -> str:
     return str(tuple(int(d) for d in dims))
 

@@ -16,6 +16,7 @@ shape (out, in), Δ already carrying the loss's 1/B)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -111,7 +112,7 @@ class Layer:
         self.workspaces = Workspaces(backend, lambda: self.label)
 
     # --- work buffers ------------------------------------------------------------
-    def _workspace(self, batch: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, Array]:
+    def _workspace(self, batch: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Array]:
         """Buffers for this batch size, allocated on first use and then reused."""
         assert self.workspaces is not None
         return self.workspaces.get(batch, shapes, self.dtype)

@@ -171,9 +171,10 @@ class Sequential(FlatParameters):
 
     def output_width(self, input_width: int) -> int:
         """Width of the output for inputs of ``input_width`` features."""
-        width = input_width
+        width: int | None = input_width
         for layer in self.layers:
             width = layer.output_features(width)
+        assert width is not None  # a known input width gives a known output width
         return width
 
     def _build(self) -> None:
