@@ -1,7 +1,5 @@
 """What the CPU and the GPU training-step benchmarks share.
 
-* **Engine adapter**: the only place ``bench/`` calls gpubackprop's private
-  model names (:func:`prepare_batch`, :func:`loss_and_grad`, :func:`eager_step`).
 * **Parameters**: host copies of a model's ``(W, b)`` per layer, and loading them
   into a model on any device, so every contender starts from the same weights.
 * **The one-step check**: :func:`update_error`, :func:`compare_step`,
@@ -22,7 +20,6 @@ import math
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,6 @@ import numpy as np
 import gpubackprop as gb
 from bench.networks import Network
 from gpubackprop.info import collect_info, format_cuda_version
-from gpubackprop.losses import Loss
 
 LR = 0.01
 #: Pass bounds of the one-step check (:func:`compare_step`): relative loss difference,
@@ -44,41 +40,6 @@ LOSS_RTOL = 1e-4
 UPDATE_RTOL = 1e-2
 
 Params = list[tuple[np.ndarray, np.ndarray]]  # [(W (out, in), b (out,)), ...] per layer
-
-
-# --- engine adapter: the ONLY place bench/ uses gpubackprop's private model names ---------
-# When the public engine API is there, each body becomes the call named in its docstring.
-@dataclass(frozen=True)
-class Batch:
-    """A batch validated and placed on the model's device once (``.x``, ``.y``, ``.loss``)."""
-
-    x: Any
-    y: Any
-    loss: Loss
-
-
-def prepare_batch(model: gb.Sequential, x: Any, y: Any, loss: Loss | str) -> Batch:
-    """Validate and place ``(x, y)`` for ``model`` once (public: ``model.prepare_batch``)."""
-    xd, yd, loss_obj = model._prepare_batch(x, y, loss)
-    return Batch(xd, yd, loss_obj)
-
-
-def loss_and_grad(model: gb.Sequential, batch: Batch) -> Any:
-    """Forward, loss, backward on a prepared batch: L as a 0-d device array, no sync.
-
-    Public: ``model.loss_and_grad_batch(batch)``.
-    """
-    return model._loss_and_grad(batch.x, batch.y, batch.loss)
-
-
-def eager_step(model: gb.Sequential, batch: Batch, optimizer: gb.optim.Optimizer) -> Any:
-    """One eager step θ ← θ − update(∇L) on a prepared batch: L before it, 0-d, no sync.
-
-    Public: ``model.step(batch, optimizer)``.
-    """
-    value = loss_and_grad(model, batch)
-    optimizer.step(model.flat_params, model.flat_grads)
-    return value
 
 
 # --- parameters ---------------------------------------------------------------------------
@@ -358,7 +319,6 @@ __all__ = [
     "LOSS_RTOL",
     "LR",
     "UPDATE_RTOL",
-    "Batch",
     "Params",
     "bench_parser",
     "build_torch_model",
@@ -366,15 +326,12 @@ __all__ = [
     "core_versions",
     "cpu_model",
     "cuda_version_str",
-    "eager_step",
     "format_table",
     "gb_params",
     "host_environment",
     "load_params",
-    "loss_and_grad",
     "one_line",
     "paired_ratio",
-    "prepare_batch",
     "ratio",
     "resolve_quick",
     "summarize",

@@ -6,8 +6,8 @@ batch and starting from the same weights:
 
 * ``gpubackprop``: ``model.train_step(x, y, loss, optimizer)`` on ``device="cpu"``
   (the public API, input validation included);
-* ``gb internal``: the same step without validation (``bench.common``'s engine
-  adapter: a batch prepared once, then ``eager_step``), to show what validation costs;
+* ``gb internal``: the same step without validation (``model.step`` on
+  a batch from ``model.prepare_batch``, prepared once), to show what validation costs;
 * ``torch``: PyTorch CPU eager, ``nn.Sequential`` of ``nn.Linear`` + activations
   and ``torch.optim.SGD``, with as many threads as NumPy's BLAS uses;
 * ``textbook numpy``: the seed notes' loop, a new array for every operation.
@@ -53,11 +53,9 @@ from bench.common import (  # noqa: E402
     Params,
     build_torch_model,
     compare_step,
-    eager_step,
     format_table,
     gb_params,
     paired_ratio,
-    prepare_batch,
     ratio,
     summarize,
     summarize_checks,
@@ -114,9 +112,9 @@ def gb_internal_contender(net: Network, x: np.ndarray, y: np.ndarray, seed: int)
     """gpubackprop's step without input validation: the batch is prepared once."""
     model = build_model(net, device="cpu", dtype="float32", seed=seed)
     opt = gb.optim.SGD(LR)
-    batch = prepare_batch(model, x, y, net.loss)
+    batch = model.prepare_batch(x, y, net.loss)
     return Contender(
-        GB_INTERNAL, lambda: float(eager_step(model, batch, opt)), lambda: gb_params(model)
+        GB_INTERNAL, lambda: float(model.step(batch, opt)), lambda: gb_params(model)
     )
 
 

@@ -6,8 +6,9 @@ TF32 off (but in the TF32 rows), on the networks of :data:`bench.networks.GPU_NE
 process, on the same batch (already on the device) and from the same weights:
 
 * ``gbp eager``: gpubackprop's eager step *without* the loss sync and input
-  validation of ``train_step``, on a batch prepared once (``bench.common``'s
-  engine adapter: ``prepare_batch`` then ``eager_step`` per step);
+  validation of ``train_step``: ``model.step(batch, optimizer)`` (forward, loss,
+  backward, ``optimizer.step`` on the flat buffers) on a batch from
+  ``model.prepare_batch``, prepared once;
 * ``gbp captured``: ``step = model.compile_step(loss, optimizer)``, timed as
   ``step(x, y)`` (copies the batch into the graph's static buffers and replays
   one captured CUDA graph of the whole step; ``return_loss=False``, no sync);
@@ -75,11 +76,9 @@ from bench.common import (  # noqa: E402
     build_torch_model,
     compare_step,
     cuda_version_str,
-    eager_step,
     gb_params,
     load_params,
     one_line,
-    prepare_batch,
     summarize,
     torch_batch,
     torch_loss_fn,
@@ -230,11 +229,11 @@ class GbpContender(CupyContender):
 
 
 class GbpEager(GbpContender):
-    """gpubackprop eager: ``eager_step`` (forward, loss, backward, update) on a prepared batch."""
+    """gpubackprop eager: ``model.step`` (forward, loss, backward, update) on a prepared batch."""
 
     def __init__(self, cp: ModuleType, net: Network, init: Params, x: np.ndarray, y: np.ndarray):
         super().__init__(cp, net, init, x, y)
-        self.batch = prepare_batch(self.model, self.x, self.y, net.loss)
+        self.batch = self.model.prepare_batch(self.x, self.y, net.loss)
 
     def first_step(self) -> tuple[float, Params]:
         # the public API for the reference step (validation included)
@@ -244,7 +243,7 @@ class GbpEager(GbpContender):
     def issue(self, steps: int) -> None:
         model, batch, opt = self.model, self.batch, self.opt
         for _ in range(steps):
-            eager_step(model, batch, opt)
+            model.step(batch, opt)
 
 
 class GbpCaptured(GbpContender):

@@ -44,9 +44,8 @@ from .model import Sequential
 from .optim import StepReport
 from .rnn import RNN, clip_grad_norm
 from .train import History
+from .version import __version__
 from .viz import render, to_dot
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",

@@ -20,9 +20,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import __version__
 from .cli_types import int_at_least, positive_float
 from .errors import GpuBackpropError
+from .version import __version__
 
 #: The source checkout's benchmark folder (absent in an installed wheel).
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"

@@ -5,7 +5,7 @@ the CPU, CuPy on the GPU), into preallocated outputs. The backward computes the
 upstream gradient times the local derivative, ``out = delta ⊙ σ′``, from the
 layer's *output* ``a`` where the derivative follows from it (sigmoid, tanh,
 relu, leaky_relu, elu, softplus), else from the pre-activation ``z`` (gelu,
-gelu_tanh, silu); :attr:`Activation.needs_input` says which, so a layer keeps
+gelu_tanh, silu); :attr:`ActivationSpec.needs_input` says which, so a layer keeps
 only the one array its backward needs.
 
 Formulas (σ = sigmoid, Φ = standard normal CDF, φ = its density):
@@ -33,13 +33,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
+from .arrays import Array
 from .errors import ConfigError
-
-Array = Any  # numpy.ndarray or cupy.ndarray
 
 LEAKY_RELU_SLOPE = 0.01
 ELU_ALPHA = 1.0
@@ -278,8 +276,9 @@ def _silu_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
 
 
 @dataclass(frozen=True)
-class Activation:
-    """One activation: its forward and its derivative, written once.
+class ActivationSpec:
+    """One activation: its forward and its derivative, written once (the spec;
+    :class:`gpubackprop.Activation` is the layer that applies one).
 
     ``forward(xp, z, out)`` writes f(z) into ``out`` (``out`` may be ``z``).
     ``backward(xp, delta, saved, out)`` writes ``delta ⊙ f′`` into ``out``, where
@@ -306,41 +305,43 @@ def _ref_gelu(z: np.ndarray) -> np.ndarray:
     return 0.5 * z * (1.0 + erf(z / math.sqrt(2.0)))
 
 
-ACTIVATIONS: dict[str, Activation] = {
+ACTIVATIONS: dict[str, ActivationSpec] = {
     a.name: a
     for a in (
-        Activation("identity", _identity_fwd, _identity_bwd, False, "xavier", lambda z: z),
-        Activation(
+        ActivationSpec("identity", _identity_fwd, _identity_bwd, False, "xavier", lambda z: z),
+        ActivationSpec(
             "sigmoid", _sigmoid_fwd, _sigmoid_bwd, False, "xavier",
             lambda z: 1.0 / (1.0 + np.exp(-z)),
         ),
-        Activation("tanh", _tanh_fwd, _tanh_bwd, False, "xavier", np.tanh),
-        Activation("relu", _relu_fwd, _relu_bwd, False, "he", lambda z: np.where(z > 0, z, 0.0)),
-        Activation(
+        ActivationSpec("tanh", _tanh_fwd, _tanh_bwd, False, "xavier", np.tanh),
+        ActivationSpec(
+            "relu", _relu_fwd, _relu_bwd, False, "he", lambda z: np.where(z > 0, z, 0.0)
+        ),
+        ActivationSpec(
             "leaky_relu", _leaky_relu_fwd, _leaky_relu_bwd, False, "he",
             lambda z: np.where(z > 0, z, LEAKY_RELU_SLOPE * z),
         ),
-        Activation(
+        ActivationSpec(
             "elu", _elu_fwd, _elu_bwd, False, "he",
             lambda z: np.where(z > 0, z, ELU_ALPHA * (np.exp(np.minimum(z, 0.0)) - 1.0)),
         ),
-        Activation(
+        ActivationSpec(
             "softplus", _softplus_fwd, _softplus_bwd, False, "xavier",
             lambda z: np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0.0),
         ),
-        Activation("gelu", _gelu_fwd, _gelu_bwd, True, "he", _ref_gelu),
-        Activation(
+        ActivationSpec("gelu", _gelu_fwd, _gelu_bwd, True, "he", _ref_gelu),
+        ActivationSpec(
             "gelu_tanh", _gelu_tanh_fwd, _gelu_tanh_bwd, True, "he",
             lambda z: 0.5 * z * (1.0 + np.tanh(_SQRT_2_OVER_PI * (z + _GELU_TANH_C * z**3))),
         ),
-        Activation(
+        ActivationSpec(
             "silu", _silu_fwd, _silu_bwd, True, "he", lambda z: z / (1.0 + np.exp(-z)),
         ),
     )
 }
 
 
-def get_activation(name: str | None) -> Activation:
+def get_activation(name: str | None) -> ActivationSpec:
     """Look an activation up by name (``None`` means ``"identity"``)."""
     key = "identity" if name is None else name
     if not isinstance(key, str) or key not in ACTIVATIONS:
@@ -349,4 +350,4 @@ def get_activation(name: str | None) -> Activation:
     return ACTIVATIONS[key]
 
 
-__all__ = ["ACTIVATIONS", "Activation", "get_activation", "times_nonzero"]
+__all__ = ["ACTIVATIONS", "ActivationSpec", "get_activation", "times_nonzero"]

@@ -32,14 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backend._compat import array_module
+from .arrays import Array, array_module
 from .errors import NumericalError
 
 if TYPE_CHECKING:
     from .layers import Layer
     from .model import Sequential
 
-Array = Any
 
 _ENABLED: ContextVar[bool] = ContextVar("gpubackprop_detect_anomaly", default=False)
 

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .arrays import Array
 from .errors import CaptureError, ConfigError
 from .losses import Loss, get_loss
+from .model import Batch, check_optimizer
 
 if TYPE_CHECKING:
     from .model import Sequential
     from .optim import Optimizer
-
-Array = Any
 
 
 class CompiledStep:
@@ -49,8 +49,6 @@ class CompiledStep:
     """
 
     def __init__(self, model: Sequential, loss: Loss | str, optimizer: Optimizer) -> None:
-        from .model import check_optimizer  # model imports this module lazily
-
         check_optimizer(optimizer)
         if not model.backend.is_gpu:
             raise ConfigError(
@@ -154,11 +152,14 @@ class CompiledStep:
         static_y[...] = y
         # Warm-up: every buffer allocated, every kernel compiled; parameters untouched
         # (backward only overwrites the gradient buffer).
-        model._loss_and_grad(static_x, static_y, loss)
+        batch = Batch(static_x, static_y, loss)
+        model.loss_and_grad_batch(batch)
         optimizer.prepare(model.flat_params, model.flat_grads)
-        batch = x.shape[0]
-        pinned = [layer._workspaces.get(batch) for layer in model.layers]
-        pinned.append(model._loss_grad_buffer((batch, model.output_width(x.shape[1]))))
+        pinned = [
+            buf for layer in model.layers if layer.workspaces is not None
+            for buf in layer.workspaces.arrays()
+        ]
+        pinned.append(model.loss_grad_buffer((x.shape[0], model.output_width(x.shape[1]))))
         cp.cuda.get_current_stream().synchronize()
 
         stream = cp.cuda.Stream(non_blocking=True)
@@ -166,7 +167,7 @@ class CompiledStep:
             model.backend.ops.blas.bind()  # handle + workspace on this stream, before capture
             stream.begin_capture()
             try:
-                value = model._loss_and_grad(static_x, static_y, loss)
+                value = model.loss_and_grad_batch(batch)
                 optimizer._launch(model.flat_params, model.flat_grads)
             except Exception as exc:
                 try:
@@ -178,7 +179,7 @@ class CompiledStep:
                 ) from exc
             graph = stream.end_capture()
         self._graph = graph
-        self._x, self._y, self._value, self._output = static_x, static_y, value, model._output
+        self._x, self._y, self._value, self._output = static_x, static_y, value, model.last_output
         self._pinned = [
             stream,
             *pinned,

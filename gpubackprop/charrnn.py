@@ -9,7 +9,8 @@ each next character::
 
 A one-hot x_t times Wxhᵀ is column c_t of Wxh, so the input projection is a
 gather of Wxh's columns rather than a matmul with a one-hot matrix. Backward is
-the seed notes' char-RNN, batch-major::
+the char-RNN of the seed notes (the lecture notes the project grew from, see
+README.md), batch-major::
 
     dy     = (softmax(y) − onehot(target)) / (B·T)        (the loss op writes this)
     dWhy   = Σ dyᵀ h          db_y = Σ dyᵀ 1             ∂L/∂h_t = dy_t Why
@@ -42,15 +43,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .arrays import Array
 from .backend import Backend
 from .cli_types import int_at_least, positive_float
 from .errors import ConfigError, DTypeError, GpuBackpropError, LabelError, ShapeError
-from .model import FlatParameters
 from .optim import Adam
+from .params import FlatParameters, allocate_flat, he_or_xavier
 from .progress import ProgressBar
-from .rnn import RNN, allocate_flat, clip_grad_norm, positive_int
-
-Array = Any
+from .rnn import RNN, clip_grad_norm, positive_int
 
 #: The text :func:`run_charrnn` trains on by default (in ``gpubackprop/data/``).
 DEFAULT_TEXT = "lighthouse.txt"
@@ -116,14 +116,13 @@ class CharRNN(FlatParameters):
         v, h = self.vocab_size, self.hidden_size
         shapes = [*self.rnn.param_shapes(), ("Why", (v, h)), ("by", (v,))]
         self.flat_params, self.flat_grads, self.params, self.grads = allocate_flat(
-            self.backend, self.dtype, shapes
+            self.backend, self.dtype, shapes, self.describe()
         )
         n_rnn = self.rnn.num_parameters
-        self.rnn._move_into(self.flat_params[:n_rnn], self.flat_grads[:n_rnn])
-        limit = math.sqrt(6.0 / (h + v))
+        self.rnn.move_into(self.flat_params[:n_rnn], self.flat_grads[:n_rnn])
         with self.backend.activate():
             self.params["Why"][...] = self.backend.asarray(
-                rng.uniform(-limit, limit, (v, h)).astype(self.dtype)
+                he_or_xavier(rng, "xavier", v, h).astype(self.dtype)
             )
 
     # --- description -------------------------------------------------------------------
@@ -196,9 +195,9 @@ class CharRNN(FlatParameters):
         """Forward over validated inputs; the buffers hold H and the logits (time-major)."""
         batch, steps = inputs.shape
         if h0 is not None:
-            h0 = self.rnn._check_state(h0, batch, "h0")
+            h0 = self.rnn.check_state(h0, batch, "h0")
         n, v, d = batch * steps, self.vocab_size, self.dtype
-        ws = self.rnn._recurrence_buffers(
+        ws = self.rnn.recurrence_buffers(
             batch,
             steps,
             {
@@ -214,7 +213,7 @@ class CharRNN(FlatParameters):
         us = ws["U"].reshape(n, self.hidden_size)
         xp.take(self.params["Wxh"].T, ws["idx"], axis=0, out=us)  # x_t Wxhᵀ, one-hot x_t
         ops.add_bias(us, self.params["bh"])
-        self.rnn._run_forward(ws, h0)
+        self.rnn.run_forward(ws, h0)
         ops.matmul(ws["H"][1:].reshape(n, self.hidden_size), self.params["Why"],
                    out=ws["logits"], trans_b=True)
         ops.add_bias(ws["logits"], self.params["by"])
@@ -278,7 +277,7 @@ class CharRNN(FlatParameters):
             ops.matmul(dlogits, hs, out=self.grads["Why"], trans_a=True)
             ops.column_sum(dlogits, out=self.grads["by"])
             ops.matmul(dlogits, self.params["Why"], out=ws["dH"].reshape(n, self.hidden_size))
-            self.rnn._run_backward(ws, None)
+            self.rnn.run_backward(ws, None)
             onehot = ws["onehot"]
             onehot.fill(0)
             onehot[self.backend.xp.arange(n), ws["idx"]] = 1

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from .arrays import Array
 from .errors import ConfigError
 from .layers import Activation, Dense, Layer
 from .losses import MSE, BCEWithLogits, Loss, SoftmaxCrossEntropy, get_loss
 
 if TYPE_CHECKING:
     from .model import Sequential
-
-Array = Any
 
 
 def _shape(*dims: int) -> str:
@@ -148,24 +147,19 @@ def explain(
     written, no parameter changes) and each layer shows its δ and gradient norms.
     """
     backend = model.backend
-    xb = model._prepare_input(x if backend.is_native(x) else model.to_device(x))
+    xb = model.prepare_input(x if backend.is_native(x) else model.to_device(x))
     batch, width = xb.shape
     resolved = None if loss is None else get_loss(loss)
     outputs: list[Array] = []
-    with backend.activate():
-        a = xb
-        for layer in model.layers:
-            a = layer.forward(a)
-            outputs.append(a)
-    model._output = a
+    model.forward_batch(xb, outputs)
     value = None
     if resolved is not None:
         if y is None:
             raise ConfigError("explain: a loss needs the target y")
-        _, yb, resolved = model._prepare_batch(
+        prepared = model.prepare_batch(
             xb, y if backend.is_native(y) else backend.asarray(y), resolved
         )
-        value = float(model._loss_and_grad(xb, yb, resolved))
+        value = float(model.loss_and_grad_batch(prepared))
 
     lines = [
         f"{type(model).__name__} on {model.device}, {model.dtype.name}, batch B = {batch}: "

@@ -19,26 +19,25 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import Array
 from .errors import ConfigError, DTypeError, GradcheckError
 from .graph import Tensor, as_tensor, gradients
 from .layers import Layer
 from .losses import Loss, get_loss
 from .model import Sequential
 
-Array = Any
 #: a validated device batch: (x, y, loss), y and loss None for L = Σ output ⊙ R
 ModelBatch = tuple[Array, Array | None, Loss | None]
 
 
 # --- the engine calls: the only place this module drives a model -----------------------------
-# (private names until the public engine API lands: prepare_input / prepare_batch,
-# forward_batch, backward_batch and the loss's engine method; switch them here)
 def _model_batch(model: Sequential, x: Any, y: Any, loss: Loss | None) -> ModelBatch:
     """``x`` (and ``y``) validated and on the model's device and dtype."""
-    xb = model._prepare_input(model.to_device(x))
+    xb = model.prepare_input(model.to_device(x))
     if loss is None:
         return xb, None, None
-    return model._prepare_batch(xb, model.backend.asarray(y), loss)
+    batch = model.prepare_batch(xb, model.backend.asarray(y), loss)
+    return batch.x, batch.y, batch.loss
 
 
 def _model_loss(
@@ -52,22 +51,21 @@ def _model_loss(
     """
     x, y, loss = batch
     backend = model.backend
-    out = model._forward(x)
+    out = model.forward_batch(x)
     if loss is None:
         value, grad = backend.xp.vdot(out, projection), projection
     else:
         grad = backend.xp.empty_like(out)
-        value = loss.value_and_grad(backend, out, y, grad)
-    dx = model._backward(grad, need_input_grad) if backward else None
+        value = loss.write_value_and_grad(backend, out, y, grad)
+    dx = model.backward_batch(grad, need_input_grad) if backward else None
     return float(value), dx
 
 
 def _layer_model(layer: Layer, seed: int) -> Sequential:
     """The model a bare layer is checked in: its own if built standalone, else a new float64 one."""
-    owner = layer.owner
-    if layer.standalone and isinstance(owner, Sequential):
-        return owner  # a standalone layer built for graph use
-    if owner is not None:
+    if layer.standalone:
+        return Sequential.over_built_layer(layer)  # built for graph use: its own buffers
+    if layer.owner is not None:
         raise ConfigError(f"{layer.label} belongs to a model: gradcheck that model instead")
     return Sequential([layer], device="cpu", dtype="float64", seed=seed)
 

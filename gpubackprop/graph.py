@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import ACTIVATIONS
+from .arrays import Array
 from .backend import Backend, backend_of, is_cupy_array
 from .errors import ConfigError, DeviceError, DTypeError, ShapeError
 from .losses import SoftmaxCrossEntropy
@@ -53,7 +54,6 @@ from .losses import SoftmaxCrossEntropy
 if TYPE_CHECKING:
     from .layers import Layer
 
-Array = Any
 _PY_SCALARS = (bool, int, float)
 
 
@@ -751,7 +751,7 @@ class SoftmaxCrossEntropyGate(Gate):
         logits = self.xp.ascontiguousarray(logits)
         targets = loss.prepare_target(self.backend, tuple(logits.shape), logits.dtype, targets)
         self.dlogits = self.xp.empty_like(logits)
-        value = loss.value_and_grad(self.backend, logits, targets, self.dlogits)
+        value = loss.write_value_and_grad(self.backend, logits, targets, self.dlogits)
         # a copy: the GPU op returns a cached buffer that the next loss overwrites
         return self.xp.array(value, dtype=logits.dtype)
 

@@ -15,8 +15,9 @@ from typing import TextIO
 
 import numpy as np
 
-from . import __version__
-from .backend import _compat, available_devices, get_backend
+from . import arrays
+from .backend import available_devices, get_backend
+from .version import __version__
 
 
 def format_cuda_version(code: int) -> str:
@@ -37,7 +38,7 @@ def _cuda_rows(cp: ModuleType) -> list[tuple[str, str]]:
             rows.append((label, format_cuda_version(int(query()))))
         except Exception as exc:  # no driver, or a runtime that does not match it
             rows.append((label, f"unavailable ({type(exc).__name__}: {exc})"))
-    count = _compat.gpu_count()
+    count = arrays.gpu_count()
     if count == 0:
         rows.append(("GPUs", "none visible to CuPy"))
     for i in range(count):
@@ -60,9 +61,9 @@ def collect_info() -> list[tuple[str, str]]:
         ("NumPy", np.__version__),
         ("SciPy", scipy.__version__),
     ]
-    cp = _compat.cupy_module()
+    cp = arrays.cupy_module()
     if cp is None:
-        rows.append(("CuPy", f"not importable ({_compat.cupy_import_error()})"))
+        rows.append(("CuPy", f"not importable ({arrays.cupy_import_error()})"))
     else:
         rows.append(("CuPy", cp.__version__))
         rows += _cuda_rows(cp)

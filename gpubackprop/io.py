@@ -61,8 +61,10 @@ from . import optim
 from .backend import Backend, get_backend
 from .errors import CheckpointError, ConfigError, GpuBackpropError
 from .layers import Activation, Dense, Layer
-from .model import Sequential, check_optimizer, resolve_dtype
+from .model import Sequential, check_optimizer
 from .optim import Optimizer
+from .params import resolve_dtype
+from .version import __version__
 
 __all__ = ["FORMAT_VERSION", "MAX_HEADER_BYTES", "Checkpoint", "load", "load_state", "save"]
 
@@ -168,8 +170,6 @@ def _int_or_none(seed: object) -> int | None:
 
 
 def _package_version() -> str:
-    from . import __version__
-
     return __version__
 
 

@@ -39,11 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from .activations import Activation, get_activation
-from .backend._compat import cupy_import_error, cupy_module, is_cupy_array
+from .activations import ActivationSpec, get_activation
+from .arrays import Array, cupy_import_error, cupy_module, is_cupy_array
 from .errors import ConfigError, DeviceError, DTypeError, ShapeError
-
-Array = Any  # cupy.ndarray
 
 __all__ = [
     "CTYPES",
@@ -194,9 +192,9 @@ def _ctype(dtype: Any) -> str:
     return CTYPES[key]
 
 
-def _functor(activation: str | Activation | None) -> str:
+def _functor(activation: str | ActivationSpec | None) -> str:
     """The C++ functor type of an activation (name, table entry, or None = identity)."""
-    act = activation if isinstance(activation, Activation) else get_activation(activation)
+    act = activation if isinstance(activation, ActivationSpec) else get_activation(activation)
     types = activation_types()
     if act.name not in types:
         raise ConfigError(
@@ -205,7 +203,7 @@ def _functor(activation: str | Activation | None) -> str:
     return types[act.name]
 
 
-def kernel_name(kernel: str, dtype: Any, activation: str | Activation | None = None) -> str:
+def kernel_name(kernel: str, dtype: Any, activation: str | ActivationSpec | None = None) -> str:
     """The C++ name expression of one instantiation, e.g.
     ``gbp::act_backward<float, gbp::act::Sigmoid>`` or ``gbp::column_sum<double>``."""
     if kernel not in KERNELS:
@@ -292,7 +290,7 @@ def _kernel(kernel: str, ctype: str, functor: str | None) -> Any:
     return _module(KERNELS[kernel][0], ctype).get_function(_expression(kernel, ctype, functor))
 
 
-def get_kernel(kernel: str, dtype: Any, activation: str | Activation | None = None) -> Any:
+def get_kernel(kernel: str, dtype: Any, activation: str | ActivationSpec | None = None) -> Any:
     """The compiled :class:`cupy.RawKernel` of one instantiation (cached per process)."""
     kernel_name(kernel, dtype, activation)  # validates all three
     functor = _functor(activation) if KERNELS[kernel][1] else None
@@ -467,7 +465,7 @@ def _value(args: _Args, value: Any) -> Array | None:
 
 # --- dense -------------------------------------------------------------------------------
 def bias_act_forward(
-    activation: str | Activation | None, z: Array, bias: Array | None, out: Array
+    activation: str | ActivationSpec | None, z: Array, bias: Array | None, out: Array
 ) -> Array:
     """z[i, j] += b[j] (skipped when ``bias`` is None), then out[i, j] = f(z[i, j]).
 
@@ -489,7 +487,7 @@ def bias_act_forward(
 
 
 def act_backward(
-    activation: str | Activation | None, delta: Array, saved: Array | None, dz: Array
+    activation: str | ActivationSpec | None, delta: Array, saved: Array | None, dz: Array
 ) -> Array:
     """dz = delta ⊙ f′(saved), elementwise over arrays of any shape.
 
@@ -498,7 +496,7 @@ def act_backward(
     ``delta`` or ``saved`` (as in the reference). Returns ``dz``.
     """
     args = _Args("act_backward")
-    act = get_activation(activation) if not isinstance(activation, Activation) else activation
+    act = get_activation(activation) if not isinstance(activation, ActivationSpec) else activation
     delta = args.array("delta", delta)
     if saved is None and not act.is_identity:
         raise ConfigError(f"kernels.act_backward: {act.name} needs saved (a or z), got None")
@@ -514,7 +512,7 @@ def act_backward(
 
 
 def act_backward_colsum(
-    activation: str | Activation | None,
+    activation: str | ActivationSpec | None,
     delta: Array,
     saved: Array | None,
     dz: Array | None,
@@ -528,7 +526,7 @@ def act_backward_colsum(
     (fixed summation order, no atomics; see :func:`column_sum_lanes`). Returns ``db``.
     """
     args = _Args("act_backward_colsum")
-    act = get_activation(activation) if not isinstance(activation, Activation) else activation
+    act = get_activation(activation) if not isinstance(activation, ActivationSpec) else activation
     delta, rows, cols = _matrix(args, "delta", delta)
     if saved is None and not act.is_identity:
         raise ConfigError(f"kernels.act_backward_colsum: {act.name} needs saved (a or z), got None")

@@ -16,44 +16,28 @@ shape (out, in), Δ already carrying the loss's 1/B)::
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Iterator
+from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .activations import Activation as ActivationSpec
-from .activations import get_activation
-from .backend import Backend
-from .errors import ConfigError, DeviceMemoryError, ShapeError
+from .activations import ActivationSpec, get_activation
+from .arrays import Array
+from .backend import Backend, get_backend
+from .errors import ConfigError, ShapeError
+from .params import (
+    FlatParameters,
+    Workspaces,
+    allocate_flat,
+    he_or_xavier,
+    initialise,
+    resolve_dtype,
+    seeded_rng,
+)
 
 if TYPE_CHECKING:
     from .graph import Tensor
-
-Array = Any
-
-_MAX_CACHED_BATCH_SIZES = 4
-
-
-@contextlib.contextmanager
-def device_allocation(what: str, nbytes: int) -> Iterator[None]:
-    """Turn a CuPy out-of-memory error inside the block into :class:`DeviceMemoryError`.
-
-    ``what`` names the step (layer and buffer) and ``nbytes`` the bytes asked for;
-    no-op on the CPU, where NumPy raises MemoryError itself.
-    """
-    try:
-        yield
-    except MemoryError as exc:  # cupy.cuda.memory.OutOfMemoryError subclasses MemoryError
-        if isinstance(exc, DeviceMemoryError) or type(exc).__module__.split(".")[0] != "cupy":
-            raise
-        raise DeviceMemoryError(
-            f"{what}: out of device memory allocating {nbytes:,} bytes "
-            f"({nbytes / 2**20:.1f} MiB); nothing was changed, a smaller batch may fit "
-            f"({exc})"
-        ) from exc
 
 
 def _graph() -> ModuleType:
@@ -81,8 +65,9 @@ class Layer:
         self.dtype: np.dtype | None = None
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
-        self._workspaces: dict[int, dict[str, Array]] = {}
-        self._owner: object | None = None
+        self.workspaces: Workspaces | None = None
+        #: the model (or the :meth:`build` buffers) whose flat buffer holds the parameters
+        self.owner: FlatParameters | None = None
         #: True once :meth:`build` gave the layer parameters of its own
         self.standalone = False
 
@@ -92,11 +77,6 @@ class Layer:
         """How errors name this layer: ``layer 2 (Dense 100->10, sigmoid)``."""
         where = f"layer {self.index}" if self.index is not None else "unattached layer"
         return f"{where} ({self.describe()})"
-
-    @property
-    def owner(self) -> object | None:
-        """The model this layer belongs to (None while unattached)."""
-        return self._owner
 
     def describe(self) -> str:
         return type(self).__name__
@@ -123,7 +103,7 @@ class Layer:
 
     def attach(
         self,
-        owner: object,
+        owner: FlatParameters,
         index: int,
         backend: Backend,
         dtype: np.dtype,
@@ -134,30 +114,19 @@ class Layer:
 
         The model checks beforehand that no layer belongs to another model.
         """
-        self._owner = owner
+        self.owner = owner
         self.index = index
         self.backend = backend
         self.dtype = dtype
         self.params = params
         self.grads = grads
-        self._workspaces = {}
+        self.workspaces = Workspaces(backend, lambda: self.label)
 
     # --- work buffers ------------------------------------------------------------
-    def _workspace(self, batch: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, Array]:
+    def _workspace(self, batch: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Array]:
         """Buffers for this batch size, allocated on first use and then reused."""
-        ws = self._workspaces.get(batch)
-        if ws is None:
-            if len(self._workspaces) >= _MAX_CACHED_BATCH_SIZES:
-                self._workspaces.pop(next(iter(self._workspaces)))
-            assert self.backend is not None
-            xp = self.backend.xp
-            itemsize = np.dtype(self.dtype).itemsize
-            nbytes = sum(math.prod(shape) * itemsize for shape in shapes.values())
-            what = f"{self.label}: work buffers {sorted(shapes)} for batch {batch}"
-            with self.backend.activate(), device_allocation(what, nbytes):
-                ws = {name: xp.empty(shape, dtype=self.dtype) for name, shape in shapes.items()}
-            self._workspaces[batch] = ws
-        return ws
+        assert self.workspaces is not None
+        return self.workspaces.get(batch, shapes, self.dtype)
 
     def _check_delta(self, delta: Array, expected: tuple[int, ...]) -> None:
         if tuple(delta.shape) != expected:
@@ -221,21 +190,19 @@ class Layer:
               seed: int | None = None) -> Layer:
         """Give a standalone layer parameters of its own; returns the layer.
 
-        It is wrapped in a one-layer :class:`~gpubackprop.Sequential`, which
-        allocates its flat parameter and gradient buffers and initialises W (He
-        or Xavier, from ``seed``) and b = 0, exactly as in a model. The layer then
-        belongs to that internal model and cannot join another one. In a graph,
-        update it through :meth:`parameter_tensors` (``t.data -= lr * t.grad``
-        writes into the flat buffer), whose gradients sum over every call.
+        Its flat parameter and gradient buffers are allocated and W initialised (He
+        or Xavier, from ``seed``) and b = 0, exactly as in a one-layer model (see
+        :mod:`gpubackprop.params`); the layer is then layer 0 of its own buffers and
+        cannot join a model. In a graph, update it through :meth:`parameter_tensors`
+        (``t.data -= lr * t.grad`` writes into the flat buffer), whose gradients sum
+        over every call.
         """
-        if self._owner is not None:
+        if self.owner is not None:
             raise ConfigError(
                 f"{self.label} already has parameters (it belongs to a model); "
                 "build only a standalone layer"
             )
-        from .model import Sequential
-
-        Sequential([self], device=device, dtype=dtype, seed=seed)
+        LayerParameters(self, get_backend(device), resolve_dtype(dtype), seed)
         self.standalone = True
         return self
 
@@ -308,12 +275,9 @@ class Dense(Layer):
         return shapes
 
     def init_params(self, rng: np.random.Generator, host: dict[str, np.ndarray]) -> None:
-        fan_in, fan_out = self.in_features, self.out_features
-        if self.activation.init == "he":
-            host["weight"][...] = rng.normal(0.0, math.sqrt(2.0 / fan_in), (fan_out, fan_in))
-        else:
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
-            host["weight"][...] = rng.uniform(-limit, limit, (fan_out, fan_in))
+        host["weight"][...] = he_or_xavier(
+            rng, self.activation.init, self.out_features, self.in_features
+        )
         if self.use_bias:
             host["bias"][...] = 0.0
 
@@ -393,4 +357,22 @@ class Activation(Layer):
         )
 
 
-__all__ = ["Activation", "Dense", "Layer"]
+class LayerParameters(FlatParameters):
+    """The flat buffers of one standalone layer (what :meth:`Layer.build` gives it):
+    allocated, attached as layer 0 and initialised as a one-layer model would be."""
+
+    def __init__(
+        self, layer: Layer, backend: Backend, dtype: np.dtype, seed: int | None
+    ) -> None:
+        self.backend = backend
+        self.dtype = dtype
+        shapes = layer.param_shapes()
+        self.flat_params, self.flat_grads, params, grads = allocate_flat(
+            backend, dtype, shapes, layer.describe()
+        )
+        layer.attach(self, 0, backend, dtype, params, grads)
+        rng = seeded_rng(seed)
+        initialise(backend, self.flat_params, shapes, lambda host: layer.init_params(rng, host))
+
+
+__all__ = ["Activation", "Dense", "Layer", "LayerParameters"]

@@ -7,7 +7,8 @@ place the batch size divides (1/B for softmax cross-entropy, 1/N for the
 element means); no other part of the engine scales by it.
 
 * :class:`MSE` — L = 1/N Σ (p − y)², N = number of elements (PyTorch's
-  ``mse_loss``); ``reduction="sum"`` gives Σ (p − y)² as in the seed notes.
+  ``mse_loss``); ``reduction="sum"`` gives Σ (p − y)² as in the seed notes
+  (the lecture notes the project grew from, see README.md).
 * :class:`SoftmaxCrossEntropy` — from logits z: L = 1/B Σ_b (logsumexp(z_b) − z_b[y_b]),
   δ = (softmax(z) − onehot(y)) / B; labels are integers or rows of one-hot /
   probabilities.
@@ -17,14 +18,11 @@ element means); no other part of the engine scales by it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from .arrays import Array
 from .backend import Backend, backend_of
 from .errors import ConfigError, DTypeError, LabelError, ShapeError
-
-Array = Any
 
 
 class Loss:
@@ -55,7 +53,7 @@ class Loss:
         target = self.prepare_target(backend, tuple(pred.shape), pred.dtype, target)
         with backend.activate():
             grad = backend.xp.empty_like(pred)
-            value = self.value_and_grad(backend, pred, target, grad)
+            value = self.write_value_and_grad(backend, pred, target, grad)
         return float(value), grad
 
     def prepare_target(
@@ -74,8 +72,12 @@ class Loss:
         """
         raise NotImplementedError
 
-    def value_and_grad(self, backend: Backend, pred: Array, target: Array, grad: Array) -> Array:
-        """Write ∂L/∂pred into ``grad``; return L as a 0-d array (no sync)."""
+    def write_value_and_grad(
+        self, backend: Backend, pred: Array, target: Array, grad: Array
+    ) -> Array:
+        """The engine's form of :meth:`value_and_gradient`: for a validated ``pred`` and a
+        target from :meth:`prepare_target`, write ∂L/∂pred into the caller's buffer
+        ``grad`` and return L as a 0-d device array (no host sync)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -123,7 +125,9 @@ class MSE(Loss):
     ) -> Array:
         return self._float_target(backend, shape, dtype, target)
 
-    def value_and_grad(self, backend: Backend, pred: Array, target: Array, grad: Array) -> Array:
+    def write_value_and_grad(
+        self, backend: Backend, pred: Array, target: Array, grad: Array
+    ) -> Array:
         return backend.ops.mse(pred, target, grad, mean=self.reduction == "mean")
 
 
@@ -180,7 +184,9 @@ class SoftmaxCrossEntropy(Loss):
         with backend.activate():
             return backend.xp.ascontiguousarray(target, dtype=np.int64)
 
-    def value_and_grad(self, backend: Backend, pred: Array, target: Array, grad: Array) -> Array:
+    def write_value_and_grad(
+        self, backend: Backend, pred: Array, target: Array, grad: Array
+    ) -> Array:
         if target.ndim == 1:
             return backend.ops.softmax_cross_entropy_labels(pred, target, grad)
         return backend.ops.softmax_cross_entropy_probs(pred, target, grad)
@@ -209,7 +215,9 @@ class BCEWithLogits(Loss):
             raise LabelError(f"{self.name}: targets must lie in [0, 1]")
         return target
 
-    def value_and_grad(self, backend: Backend, pred: Array, target: Array, grad: Array) -> Array:
+    def write_value_and_grad(
+        self, backend: Backend, pred: Array, target: Array, grad: Array
+    ) -> Array:
         return backend.ops.bce_with_logits(pred, target, grad)
 
 

@@ -1,14 +1,28 @@
 """Sequential: the layer-wise forward/backward engine over flat buffers.
 
-All parameters of a model live in one flat array and all gradients in another;
-each layer's ``weight`` and ``bias`` are views into them, so one optimizer pass
-updates the whole model and a checkpoint is a handful of arrays.
+All parameters of a model live in one flat array and all gradients in another
+(:mod:`gpubackprop.params`); each layer's ``weight`` and ``bias`` are views into
+them, so one optimizer pass updates the whole model and a checkpoint is a handful
+of arrays.
 
-Backward follows the recurrences of the seed notes, batch-major::
+Backward follows the recurrences of the seed notes (the lecture notes this project
+grew from; see README.md), batch-major::
 
     δ_L = ∂L/∂a_L                              (from the loss; carries 1/B)
     δ_k = (δ_{k+1} W_{k+1}) ⊙ σ′(z_k)          dW_k = δ_kᵀ a_{k−1}    db_k = δ_kᵀ 1
-"""
+
+The engine API, public for whatever drives a model (``fit``, ``compile_step``,
+``explain``, ``gradcheck``, the benchmarks): :meth:`Sequential.prepare_batch`
+checks a batch once into a :class:`Batch`; :meth:`Sequential.step` is THE training
+step on it (:meth:`~Sequential.loss_and_grad_batch`, then the optimizer), with
+:meth:`~Sequential.forward_batch` and :meth:`~Sequential.backward_batch` below it.
+
+Doors, not rooms: ``fit``, ``evaluate``, ``predict``, ``save``, ``load_state``,
+``explain`` and ``compile_step`` stay on the model, where users look for them, but
+each imports its module (train, io, explain, capture: the floor above, which
+imports this one) inside the method body, when called. The engine itself never
+loads them; the import-linter contracts in pyproject.toml list these four imports
+as the only ones allowed to point upwards."""
 
 from __future__ import annotations
 
@@ -16,52 +30,30 @@ import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .anomaly import checker_for
-from .backend import PRECISIONS, Backend, get_backend
+from .arrays import Array
+from .backend import Backend, get_backend
 from .errors import CaptureError, ConfigError, DTypeError, ShapeError
-from .layers import Layer, device_allocation
+from .layers import Layer, LayerParameters
 from .losses import Loss, get_loss
 from .optim import Optimizer
+from .params import (
+    FlatParameters,
+    allocate_flat,
+    device_allocation,
+    initialise,
+    resolve_dtype,
+    resolve_precision,
+)
 
 if TYPE_CHECKING:
     from .capture import CompiledStep
     from .train import History
-
-Array = Any
-
-_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
-
-
-def resolve_dtype(dtype: Any) -> np.dtype:
-    """np.float32 / np.float64 from a name or dtype; DTypeError for anything else."""
-    if dtype is None:
-        raise DTypeError("dtype must be 'float32' or 'float64', got None")
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError as exc:
-        raise DTypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from exc
-    if resolved.name not in _DTYPES:
-        raise DTypeError(f"dtype must be 'float32' or 'float64', got {resolved.name}")
-    return resolved
-
-
-def resolve_precision(precision: Any, dtype: np.dtype) -> str:
-    """``"fp32"`` or ``"tf32"`` (the float32 GEMM precision); ConfigError for anything
-    else, DTypeError for ``"tf32"`` with float64 (TF32 is a float32 mode)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}"
-        )
-    if precision == "tf32" and dtype != np.float32:
-        raise DTypeError(
-            f"precision='tf32' is a mode of float32 GEMMs, but the model's dtype is "
-            f"{dtype.name}; use dtype='float32' or precision='fp32'"
-        )
-    return str(precision)
 
 
 def check_optimizer(optimizer: Any) -> None:
@@ -73,20 +65,21 @@ def check_optimizer(optimizer: Any) -> None:
         )
 
 
-class FlatParameters:
-    """What every owner of one flat parameter buffer (``flat_params``, on ``backend``)
-    tells about itself: its device and its parameter count."""
+def _of_layer(layer: Layer, named: dict[str, Any]) -> dict[str, Any]:
+    """The entries ``"i.name"`` of layer i, as ``name`` -> value."""
+    prefix = f"{layer.index}."
+    return {k.removeprefix(prefix): v for k, v in named.items() if k.startswith(prefix)}
 
-    backend: Backend
-    flat_params: Array
 
-    @property
-    def device(self) -> str:
-        return self.backend.device
+@dataclass(frozen=True)
+class Batch:
+    """A batch ready for the engine (what :meth:`Sequential.prepare_batch` returns):
+    ``x`` (B, in) and the target ``y`` on the model's device in its dtype, validated,
+    with the :class:`~gpubackprop.losses.Loss` they were prepared for."""
 
-    @property
-    def num_parameters(self) -> int:
-        return int(self.flat_params.size)
+    x: Array
+    y: Array
+    loss: Loss
 
 
 class Sequential(FlatParameters):
@@ -127,14 +120,42 @@ class Sequential(FlatParameters):
         if len({id(layer) for layer in self.layers}) != len(self.layers):
             raise ConfigError("Sequential: the same layer object appears twice; create one each")
         for i, layer in enumerate(self.layers):
-            if layer._owner is not None:
+            if layer.owner is not None:
                 raise ConfigError(
                     f"Sequential: item {i} ({layer.describe()}) already belongs to another "
                     "model; create a new layer object for each model"
                 )
-        self.dtype = resolve_dtype(dtype)
-        self.precision = resolve_precision(precision, self.dtype)
-        self.backend = get_backend(device).with_precision(self.precision)
+        resolved = resolve_dtype(dtype)
+        precision = resolve_precision(precision, resolved)
+        self._setup(get_backend(device).with_precision(precision), resolved, seed)
+        self._build()
+
+    @classmethod
+    def over_built_layer(cls, layer: Layer) -> Sequential:
+        """A one-layer model over a layer given parameters by :meth:`Layer.build`.
+
+        The model shares the layer's flat buffers (no copy, no new initialisation),
+        so checking or training it checks or trains that layer (how
+        :func:`~gpubackprop.gradcheck` checks a built layer).
+        """
+        owner = layer.owner
+        if not (layer.standalone and isinstance(owner, LayerParameters)):
+            raise ConfigError(
+                f"{layer.label}: Sequential.over_built_layer takes a layer built with "
+                "layer.build()"
+            )
+        model = cls.__new__(cls)
+        model.layers = [layer]
+        model._setup(owner.backend, owner.dtype, None)
+        model.flat_params, model.flat_grads = owner.flat_params, owner.flat_grads
+        return model
+
+    # --- construction ------------------------------------------------------------
+    def _setup(self, backend: Backend, dtype: np.dtype, seed: int | None) -> None:
+        """Everything but the parameter buffers, for checked ``self.layers``."""
+        self.backend = backend
+        self.dtype = dtype
+        self.precision = backend.precision
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.input_features = self._check_widths()
@@ -142,11 +163,9 @@ class Sequential(FlatParameters):
         self.output_features = (
             None if self.input_features is None else self.output_width(self.input_features)
         )
-        self._build()
         self._output: Array | None = None
         self._loss_grad: dict[tuple[int, ...], Array] = {}
 
-    # --- construction ------------------------------------------------------------
     def _check_widths(self) -> int | None:
         width: int | None = None
         first: int | None = None
@@ -169,38 +188,35 @@ class Sequential(FlatParameters):
 
     def output_width(self, input_width: int) -> int:
         """Width of the output for inputs of ``input_width`` features."""
-        width = input_width
+        width: int | None = input_width
         for layer in self.layers:
             width = layer.output_features(width)
+        assert width is not None  # a known input width gives a known output width
         return width
 
     def _build(self) -> None:
-        shapes = [layer.param_shapes() for layer in self.layers]
-        total = sum(int(np.prod(shape)) for s in shapes for _, shape in s)
-        xp = self.backend.xp
-        with self.backend.activate(), device_allocation(
-            f"Sequential: flat parameter and gradient buffers ({total:,} parameters each)",
-            2 * total * self.dtype.itemsize,
-        ):
-            self.flat_params = xp.zeros(total, dtype=self.dtype)
-            self.flat_grads = xp.zeros(total, dtype=self.dtype)
-        host = np.zeros(total, dtype=np.float64)
-        self._slices: dict[str, tuple[int, int, tuple[int, ...]]] = OrderedDict()
-        offset = 0
-        for layer, layer_shapes in zip(self.layers, shapes, strict=True):
-            params, grads, host_views = {}, {}, {}
-            for name, shape in layer_shapes:
-                size = int(np.prod(shape))
-                end = offset + size
-                params[name] = self.flat_params[offset:end].reshape(shape)
-                grads[name] = self.flat_grads[offset:end].reshape(shape)
-                host_views[name] = host[offset:end].reshape(shape)
-                self._slices[f"{layer.index}.{name}"] = (offset, end, shape)
-                offset = end
-            layer.attach(self, layer.index or 0, self.backend, self.dtype, params, grads)
-            layer.init_params(self.rng, host_views)
-        with self.backend.activate():
-            self.flat_params[...] = self.backend.asarray(host.astype(self.dtype))
+        """One flat parameter and one flat gradient buffer for all layers (named
+        ``"i.weight"``, ``"i.bias"``), each layer attached to its views and
+        initialised in order from the model's generator."""
+        shapes = [
+            (f"{layer.index}.{name}", shape)
+            for layer in self.layers
+            for name, shape in layer.param_shapes()
+        ]
+        self.flat_params, self.flat_grads, params, grads = allocate_flat(
+            self.backend, self.dtype, shapes, "Sequential"
+        )
+        for layer in self.layers:
+            layer.attach(
+                self, layer.index or 0, self.backend, self.dtype,
+                _of_layer(layer, params), _of_layer(layer, grads),
+            )
+
+        def init(host: dict[str, np.ndarray]) -> None:
+            for layer in self.layers:
+                layer.init_params(self.rng, _of_layer(layer, host))
+
+        initialise(self.backend, self.flat_params, shapes, init)
 
     # --- description ---------------------------------------------------------------
     def __repr__(self) -> str:
@@ -259,7 +275,13 @@ class Sequential(FlatParameters):
         if shape[0] == 0:
             raise ShapeError(f"{first.label}: empty batch ({what} of shape {shape})")
 
-    def _prepare_input(self, x: Any, what: str = "Sequential.forward: x") -> Array:
+    def prepare_input(self, x: Any, what: str = "Sequential.forward: x") -> Array:
+        """``x`` validated as an input batch and made ready for :meth:`forward_batch`.
+
+        ``x`` must be on the model's device (DeviceError naming ``what`` otherwise:
+        nothing is copied between devices) with shape (B, in_features); it is
+        converted to the model's dtype and made C-contiguous where needed.
+        """
         if not self.backend.is_gpu and isinstance(x, (list, tuple)):
             x = np.asarray(x)
         self.backend.check_array(x, what)
@@ -269,12 +291,45 @@ class Sequential(FlatParameters):
                 x = self.backend.xp.ascontiguousarray(x, dtype=self.dtype)
         return x
 
-    # --- passes ------------------------------------------------------------------------
-    def _forward(self, x: Array) -> Array:
-        """Forward over a validated input; returns the last layer's buffer.
+    def prepare_batch(self, x: Any, y: Any, loss: Loss | str) -> Batch:
+        """(x, y) validated, converted and on the model's device, for ``loss``.
 
-        Under :func:`~gpubackprop.detect_anomaly` the input and each layer's output
-        are checked for NaN/Inf (see :mod:`gpubackprop.anomaly`).
+        The one way a batch is checked: x as in :meth:`prepare_input`, y against the
+        output shape (B, out) by ``loss.prepare_target`` (ShapeError, DTypeError,
+        LabelError naming the loss). The result feeds :meth:`loss_and_grad_batch`
+        and :meth:`step` any number of times without further checks.
+        """
+        loss = get_loss(loss)
+        x = self.prepare_input(x)
+        if not self.backend.is_gpu and isinstance(y, (list, tuple)):
+            y = np.asarray(y)
+        self.backend.check_array(y, f"{loss.name}: target")
+        if getattr(y, "ndim", 0) == 0:
+            raise ShapeError(f"{loss.name}: target must be an array with a batch axis")
+        if y.shape[0] != x.shape[0]:
+            raise ShapeError(
+                f"{loss.name}: inputs have batch size {x.shape[0]} but targets have "
+                f"{y.shape[0]}"
+            )
+        expected = (x.shape[0], self.output_width(x.shape[1]))
+        with self.backend.activate():
+            y = loss.prepare_target(self.backend, expected, self.dtype, y)
+        return Batch(x, y, loss)
+
+    # --- passes ------------------------------------------------------------------------
+    @property
+    def last_output(self) -> Array | None:
+        """The output of the last forward pass: the last layer's own buffer (no copy,
+        overwritten by the next forward), or None before the first."""
+        return self._output
+
+    def forward_batch(self, x: Array, outputs: list[Array] | None = None) -> Array:
+        """a_L for an input from :meth:`prepare_input`: a_k = layer_k(a_{k−1}), a_0 = x.
+
+        Returns the last layer's own output buffer (no copy; see :attr:`last_output`);
+        the activations backward needs stay inside the layers. With ``outputs``, each
+        a_k is appended to it. Under :func:`~gpubackprop.detect_anomaly` the input and
+        each layer's output are checked for NaN/Inf (see :mod:`gpubackprop.anomaly`).
         """
         check = checker_for(self)
         if check is not None:
@@ -283,11 +338,14 @@ class Sequential(FlatParameters):
                 for layer in self.layers:
                     x = layer.forward(x)
                     check.record("forward", layer, "output", x)
-            self._output = x
-            return x
-        with self.backend.activate():
-            for layer in self.layers:
-                x = layer.forward(x)
+                    if outputs is not None:
+                        outputs.append(x)
+        else:
+            with self.backend.activate():
+                for layer in self.layers:
+                    x = layer.forward(x)
+                    if outputs is not None:
+                        outputs.append(x)
         self._output = x
         return x
 
@@ -297,11 +355,18 @@ class Sequential(FlatParameters):
         Returns a new array on the model's device; the activations the backward
         pass needs are kept inside the layers.
         """
-        return self._forward(self._prepare_input(x)).copy()
+        return self.forward_batch(self.prepare_input(x)).copy()
 
     __call__ = forward
 
-    def _backward(self, delta: Array, need_input_grad: bool = False) -> Array | None:
+    def backward_batch(self, delta: Array, need_input_grad: bool = False) -> Array | None:
+        """Backprop δ_L = ``delta`` (∂L/∂a_L, the shape and dtype of :attr:`last_output`)::
+
+            δ_k = (δ_{k+1} W_{k+1}) ⊙ σ′(z_k)      dW_k = δ_kᵀ a_{k−1}      db_k = δ_kᵀ 1
+
+        Writes every dW_k, db_k into the flat gradient buffer (overwriting). Returns
+        ∂L/∂x (the first layer's own buffer, no copy) when ``need_input_grad``, else None.
+        """
         check = checker_for(self)
         with self.backend.activate(), contextlib.ExitStack() as scope:
             if check is not None:
@@ -335,10 +400,12 @@ class Sequential(FlatParameters):
             )
         if grad_output.dtype != self.dtype:
             grad_output = grad_output.astype(self.dtype)
-        result = self._backward(grad_output, return_input_grad)
+        result = self.backward_batch(grad_output, return_input_grad)
         return None if result is None else result.copy()
 
-    def _loss_grad_buffer(self, shape: tuple[int, ...]) -> Array:
+    def loss_grad_buffer(self, shape: tuple[int, ...]) -> Array:
+        """The model's buffer for ∂L/∂a_L of ``shape`` (allocated once per shape, then
+        reused; the loss writes into it, backward reads it)."""
         buf = self._loss_grad.get(shape)
         if buf is None:
             nbytes = math.prod(shape) * self.dtype.itemsize
@@ -349,50 +416,44 @@ class Sequential(FlatParameters):
             self._loss_grad = {shape: buf}
         return buf
 
-    def _check_batch(self, x: Array, y: Array, loss: Loss) -> None:
-        if getattr(y, "ndim", 0) == 0:
-            raise ShapeError(f"{loss.name}: target must be an array with a batch axis")
-        if y.shape[0] != x.shape[0]:
-            raise ShapeError(
-                f"{loss.name}: inputs have batch size {x.shape[0]} but targets have "
-                f"{y.shape[0]}"
-            )
+    def loss_and_grad_batch(self, batch: Batch) -> Array:
+        """Forward, loss and backward for a prepared batch; the loss as a 0-d device array.
 
-    def _loss_and_grad(self, x: Array, y: Array, loss: Loss) -> Array:
-        """Forward, loss, backward on validated arrays; the loss as a 0-d device array."""
+        L = loss(a_L, y); δ_L = ∂L/∂a_L (carrying the 1/B) goes through
+        :meth:`backward_batch`, which fills :meth:`gradients`. Nothing waits for the
+        GPU; under :func:`~gpubackprop.detect_anomaly` the whole pass reads the GPU's
+        NaN/Inf flags once.
+        """
+        loss = batch.loss
         check = checker_for(self)
         with contextlib.ExitStack() as scope:
             if check is not None:  # one read of the GPU flags for the whole step
                 scope.enter_context(check.scope())
-            out = self._forward(x)
-            grad = self._loss_grad_buffer(tuple(out.shape))
+            out = self.forward_batch(batch.x)
+            grad = self.loss_grad_buffer(tuple(out.shape))
             with self.backend.activate():
-                value = loss.value_and_grad(self.backend, out, y, grad)
+                value = loss.write_value_and_grad(self.backend, out, batch.y, grad)
                 if check is not None:
                     check.record("loss", None, f"{loss.name} value", value)
                     check.record("loss", None, f"{loss.name} gradient ∂L/∂output", grad)
-            self._backward(grad)
+            self.backward_batch(grad)
         return value
 
-    def _prepare_batch(self, x: Any, y: Any, loss: Loss | str) -> tuple[Array, Array, Loss]:
-        loss = get_loss(loss)
-        x = self._prepare_input(x)
-        if not self.backend.is_gpu and isinstance(y, (list, tuple)):
-            y = np.asarray(y)
-        self.backend.check_array(y, f"{loss.name}: target")
-        self._check_batch(x, y, loss)
-        expected = (x.shape[0], self.output_width(x.shape[1]))
+    def step(self, batch: Batch, optimizer: Optimizer) -> Array:
+        """THE training step on a prepared batch: forward, loss, backward, then
+        ``optimizer.step(flat_params, flat_grads)``. Returns the loss before the update
+        as a 0-d device array (no host sync; ``float()`` of it syncs)."""
+        value = self.loss_and_grad_batch(batch)
         with self.backend.activate():
-            y = loss.prepare_target(self.backend, expected, self.dtype, y)
-        return x, y, loss
+            optimizer.step(self.flat_params, self.flat_grads)
+        return value
 
     def loss_and_grad(self, x: Any, y: Any, loss: Loss | str) -> float:
         """Forward ``x``, the loss against ``y``, and backward: fills :meth:`gradients`.
 
         Returns the loss value as a float.
         """
-        x, y, loss = self._prepare_batch(x, y, loss)
-        return float(self._loss_and_grad(x, y, loss))
+        return float(self.loss_and_grad_batch(self.prepare_batch(x, y, loss)))
 
     def train_step(self, x: Any, y: Any, loss: Loss | str, optimizer: Optimizer) -> float:
         """One step: forward, loss, backward, ``optimizer.step`` on the flat buffers.
@@ -400,11 +461,7 @@ class Sequential(FlatParameters):
         Returns the loss before the update.
         """
         check_optimizer(optimizer)
-        x, y, loss = self._prepare_batch(x, y, loss)
-        value = self._loss_and_grad(x, y, loss)
-        with self.backend.activate():
-            optimizer.step(self.flat_params, self.flat_grads)
-        return float(value)
+        return float(self.step(self.prepare_batch(x, y, loss), optimizer))
 
     def explain(
         self, x: Any, y: Any = None, loss: Loss | str | None = None, *, file: Any = None
@@ -481,10 +538,4 @@ class Sequential(FlatParameters):
         load_state(self, path, optimizer)
 
 
-__all__ = [
-    "FlatParameters",
-    "Sequential",
-    "check_optimizer",
-    "resolve_dtype",
-    "resolve_precision",
-]
+__all__ = ["Batch", "Sequential", "check_optimizer"]

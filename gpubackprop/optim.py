@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .backend._compat import array_device, array_module, is_cupy_array
+from .arrays import Array, array_device, array_module, is_cupy_array
 from .errors import ConfigError, DeviceError, DTypeError, ShapeError
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "StepReport",
 ]
 
-Array = Any
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

@@ -6,7 +6,8 @@
 
 with x_t of shape (B, input_size), h_t of shape (B, hidden), Wxh (hidden, input),
 Whh (hidden, hidden) and f = tanh or relu. Backward is backprop through time with
-the seed notes' ``dhnext`` recurrence, batch-major (the notes use column vectors,
+the ``dhnext`` recurrence of the seed notes (the lecture notes the project grew
+from, see README.md), batch-major (the notes use column vectors,
 so their ``Whhᵀ dhraw`` is our ``dhraw Whh``), from t = T down to 1::
 
     dh     = ∂L/∂h_t + dhnext                    (dhnext = ∂L/∂h_T, or 0, at t = T)
@@ -37,21 +38,28 @@ from __future__ import annotations
 import math
 import numbers
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .activations import get_activation
+from .arrays import Array
 from .backend import Backend, array_module, get_backend, is_cupy_array
 from .errors import ConfigError, DTypeError, ShapeError
-from .model import FlatParameters, resolve_dtype
-
-Array = Any
+from .params import (
+    FlatParameters,
+    Workspaces,
+    allocate_flat,
+    he_or_xavier,
+    initialise,
+    resolve_dtype,
+    seeded_rng,
+    split_flat,
+)
 
 #: The nonlinearities f an RNN may use (both have f′ as a function of the output h).
 NONLINEARITIES = ("tanh", "relu")
-_MAX_CACHED_SHAPES = 4
 
 
 def positive_int(owner: str, name: str, value: object) -> int:
@@ -59,68 +67,6 @@ def positive_int(owner: str, name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"{owner}: {name} must be a positive int, got {value!r}")
     return int(value)
-
-
-def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-
-
-def allocate_flat(
-    backend: Backend, dtype: np.dtype, shapes: Iterable[tuple[str, tuple[int, ...]]]
-) -> tuple[Array, Array, OrderedDict[str, Array], OrderedDict[str, Array]]:
-    """One zeroed flat parameter buffer and one flat gradient buffer, with named views.
-
-    Returns ``(flat_params, flat_grads, params, grads)``; ``params[name]`` is the
-    slice of ``flat_params`` reshaped to its shape (a live view), in ``shapes`` order.
-    """
-    shapes = list(shapes)
-    total = sum(math.prod(shape) for _, shape in shapes)
-    with backend.activate():
-        flat_params = backend.xp.zeros(total, dtype=dtype)
-        flat_grads = backend.xp.zeros(total, dtype=dtype)
-    return (flat_params, flat_grads, *split_flat(flat_params, flat_grads, shapes))
-
-
-def split_flat(
-    flat_params: Array, flat_grads: Array, shapes: Iterable[tuple[str, tuple[int, ...]]]
-) -> tuple[OrderedDict[str, Array], OrderedDict[str, Array]]:
-    """Named views ``(params, grads)`` of consecutive slices of two flat buffers."""
-    params: OrderedDict[str, Array] = OrderedDict()
-    grads: OrderedDict[str, Array] = OrderedDict()
-    offset = 0
-    for name, shape in shapes:
-        end = offset + math.prod(shape)
-        params[name] = flat_params[offset:end].reshape(shape)
-        grads[name] = flat_grads[offset:end].reshape(shape)
-        offset = end
-    return params, grads
-
-
-class Workspaces:
-    """Work buffers per key (e.g. batch and steps), allocated on first use, then reused.
-
-    At most four shapes are kept; the oldest is dropped for a fifth.
-    """
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self._cache: dict[tuple[Any, ...], dict[str, Array]] = {}
-
-    def get(
-        self, key: tuple[Any, ...], shapes: Mapping[str, tuple[tuple[int, ...], Any]]
-    ) -> dict[str, Array]:
-        """The buffers for ``key``: name -> empty array of (shape, dtype)."""
-        ws = self._cache.get(key)
-        if ws is None:
-            if len(self._cache) >= _MAX_CACHED_SHAPES:
-                self._cache.pop(next(iter(self._cache)))
-            with self.backend.activate():
-                ws = {
-                    name: self.backend.xp.empty(shape, dtype=dtype)
-                    for name, (shape, dtype) in shapes.items()
-                }
-            self._cache[key] = ws
-        return ws
 
 
 class RNN(FlatParameters):
@@ -168,14 +114,13 @@ class RNN(FlatParameters):
         self.dtype = resolve_dtype(dtype)
         shapes = self.param_shapes()
         self.flat_params, self.flat_grads, self.params, self.grads = allocate_flat(
-            self.backend, self.dtype, shapes
+            self.backend, self.dtype, shapes, self.describe()
         )
-        host = np.zeros(self.flat_params.size)
-        host_views, _ = split_flat(host, host, shapes)
-        self._init_params(_rng(seed), host_views)
-        with self.backend.activate():
-            self.flat_params[...] = self.backend.asarray(host.astype(self.dtype))
-        self._workspaces = Workspaces(self.backend)
+        rng = seeded_rng(seed)
+        initialise(
+            self.backend, self.flat_params, shapes, lambda host: self._init_params(rng, host)
+        )
+        self._workspaces = Workspaces(self.backend, self.describe)
         self._last: dict[str, Array] | None = None  # buffers of the last forward
         #: ∂L/∂h0 of the last :meth:`backward` (a new array), None before one
         self.grad_h0: Array | None = None
@@ -205,17 +150,13 @@ class RNN(FlatParameters):
 
     # --- parameters ------------------------------------------------------------------
     def _init_params(self, rng: np.random.Generator, host: dict[str, np.ndarray]) -> None:
-        n_in, h = self.input_size, self.hidden_size
-        if self.activation.init == "he":
-            host["Wxh"][...] = rng.normal(0.0, math.sqrt(2.0 / n_in), (h, n_in))
-        else:
-            limit = math.sqrt(6.0 / (n_in + h))
-            host["Wxh"][...] = rng.uniform(-limit, limit, (h, n_in))
+        h = self.hidden_size
+        host["Wxh"][...] = he_or_xavier(rng, self.activation.init, h, self.input_size)
         q, r = np.linalg.qr(rng.standard_normal((h, h)))
         host["Whh"][...] = q * np.where(np.diag(r) < 0, -1.0, 1.0)
         host["bh"][...] = 0.0
 
-    def _move_into(self, flat_params: Array, flat_grads: Array) -> None:
+    def move_into(self, flat_params: Array, flat_grads: Array) -> None:
         """Keep the parameters in the given 1-D buffers (views into a bigger model's).
 
         The current values are copied over and every view is rebound; the RNN then
@@ -228,7 +169,7 @@ class RNN(FlatParameters):
         self.params, self.grads = split_flat(flat_params, flat_grads, self.param_shapes())
 
     # --- the recurrence over time-major buffers (shared with CharRNN) --------------------
-    def _recurrence_buffers(
+    def recurrence_buffers(
         self, batch: int, steps: int, extra: Mapping[str, tuple[tuple[int, ...], Any]]
     ) -> dict[str, Array]:
         """Buffers for (B, T): U, dH, dhraw (T, B, h), H (T+1, B, h), dh, dhnext (B, h).
@@ -249,7 +190,7 @@ class RNN(FlatParameters):
         }
         return self._workspaces.get((batch, steps, *sorted(extra)), shapes)
 
-    def _run_forward(self, ws: dict[str, Array], h0: Array | None) -> None:
+    def run_forward(self, ws: dict[str, Array], h0: Array | None) -> None:
         """H[t+1] = f(H[t] Whhᵀ + U[t]) for t = 0 .. T−1, with H[0] = h0 (or 0)."""
         xp, ops, act = self.backend.xp, self.backend.ops, self.activation
         hs, us, whh = ws["H"], ws["U"], self.params["Whh"]
@@ -263,7 +204,7 @@ class RNN(FlatParameters):
             xp.add(z, us[t], out=z)
             ops.activation_forward(act, z, z)
 
-    def _run_backward(self, ws: dict[str, Array], dh_last: Array | None) -> Array:
+    def run_backward(self, ws: dict[str, Array], dh_last: Array | None) -> Array:
         """BPTT over the buffers of the last forward: fills dhraw, dWhh and db_h.
 
         ``ws["dH"]`` must hold ∂L/∂h_t for every step; ``dh_last`` is an extra
@@ -298,7 +239,7 @@ class RNN(FlatParameters):
             raise DTypeError(f"{self.describe()}: {what} must be real numbers, got {x.dtype}")
         return x
 
-    def _check_state(self, h: Any, batch: int, what: str) -> Array:
+    def check_state(self, h: Any, batch: int, what: str) -> Array:
         """A (batch, hidden) state such as h0 or dh_T, validated."""
         h = self._float_array(h, what)
         if tuple(h.shape) != (batch, self.hidden_size):
@@ -326,10 +267,10 @@ class RNN(FlatParameters):
         batch, steps, n_in = x.shape
         if batch == 0 or steps == 0:
             raise ShapeError(f"{self.describe()}: empty input (x of shape {tuple(x.shape)})")
-        h0 = None if h0 is None else self._check_state(h0, batch, "h0")
+        h0 = None if h0 is None else self.check_state(h0, batch, "h0")
         ops = self.backend.ops
         with self.backend.activate():
-            ws = self._recurrence_buffers(
+            ws = self.recurrence_buffers(
                 batch, steps,
                 {"X": ((steps, batch, n_in), self.dtype), "dX": ((steps, batch, n_in), self.dtype)},
             )
@@ -338,7 +279,7 @@ class RNN(FlatParameters):
             ops.matmul(ws["X"].reshape(steps * batch, n_in), self.params["Wxh"], out=us,
                        trans_b=True)
             ops.add_bias(us, self.params["bh"])
-            self._run_forward(ws, h0)
+            self.run_forward(ws, h0)
             self._last = ws
             hs = ws["H"]
             return hs[1:].transpose(1, 0, 2).copy(), hs[steps].copy()
@@ -368,11 +309,11 @@ class RNN(FlatParameters):
                 f"last forward's H), got shape {tuple(grad_h.shape)}"
             )
         if grad_h_last is not None:
-            grad_h_last = self._check_state(grad_h_last, batch, "grad_h_last")
+            grad_h_last = self.check_state(grad_h_last, batch, "grad_h_last")
         ops = self.backend.ops
         with self.backend.activate():
             ws["dH"][...] = grad_h.transpose(1, 0, 2)
-            dh0 = self._run_backward(ws, grad_h_last)
+            dh0 = self.run_backward(ws, grad_h_last)
             self.grad_h0 = dh0.copy()
             rows = ws["dhraw"].reshape(steps * batch, self.hidden_size)
             ops.matmul(rows, ws["X"].reshape(steps * batch, n_in), out=self.grads["Wxh"],
@@ -423,6 +364,4 @@ def clip_grad_norm(grads: Any, max_norm: float) -> float:
     return norm
 
 
-__all__ = ["NONLINEARITIES", "RNN", "Workspaces", "allocate_flat", "clip_grad_norm", "positive_int",
-    "split_flat",
-]
+__all__ = ["NONLINEARITIES", "RNN", "clip_grad_norm", "positive_int"]

@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from .anomaly import check_finite_input, detect_anomaly
-from .backend import is_cupy_array
+from .arrays import Array, array_module
+from .backend import get_backend, is_cupy_array
 from .errors import CaptureError, ConfigError, DeviceError, ShapeError
 from .losses import BCEWithLogits, Loss, get_loss
-from .model import check_optimizer
+from .model import Batch, check_optimizer
 from .progress import ProgressBar
 
 if TYPE_CHECKING:
     from .model import Sequential
     from .optim import Optimizer
 
-Array = Any
 
 METRICS = ("accuracy",)
 
@@ -73,20 +73,45 @@ def _host_or_device(model: Sequential, x: Any, name: str) -> Any:
 
 
 def _inputs(model: Sequential, x: Any) -> Array:
-    """Inputs as NumPy or device arrays, converted to the model's dtype once."""
+    """Inputs as NumPy or device arrays, in the model's dtype and C-contiguous (once)."""
     x = _host_or_device(model, x, "x")
-    if x.dtype.kind in "biuf" and x.dtype != model.dtype:
+    if x.dtype.kind in "biuf" and (x.dtype != model.dtype or not x.flags.c_contiguous):
         with model.backend.activate():
-            x = x.astype(model.dtype)
+            x = array_module(x).ascontiguousarray(x, dtype=model.dtype)
     return x
 
 
 def _take(model: Sequential, data: Array, index: Any) -> Array:
-    """A batch of ``data`` on the model's device."""
+    """Rows ``index`` of ``data`` on the model's device (a copy from the host if needed)."""
     part = data[index]
     if model.backend.is_native(part):
         return part
     return model.backend.asarray(part)
+
+
+def _dataset(
+    model: Sequential, x: Any, y: Any, loss: Loss, what: str = "x", y_name: str = "y"
+) -> Batch:
+    """A whole dataset checked and converted once: x in the model's dtype, y prepared
+    by ``loss``. NumPy arrays stay on the host (rows are copied batch by batch);
+    arrays on the model's device stay there. Batches are rows of it, not re-checked.
+    """
+    x = _inputs(model, x)
+    y = _host_or_device(model, y, y_name)
+    model.check_input(x.shape, x.dtype, what)
+    if getattr(y, "ndim", 0) == 0 or len(y) != len(x):
+        got = len(y) if getattr(y, "ndim", 0) else "a scalar"
+        raise ShapeError(f"{loss.name}: {len(x)} rows in {what} but {got} targets")
+    expected = (len(x), model.output_width(x.shape[1]))
+    backend = model.backend if model.backend.is_native(y) else get_backend("cpu")
+    with backend.activate():
+        y = loss.prepare_target(backend, expected, model.dtype, y)
+    return Batch(x, y, loss)
+
+
+def _rows(model: Sequential, data: Batch, index: Any) -> Batch:
+    """Rows ``index`` of a prepared dataset as a batch on the model's device."""
+    return Batch(_take(model, data.x, index), _take(model, data.y, index), data.loss)
 
 
 def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
@@ -111,16 +136,6 @@ def _correct(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
     return xp.count_nonzero(predicted == truth)
 
 
-def _validate_xy(model: Sequential, x: Array, y: Array, loss: Loss, what: str = "x") -> None:
-    model.check_input(x.shape, x.dtype, what)
-    if getattr(y, "ndim", 0) == 0 or len(y) != len(x):
-        got = len(y) if getattr(y, "ndim", 0) else "a scalar"
-        raise ShapeError(f"{loss.name}: {len(x)} rows in {what} but {got} targets")
-    expected = (len(x), model.output_width(x.shape[1]))
-    y_dev = y if model.backend.is_native(y) else model.backend.asarray(y)
-    loss.prepare_target(model.backend, expected, model.dtype, y_dev)  # labels, shapes
-
-
 def _batches(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
@@ -142,15 +157,13 @@ def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
     batch_size = _check_batch_size(batch_size)
     data = _inputs(model, x)
     on_device = model.backend.is_native(data) and model.backend.is_gpu
-    if data.ndim != 2:
-        model._prepare_input(data)
+    if data.ndim == 2 and len(data) == 0:
+        raise ShapeError("predict: x has no rows")
+    model.check_input(data.shape, data.dtype)
     parts = []
     for start in range(0, len(data), batch_size):
-        xb = model._prepare_input(_take(model, data, slice(start, start + batch_size)))
-        out = model._forward(xb)
+        out = model.forward_batch(_take(model, data, slice(start, start + batch_size)))
         parts.append(out.copy() if on_device else model.backend.to_numpy(out).copy())
-    if not parts:
-        raise ShapeError("predict: x has no rows")
     xp = model.backend.xp if on_device else np
     return xp.concatenate(parts, axis=0)
 
@@ -167,33 +180,31 @@ def evaluate(
     loss = get_loss(loss)
     metrics = _check_metrics(metrics)
     batch_size = _check_batch_size(batch_size)
-    x = _inputs(model, x)
-    y = _host_or_device(model, y, "y")
-    _validate_xy(model, x, y, loss)
+    return _evaluate(model, _dataset(model, x, y, loss), metrics, batch_size)
+
+
+def _evaluate(
+    model: Sequential, data: Batch, metrics: Sequence[str], batch_size: int
+) -> dict[str, float]:
+    """:func:`evaluate` on a dataset already checked by :func:`_dataset`."""
+    loss = data.loss
     backend = model.backend
     total_loss = 0.0
     correct = 0
     with backend.activate():
         grad = None
-        for start in range(0, len(x), batch_size):
-            index = slice(start, start + batch_size)
-            xb = model._prepare_input(_take(model, x, index))
-            yb = loss.prepare_target(
-                backend,
-                (xb.shape[0], model.output_width(xb.shape[1])),
-                model.dtype,
-                _take(model, y, index),
-                check_values=False,
-            )
-            out = model._forward(xb)
+        for start in range(0, len(data.x), batch_size):
+            batch = _rows(model, data, slice(start, start + batch_size))
+            out = model.forward_batch(batch.x)
             if grad is None or grad.shape != out.shape:
                 grad = backend.xp.empty_like(out)
-            total_loss += float(loss.value_and_grad(backend, out, yb, grad)) * xb.shape[0]
+            value = loss.write_value_and_grad(backend, out, batch.y, grad)
+            total_loss += float(value) * len(batch.x)
             if "accuracy" in metrics:
-                correct += int(_correct(model, out, yb, loss))
-    result = {"loss": total_loss / len(x)}
+                correct += int(_correct(model, out, batch.y, loss))
+    result = {"loss": total_loss / len(data.x)}
     if "accuracy" in metrics:
-        result["accuracy"] = correct / len(x)
+        result["accuracy"] = correct / len(data.x)
     return result
 
 
@@ -273,25 +284,23 @@ def _fit(
     batch_size = _check_batch_size(batch_size)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ConfigError(f"epochs must be a non-negative int, got {epochs!r}")
-    x = _inputs(model, x)
-    y = _host_or_device(model, y, "y")
-    _validate_xy(model, x, y, loss)
+    data = _dataset(model, x, y, loss)
     if check_finite:
-        check_finite_input(x, "x")
-        check_finite_input(y, "y")
+        check_finite_input(data.x, "x")
+        check_finite_input(data.y, "y")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ConfigError("validation_data must be a pair (x_val, y_val)")
-        x_val = _inputs(model, validation_data[0])
-        y_val = _host_or_device(model, validation_data[1], "validation y")
-        _validate_xy(model, x_val, y_val, loss, "validation x")
+        val_data = _dataset(
+            model, validation_data[0], validation_data[1], loss, "validation x", "validation y"
+        )
         if check_finite:
-            check_finite_input(x_val, "validation x")
-            check_finite_input(y_val, "validation y")
+            check_finite_input(val_data.x, "validation x")
+            check_finite_input(val_data.y, "validation y")
 
     backend = model.backend
     xp = backend.xp
-    n = len(x)
+    n = len(data.x)
     steps = _batches(n, batch_size)
     history = History()
     if verbose:
@@ -317,26 +326,21 @@ def _fit(
             for step in range(steps):
                 lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
                 index = order[lo:hi] if order is not None else slice(lo, hi)
-                if order is not None and backend.is_native(x) and backend.is_gpu:
+                if order is not None and backend.is_native(data.x) and backend.is_gpu:
                     index = xp.asarray(index)
-                xb = model._prepare_input(_take(model, x, index))
-                yb = loss.prepare_target(
-                    backend, (hi - lo, model.output_width(xb.shape[1])), model.dtype,
-                    _take(model, y, index), check_values=False,
-                )
+                batch = _rows(model, data, index)
                 if compiled is not None and hi - lo == batch_size:
                     try:
-                        compiled(xb, yb)
+                        compiled(batch.x, batch.y)
                         value, out = compiled.loss_value, compiled.output
                     except CaptureError as exc:
                         warnings.warn(f"fit: training eagerly: {exc}", RuntimeWarning, 2)
                         compiled = None
                 if compiled is None or hi - lo != batch_size:
-                    value = model._loss_and_grad(xb, yb, loss)
-                    out = model._output
-                    optimizer.step(model.flat_params, model.flat_grads)
+                    value = model.step(batch, optimizer)
+                    out = model.last_output
                 if "accuracy" in metrics:
-                    correct += _correct(model, out, yb, loss)
+                    correct += _correct(model, out, batch.y, loss)
                 loss_sum += value * (hi - lo)
                 if bar is not None and bar.due():
                     bar.update(step + 1, f"loss {float(loss_sum) / hi:.4f}")
@@ -344,7 +348,7 @@ def _fit(
         if "accuracy" in metrics:
             record["accuracy"] = int(correct) / n
         if validation_data is not None:
-            val = evaluate(model, x_val, y_val, loss, metrics=metrics)
+            val = _evaluate(model, val_data, metrics, 1024)
             record.update({f"val_{k}": v for k, v in val.items()})
         record["lr"] = float(optimizer.lr)
         record["seconds"] = time.perf_counter() - started

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import gpubackprop as gb
-from gpubackprop.backend import _compat, backend_of, get_backend, has_gpu
+from gpubackprop import arrays
+from gpubackprop.backend import backend_of, get_backend, has_gpu
 
 from .helpers import to_numpy
 
@@ -64,7 +65,7 @@ def test_cuda_backends() -> None:
 
 @pytest.mark.parametrize("name", ["cuda:7", "cuda:99"])
 def test_missing_gpu_index(name: str) -> None:
-    if _compat.gpu_count() > int(name.split(":")[1]):
+    if arrays.gpu_count() > int(name.split(":")[1]):
         pytest.skip("this machine has that many GPUs")
     with pytest.raises(gb.DeviceError) as info:
         get_backend(name)
@@ -87,7 +88,7 @@ def test_non_string_device(value: object) -> None:
 def test_available_devices() -> None:
     devices = gb.available_devices()
     assert devices[0] == "cpu"
-    assert devices[1:] == [f"cuda:{i}" for i in range(_compat.gpu_count())]
+    assert devices[1:] == [f"cuda:{i}" for i in range(arrays.gpu_count())]
     if not has_gpu():
         assert devices == ["cpu"]
 

@@ -1,10 +1,9 @@
-"""bench/common.py: what the CPU and GPU benchmarks share, and its engine adapter."""
+"""bench/common.py: what the CPU and GPU benchmarks share, and the engine step they time."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -139,41 +138,24 @@ def test_host_environment_reuses_gpubackprop_info() -> None:
     json.dumps(env)  # JSON-ready
 
 
-# --- the engine adapter ----------------------------------------------------------------------
-def test_adapter_step_is_train_step() -> None:
+# --- the public engine step the benchmarks time -----------------------------------------------
+def test_public_step_is_train_step() -> None:
     net = NETWORKS[1]  # mnist-mlp: cross-entropy, integer labels
     x, y = make_batch(net)
     ref, model = build_model(net, seed=3), build_model(net, seed=3)
     ref_opt, opt = gb.optim.SGD(common.LR), gb.optim.SGD(common.LR)
-    batch = common.prepare_batch(model, x, y, net.loss)
+    batch = model.prepare_batch(x, y, net.loss)
     assert batch.loss.name == gb.losses.get_loss(net.loss).name
     for _ in range(2):
         expected = ref.train_step(x, y, net.loss, ref_opt)
-        value = common.eager_step(model, batch, opt)
+        value = model.step(batch, opt)
         assert np.ndim(value) == 0 and float(value) == expected
     for (w, b), (w2, b2) in zip(common.gb_params(ref), common.gb_params(model), strict=True):
         np.testing.assert_array_equal(w, w2)
         np.testing.assert_array_equal(b, b2)
     before = common.gb_params(model)
-    assert float(common.loss_and_grad(model, batch)) == ref.loss_and_grad(x, y, net.loss)
+    assert float(model.loss_and_grad_batch(batch)) == ref.loss_and_grad(x, y, net.loss)
     np.testing.assert_array_equal(common.gb_params(model)[0][0], before[0][0])  # no update
-
-
-_PRIVATE = re.compile(
-    r"\bmodel\._[a-z]|from gpubackprop[\w.]* import _|gpubackprop(\.\w+)*\._[a-z]|\b_compat\b"
-)
-
-
-def test_only_the_adapter_uses_gpubackprop_private_names() -> None:
-    for path in sorted(BENCH.glob("*.py")):
-        text = path.read_text(encoding="utf-8")
-        if path.name == "common.py":
-            start = text.index("# --- engine adapter")
-            end = text.index("# --- parameters")
-            assert _PRIVATE.search(text[start:end])  # the pattern finds what it is for
-            text = text[:start] + text[end:]
-        hits = [m.group(0) for m in _PRIVATE.finditer(text)]
-        assert not hits, (path.name, hits)
 
 
 def test_cpu_step_quick_check_and_timing_summary() -> None:

@@ -45,7 +45,7 @@ def test_info_cuda_rows_format_versions_and_gpus(monkeypatch: pytest.MonkeyPatch
         driverGetVersion=no_driver,
         getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 80 * 2**30},
     )
-    monkeypatch.setattr(info._compat, "gpu_count", lambda: 1)
+    monkeypatch.setattr(info.arrays, "gpu_count", lambda: 1)
     rows = dict(info._cuda_rows(SimpleNamespace(cuda=SimpleNamespace(runtime=runtime))))
     assert rows["CUDA runtime"] == "12.4"
     assert rows["CUDA driver"] == "unavailable (RuntimeError: no CUDA driver)"

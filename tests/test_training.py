@@ -118,13 +118,13 @@ def test_unshuffled_fit_equals_hand_written_sgd_with_short_last_batch() -> None:
 
 def _record_batches(model: gb.Sequential) -> list[np.ndarray]:
     seen: list[np.ndarray] = []
-    original = model._loss_and_grad
+    original = model.loss_and_grad_batch
 
-    def spy(xb, yb, loss):
-        seen.append(to_numpy(xb).copy())
-        return original(xb, yb, loss)
+    def spy(batch):
+        seen.append(to_numpy(batch.x).copy())
+        return original(batch)
 
-    model._loss_and_grad = spy  # type: ignore[method-assign]
+    model.loss_and_grad_batch = spy  # type: ignore[method-assign]
     return seen
 
 

@@ -18,12 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import arrays
+from ..arrays import Array, array_device, array_module, has_gpu, is_cupy_array
 from ..errors import ConfigError, DeviceError
-from . import _compat
-from ._compat import array_device, array_module, has_gpu, is_cupy_array
 from .numpy_ops import NumpyOps
-
-Array = Any
 
 _DEVICE_RE = re.compile(r"^cuda(?::(\d+))?$")
 
@@ -145,17 +143,17 @@ def _cupy_ops(device_id: int, precision: str = "fp32") -> NumpyOps:
     shared by its backends."""
     from .cupy_ops import CupyOps  # only with a GPU
 
-    return CupyOps(_compat.cupy_module(), device_id, precision)
+    return CupyOps(arrays.cupy_module(), device_id, precision)
 
 
 @functools.cache
 def _cuda_backend(device_id: int, reason: str, precision: str = "fp32") -> Backend:
-    cp = _compat.cupy_module()
+    cp = arrays.cupy_module()
     return Backend(f"cuda:{device_id}", cp, _cupy_ops(device_id, precision), reason, precision)
 
 
 def _why_no_gpu() -> str:
-    err = _compat.cupy_import_error()
+    err = arrays.cupy_import_error()
     if err is not None:
         return f"CuPy is not importable ({err}); install gpubackprop[cuda12] or [cuda13]"
     return "CuPy is installed but sees no CUDA device"
@@ -190,7 +188,7 @@ def get_backend(device: str | Backend = "auto") -> Backend:
     device_id = int(match.group(1) or 0)
     if not has_gpu():
         raise DeviceError(f"device {device!r} was asked for but {_why_no_gpu()}")
-    count = _compat.gpu_count()
+    count = arrays.gpu_count()
     if device_id >= count:
         raise DeviceError(
             f"device {device!r} was asked for but only {count} GPU(s) are visible "
@@ -208,7 +206,7 @@ def backend_of(x: Array) -> Backend:
 
 def available_devices() -> list[str]:
     """Every device gpubackprop can use here: ``["cpu", "cuda:0", ...]``."""
-    return ["cpu"] + [f"cuda:{i}" for i in range(_compat.gpu_count())]
+    return ["cpu"] + [f"cuda:{i}" for i in range(arrays.gpu_count())]
 
 
 __all__ = [

@@ -19,13 +19,11 @@ import ctypes
 import ctypes.util
 import os
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
+from ..arrays import Array
 from ..errors import DTypeError, ShapeError
-
-Array = Any
 
 _OP_N, _OP_T = 0, 1
 #: cublasMath_t for each precision: "fp32" is CUBLAS_DEFAULT_MATH (IEEE float32 GEMMs,

@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from ..activations import Activation
+from ..activations import ActivationSpec
+from ..arrays import Array
 from .cublas import CublasHandle
 from .numpy_ops import NumpyOps
-
-Array = Any
 
 
 class CupyOps(NumpyOps):
@@ -82,7 +81,7 @@ class CupyOps(NumpyOps):
         return kernels.column_sum(x, out)
 
     # --- activations -------------------------------------------------------------------
-    def activation_forward(self, act: Activation, z: Array, out: Array) -> Array:
+    def activation_forward(self, act: ActivationSpec, z: Array, out: Array) -> Array:
         """out = f(z) by the fused kernel; an array of any shape that is C-contiguous
         (with ``out``) goes through it as a (1, n) view. Others take the reference."""
         if not (z.flags.c_contiguous and out.flags.c_contiguous):
@@ -92,7 +91,9 @@ class CupyOps(NumpyOps):
             return out
         return kernels.bias_act_forward(act.name, z, None, out)
 
-    def activation_backward(self, act: Activation, delta: Array, saved: Array, out: Array) -> Array:
+    def activation_backward(
+        self, act: ActivationSpec, delta: Array, saved: Array, out: Array
+    ) -> Array:
         """out = delta ⊙ f′ by the fused kernel (any shape); non-contiguous arrays take
         the reference."""
         arrays = (delta, out) if saved is None else (delta, saved, out)
@@ -101,14 +102,14 @@ class CupyOps(NumpyOps):
         return super().activation_backward(act, delta, saved, out)
 
     def bias_activation_forward(
-        self, act: Activation, z: Array, bias: Array | None, out: Array
+        self, act: ActivationSpec, z: Array, bias: Array | None, out: Array
     ) -> Array:
         if act.is_identity and bias is None and out is z:
             return out
         return kernels.bias_act_forward(act.name, z, bias, out)
 
     def activation_backward_bias_grad(
-        self, act: Activation, delta: Array, saved: Array, dz: Array, db: Array | None
+        self, act: ActivationSpec, delta: Array, saved: Array, dz: Array, db: Array | None
     ) -> Array:
         if db is None:
             return delta if act.is_identity else self.activation_backward(act, delta, saved, dz)

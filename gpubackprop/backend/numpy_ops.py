@@ -13,13 +13,11 @@ shape (out, in); the forward pass is Z = A Wᵀ + b.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
-from ..activations import Activation, times_nonzero
-
-Array = Any
+from ..activations import ActivationSpec, times_nonzero
+from ..arrays import Array
 
 
 class NumpyOps:
@@ -48,19 +46,19 @@ class NumpyOps:
         return self.xp.sum(x, axis=0, out=out)
 
     # --- activations ------------------------------------------------------------
-    def activation_forward(self, act: Activation, z: Array, out: Array) -> Array:
+    def activation_forward(self, act: ActivationSpec, z: Array, out: Array) -> Array:
         """out = f(z); ``out`` may be ``z`` (in place)."""
         return act.forward(self.xp, z, out)
 
     def activation_backward(
-        self, act: Activation, delta: Array, saved: Array, out: Array
+        self, act: ActivationSpec, delta: Array, saved: Array, out: Array
     ) -> Array:
         """out = delta ⊙ f′, f′ from ``saved`` (the output a, or z if act.needs_input)."""
         return act.backward(self.xp, delta, saved, out)
 
     # --- the fused pairs of a Dense layer (one kernel each on the GPU) ------------
     def bias_activation_forward(
-        self, act: Activation, z: Array, bias: Array | None, out: Array
+        self, act: ActivationSpec, z: Array, bias: Array | None, out: Array
     ) -> Array:
         """z += b (when there is a bias), then out = f(z); ``out`` may be ``z``."""
         if bias is not None:
@@ -70,7 +68,7 @@ class NumpyOps:
         return self.activation_forward(act, z, out)
 
     def activation_backward_bias_grad(
-        self, act: Activation, delta: Array, saved: Array, dz: Array, db: Array | None
+        self, act: ActivationSpec, delta: Array, saved: Array, dz: Array, db: Array | None
     ) -> Array:
         """Δ_Z = delta ⊙ f′ and db = Δ_Zᵀ 1 (when ``db`` is given); returns Δ_Z.
 

@@ -1,4 +1,7 @@
-"""The one place that imports CuPy.
+"""Arrays of either library: the shared ``Array`` type and the one place that imports CuPy.
+
+``Array`` is how every module of gpubackprop annotates an array that may be a
+NumPy or a CuPy ``ndarray`` (CuPy is optional, so it cannot be named in a type).
 
 Nothing here imports CuPy at module import time: :func:`cupy_module` does it on
 first use, so ``import gpubackprop`` never pulls CuPy in and a CPU-only machine
@@ -13,6 +16,9 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+#: A NumPy or CuPy ndarray (CuPy is optional, so the annotation stays open).
+Array = Any
 
 
 @functools.cache
