@@ -26,6 +26,7 @@ import numpy as np
 from .activations import Activation as ActivationSpec
 from .activations import get_activation
 from .backend import Backend
+from .checks import check_int
 from .errors import ConfigError, DeviceMemoryError, ShapeError
 
 if TYPE_CHECKING:
@@ -280,11 +281,8 @@ class Dense(Layer):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"Dense: {name} must be a positive int, got {value!r}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = check_int("Dense: in_features", in_features)
+        self.out_features = check_int("Dense: out_features", out_features)
         self.activation: ActivationSpec = get_activation(activation)
         self.use_bias = bool(bias)
         self._input: Array | None = None

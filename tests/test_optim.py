@@ -440,10 +440,10 @@ def test_updates_in_place_and_keeps_state_arrays(case: str) -> None:
     p[...] = params
     opt = make()
     opt.step(p, grads[0])
-    ids = [id(a) for a in (*opt._state.values(), *opt._scratch)]
+    ids = [id(a) for a in opt.buffers().values()]
     for g in grads[1:]:
         opt.step(p, g)
-        assert [id(a) for a in (*opt._state.values(), *opt._scratch)] == ids
+        assert [id(a) for a in opt.buffers().values()] == ids
     assert np.shares_memory(p, storage)
     np.testing.assert_allclose(storage[::2], ref(params, grads), rtol=1e-12, atol=1e-13)
     assert not storage[1::2].any()
