@@ -290,7 +290,7 @@ class CharRNN(FlatParameters):
     # --- sampling ---------------------------------------------------------------------------
     def sample_indices(
         self,
-        start: Sequence[int] | int,
+        start: Sequence[int] | np.ndarray | int,
         n: int,
         temperature: float = 1.0,
         rng: np.random.Generator | int | None = None,
@@ -403,9 +403,9 @@ def run_charrnn(
     chars = "".join(sorted(set(text)))
     if len(chars) < 2:
         raise ConfigError(f"the text needs at least 2 distinct characters, got {chars!r}")
-    for label, value in (("steps", steps), ("hidden", hidden), ("seq_len", seq_len),
+    for label, count in (("steps", steps), ("hidden", hidden), ("seq_len", seq_len),
                          ("batch", batch)):
-        check_int(f"charrnn: {label}", value)
+        check_int(f"charrnn: {label}", count)
     check_int("charrnn: sample_every", sample_every, minimum=0)
     model = CharRNN(len(chars), hidden, device, "float32", seed, chars=chars)
     data = model.encode(text)
