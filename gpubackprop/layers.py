@@ -332,7 +332,9 @@ class Dense(Layer):
             host["bias"][...] = 0.0
 
     def _buffers(self, batch: int) -> dict[str, Array]:
-        shapes = {"out": (batch, self.out_features), "dx": (batch, self.in_features)}
+        shapes: dict[str, tuple[int, ...]] = {
+            "out": (batch, self.out_features), "dx": (batch, self.in_features)
+        }
         if not self.activation.is_identity:
             shapes["dz"] = (batch, self.out_features)
             if self.activation.needs_input:

@@ -629,3 +629,33 @@ def test_optimizer_workspace_and_buffers() -> None:
     assert opt.capture_key() != key and old  # new buffers: a recorded graph would be stale
     with pytest.raises(ConfigError, match="prepare"):
         SGD(0.1).apply_update(np.zeros(3), np.zeros(3))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_cupy_update_ops_match_the_reference_past_one_grid(kind: str, dtype: type) -> None:
+    cp = _cupy_or_skip()
+    from gpubackprop.backend import get_backend
+
+    gpu, cpu = get_backend("cuda").ops, NumpyOps()
+    n = 2**21 + 7  # odd, and more than one grid of the grid-stride kernels
+    rng = np.random.default_rng(7)
+    p, g, m = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    v = rng.random(n).astype(dtype)
+    host = [p.copy(), g, m.copy(), v.copy()]
+    dev = [cp.asarray(a) for a in (p, g, m, v)]
+    lr, taken = 0.05, 3  # the update is step 4: not the first for the momentum buffer
+    work_cpu = cpu.optimizer_workspace(kind, p, scratch=2, steps=taken)
+    work_gpu = gpu.optimizer_workspace(kind, dev[0], scratch=2, steps=taken)
+    gpu.set_learning_rate(work_gpu, lr)
+    for ops, (pp, gg, mm, vv), work in ((cpu, host, work_cpu), (gpu, dev, work_gpu)):
+        if kind == "sgd":
+            ops.sgd_step(pp, gg, mm, work, lr=lr, first=False, momentum=0.9, dampening=0.1,
+                         weight_decay=0.01, nesterov=False)
+        else:
+            ops.adam_step(pp, gg, mm, vv, work, lr=lr, step=taken + 1, betas=(0.9, 0.99),
+                          eps=1e-8, weight_decay=0.01, decoupled=False)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for name, want, got in zip(("params", "grads", "m", "v"), host, dev, strict=True):
+        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=rtol, atol=rtol / 10, err_msg=name)
