@@ -41,9 +41,9 @@ _NAME = re.compile(r"(?<![A-Za-z_])[az](?![A-Za-z_])")  # a or z as a name in a 
 def _erf(xp: ModuleType, x: Array, out: Array) -> Array:
     """erf elementwise into ``out`` (SciPy on the CPU, cupyx on the GPU)."""
     if xp is np:
-        from scipy.special import erf
+        from scipy.special import erf  # type: ignore[import-untyped]
     else:
-        from cupyx.scipy.special import erf
+        from cupyx.scipy.special import erf  # type: ignore[import-not-found]
     return erf(x, out=out)
 
 
