@@ -8,28 +8,16 @@ relu, leaky_relu, elu, softplus), else from the pre-activation ``z`` (gelu,
 gelu_tanh, silu); :attr:`ActivationSpec.needs_input` says which, so a layer keeps
 only the one array its backward needs.
 
-Formulas (σ = sigmoid, Φ = standard normal CDF, φ = its density):
-
-========== =========================================== ==========================
-name       forward a = f(z)                            derivative f′
-========== =========================================== ==========================
-identity   z                                           1
-sigmoid    1 / (1 + e^{−z})                            a (1 − a)
-tanh       tanh z                                      1 − a²
-relu       max(z, 0)                                   [a > 0]
-leaky_relu max(z, 0.01 z)                              1 if a > 0 else 0.01
-elu        z if z > 0 else e^{z} − 1   (α = 1)         1 if a > 0 else a + 1
-softplus   log(1 + e^{z})  (= max(z,0)+log1p(e^{−|z|})) 1 − e^{−a}  (= σ(z))
-gelu       z Φ(z),  Φ(z) = (1 + erf(z/√2)) / 2         Φ(z) + z φ(z)
-gelu_tanh  z (1 + tanh(u)) / 2, u = √(2/π)(z + 0.044715 z³)
-                                                       (1+t)/2 + z (1−t²) u′/2
-silu       z σ(z)                                      σ(z) (1 + z (1 − σ(z)))
-========== =========================================== ==========================
+Each entry also carries its formulas as text, written in z (the input) and a
+(the output), σ = sigmoid, Φ = standard normal CDF, φ = its density:
+``forward_text`` (a = f(z)) and ``derivative_text`` (f′), which
+:mod:`gpubackprop.explain` prints with the layer's names filled in.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -45,14 +33,15 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_TANH_C = 0.044715
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_NAME = re.compile(r"(?<![A-Za-z_])[az](?![A-Za-z_])")  # a or z as a name in a formula
 
 
 def _erf(xp: ModuleType, x: Array, out: Array) -> Array:
     """erf elementwise into ``out`` (SciPy for NumPy arrays, cupyx for CuPy arrays)."""
     if isinstance(x, np.ndarray):
-        from scipy.special import erf
+        from scipy.special import erf  # type: ignore[import-untyped]
     else:
-        from cupyx.scipy.special import erf
+        from cupyx.scipy.special import erf  # type: ignore[import-not-found]
     return erf(x, out=out)
 
 
@@ -284,7 +273,8 @@ class ActivationSpec:
     ``backward(xp, delta, saved, out)`` writes ``delta ⊙ f′`` into ``out``, where
     ``saved`` is the output ``a`` if :attr:`needs_input` is false, else ``z``.
     ``reference`` is the plain textbook formula (NumPy, float64-friendly) that
-    the tests compare against.
+    the tests compare against; ``forward_text`` and ``derivative_text`` are the
+    formulas as :mod:`~gpubackprop.explain` prints them.
     """
 
     name: str
@@ -293,10 +283,27 @@ class ActivationSpec:
     needs_input: bool
     init: str  # "he" or "xavier": the weight init a Dense layer uses before it
     reference: Callable[[np.ndarray], np.ndarray]
+    #: f(z) as text, in z (e.g. ``"1 / (1 + e^(−z))"``)
+    forward_text: str
+    #: f′ as text, in a and/or z, ready to multiply (e.g. ``"a ⊙ (1 − a)"``)
+    derivative_text: str
 
     @property
     def is_identity(self) -> bool:
         return self.name == "identity"
+
+    def formula_texts(self, a: str, z: str) -> tuple[str, str]:
+        """(forward_text, derivative_text) with the output named ``a`` and the input ``z``.
+
+        ``ACTIVATIONS["sigmoid"].formula_texts("a_1", "z_1")`` is
+        ``("1 / (1 + e^(−z_1))", "a_1 ⊙ (1 − a_1)")``.
+        """
+        names = {"a": a, "z": z}
+
+        def rename(text: str) -> str:
+            return _NAME.sub(lambda m: names[m.group()], text)
+
+        return rename(self.forward_text), rename(self.derivative_text)
 
 
 def _ref_gelu(z: np.ndarray) -> np.ndarray:
@@ -308,34 +315,52 @@ def _ref_gelu(z: np.ndarray) -> np.ndarray:
 ACTIVATIONS: dict[str, ActivationSpec] = {
     a.name: a
     for a in (
-        ActivationSpec("identity", _identity_fwd, _identity_bwd, False, "xavier", lambda z: z),
+        ActivationSpec(
+            "identity", _identity_fwd, _identity_bwd, False, "xavier", lambda z: z,
+            forward_text="z", derivative_text="1",
+        ),
         ActivationSpec(
             "sigmoid", _sigmoid_fwd, _sigmoid_bwd, False, "xavier",
             lambda z: 1.0 / (1.0 + np.exp(-z)),
+            forward_text="1 / (1 + e^(−z))", derivative_text="a ⊙ (1 − a)",
         ),
-        ActivationSpec("tanh", _tanh_fwd, _tanh_bwd, False, "xavier", np.tanh),
         ActivationSpec(
-            "relu", _relu_fwd, _relu_bwd, False, "he", lambda z: np.where(z > 0, z, 0.0)
+            "tanh", _tanh_fwd, _tanh_bwd, False, "xavier", np.tanh,
+            forward_text="tanh(z)", derivative_text="(1 − a²)",
+        ),
+        ActivationSpec(
+            "relu", _relu_fwd, _relu_bwd, False, "he", lambda z: np.where(z > 0, z, 0.0),
+            forward_text="max(z, 0)", derivative_text="[a > 0]",
         ),
         ActivationSpec(
             "leaky_relu", _leaky_relu_fwd, _leaky_relu_bwd, False, "he",
             lambda z: np.where(z > 0, z, LEAKY_RELU_SLOPE * z),
+            forward_text=f"max(z, {LEAKY_RELU_SLOPE} z)",
+            derivative_text=f"(1 if a > 0 else {LEAKY_RELU_SLOPE})",
         ),
         ActivationSpec(
             "elu", _elu_fwd, _elu_bwd, False, "he",
             lambda z: np.where(z > 0, z, ELU_ALPHA * (np.exp(np.minimum(z, 0.0)) - 1.0)),
+            forward_text="(z if z > 0 else e^(z) − 1)", derivative_text="(1 if a > 0 else a + 1)",
         ),
         ActivationSpec(
             "softplus", _softplus_fwd, _softplus_bwd, False, "xavier",
             lambda z: np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0.0),
+            forward_text="log(1 + e^(z))", derivative_text="(1 − e^(−a))",
         ),
-        ActivationSpec("gelu", _gelu_fwd, _gelu_bwd, True, "he", _ref_gelu),
+        ActivationSpec(
+            "gelu", _gelu_fwd, _gelu_bwd, True, "he", _ref_gelu,
+            forward_text="z Φ(z)", derivative_text="(Φ(z) + z φ(z))",
+        ),
         ActivationSpec(
             "gelu_tanh", _gelu_tanh_fwd, _gelu_tanh_bwd, True, "he",
             lambda z: 0.5 * z * (1.0 + np.tanh(_SQRT_2_OVER_PI * (z + _GELU_TANH_C * z**3))),
+            forward_text=f"z (1 + t) / 2,  t = tanh(√(2/π)(z + {_GELU_TANH_C} z³))",
+            derivative_text=f"((1 + t) / 2 + z (1 − t²) √(2/π)(1 + {3 * _GELU_TANH_C:.6g} z²) / 2)",
         ),
         ActivationSpec(
             "silu", _silu_fwd, _silu_bwd, True, "he", lambda z: z / (1.0 + np.exp(-z)),
+            forward_text="z σ(z)", derivative_text="σ(z)(1 + z(1 − σ(z)))",
         ),
     )
 }

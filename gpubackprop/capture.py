@@ -112,7 +112,7 @@ class CompiledStep:
                 x = x.astype(model.dtype)
             shape = (x.shape[0], model.output_width(x.shape[1]))
             y = self.loss.prepare_target(backend, shape, model.dtype, y, check_values=False)
-            key = (tuple(x.shape), tuple(y.shape), y.dtype.str, self._optimizer_key())
+            key = (tuple(x.shape), tuple(y.shape), y.dtype.str, self.optimizer.capture_key())
             if key != self._key:
                 self._capture(x, y, key)
             backend.xp.copyto(self._x, x)
@@ -122,16 +122,6 @@ class CompiledStep:
             self.optimizer.step_count += 1
             self.replays += 1
             return self._value.copy() if return_loss else None
-
-    def _optimizer_key(self) -> tuple[Any, ...]:
-        """What the graph baked in of the optimizer: its buffers (by identity; the
-        captured ones are pinned, so an id is never reused) and its host-side
-        hyper-parameters (all but lr, which is read on the device). A reset(),
-        load_state_dict() or new hyper-parameter records a new graph."""
-        opt = self.optimizer
-        buffers = tuple(id(v) for v in (*opt._device.values(), *opt._state.values()))
-        params = tuple((k, v) for k, v in opt.hyperparameters().items() if k != "lr")
-        return buffers, params
 
     def _capture(self, x: Array, y: Array, key: tuple[Any, ...]) -> None:
         """Record the step for this batch shape (warm-up first, nothing changes)."""
@@ -168,7 +158,7 @@ class CompiledStep:
             stream.begin_capture()
             try:
                 value = model.loss_and_grad_batch(batch)
-                optimizer._launch(model.flat_params, model.flat_grads)
+                optimizer.apply_update(model.flat_params, model.flat_grads)
             except Exception as exc:
                 try:
                     stream.end_capture()
@@ -180,14 +170,9 @@ class CompiledStep:
             graph = stream.end_capture()
         self._graph = graph
         self._x, self._y, self._value, self._output = static_x, static_y, value, model.last_output
-        self._pinned = [
-            stream,
-            *pinned,
-            *optimizer._device.values(),
-            *(v for v in optimizer._state.values() if v is not None),
-        ]
+        self._pinned = [stream, *pinned, *optimizer.buffers().values()]
         # the optimizer's buffers as recorded (prepare may have just allocated them)
-        self._key = (*key[:-1], self._optimizer_key())
+        self._key = (*key[:-1], self.optimizer.capture_key())
         self.captures += 1
 
 

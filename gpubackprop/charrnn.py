@@ -45,12 +45,13 @@ import numpy as np
 
 from .arrays import Array
 from .backend import Backend
+from .checks import check_int
 from .cli_types import int_at_least, positive_float
 from .errors import ConfigError, DTypeError, GpuBackpropError, LabelError, ShapeError
 from .optim import Adam
 from .params import FlatParameters, allocate_flat, he_or_xavier
 from .progress import ProgressBar
-from .rnn import RNN, clip_grad_norm, positive_int
+from .rnn import RNN, clip_grad_norm
 
 #: The text :func:`run_charrnn` trains on by default (in ``gpubackprop/data/``).
 DEFAULT_TEXT = "lighthouse.txt"
@@ -102,8 +103,8 @@ class CharRNN(FlatParameters):
         *,
         chars: str | None = None,
     ) -> None:
-        self.vocab_size = positive_int("CharRNN", "vocab_size", vocab_size)
-        self.hidden_size = positive_int("CharRNN", "hidden_size", hidden_size)
+        self.vocab_size = check_int("CharRNN: vocab_size", vocab_size)
+        self.hidden_size = check_int("CharRNN: hidden_size", hidden_size)
         if chars is not None and (len(chars) != self.vocab_size or len(set(chars)) != len(chars)):
             raise ConfigError(
                 f"CharRNN: chars must be {self.vocab_size} distinct characters, got {chars!r}"
@@ -288,7 +289,7 @@ class CharRNN(FlatParameters):
     # --- sampling ---------------------------------------------------------------------------
     def sample_indices(
         self,
-        start: Sequence[int] | int,
+        start: Sequence[int] | np.ndarray | int,
         n: int,
         temperature: float = 1.0,
         rng: np.random.Generator | int | None = None,
@@ -298,8 +299,7 @@ class CharRNN(FlatParameters):
         Each is drawn from softmax(y / temperature) of the last logits and fed
         back in; lower temperatures give likelier, more repetitive text.
         """
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ConfigError(f"{self.describe()}.sample: n must be an int >= 0, got {n!r}")
+        n = check_int(f"{self.describe()}.sample: n", n, minimum=0)
         if isinstance(temperature, bool) or not (
             isinstance(temperature, numbers.Real) and 0 < temperature < math.inf
         ):
@@ -312,7 +312,7 @@ class CharRNN(FlatParameters):
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         logits, h = self.forward(self.backend.asarray(prime[None, :]))
         out: list[int] = []
-        for _ in range(int(n)):
+        for _ in range(n):
             y = self.backend.to_numpy(logits[0, -1]).astype(np.float64) / temperature
             p = np.exp(y - y.max())
             out.append(int(gen.choice(self.vocab_size, p=p / p.sum())))
@@ -402,11 +402,10 @@ def run_charrnn(
     chars = "".join(sorted(set(text)))
     if len(chars) < 2:
         raise ConfigError(f"the text needs at least 2 distinct characters, got {chars!r}")
-    for label, value in (("steps", steps), ("hidden", hidden), ("seq_len", seq_len),
+    for label, count in (("steps", steps), ("hidden", hidden), ("seq_len", seq_len),
                          ("batch", batch)):
-        positive_int("charrnn", label, value)
-    if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 0:
-        raise ConfigError(f"charrnn: sample_every must be an int >= 0, got {sample_every!r}")
+        check_int(f"charrnn: {label}", count)
+    check_int("charrnn: sample_every", sample_every, minimum=0)
     model = CharRNN(len(chars), hidden, device, "float32", seed, chars=chars)
     data = model.encode(text)
     inputs, targets, windows = _device_streams(model, data, batch, seq_len)

@@ -6,6 +6,9 @@ import argparse
 import math
 from collections.abc import Callable
 
+from .checks import check_int
+from .errors import ConfigError
+
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """A parser of whole numbers >= ``minimum`` (argparse reports the bad value)."""
@@ -15,9 +18,10 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
+        try:
+            return check_int("the value", value, minimum=minimum)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
 

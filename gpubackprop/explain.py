@@ -41,27 +41,12 @@ def _norm(backend: Any, x: Array) -> float:
     return float(np.linalg.norm(np.asarray(backend.to_numpy(x), dtype=np.float64)))
 
 
-def _derivative(name: str, k: int) -> str:
-    """The local derivative of activation ``name`` at layer k, written from a_k or z_k."""
-    a, z = f"a_{k}", f"z_{k}"
-    return {
-        "sigmoid": f"{a} ⊙ (1 − {a})",
-        "tanh": f"(1 − {a}²)",
-        "relu": f"[{a} > 0]",
-        "leaky_relu": f"(1 if {a} > 0 else 0.01)",
-        "elu": f"(1 if {a} > 0 else {a} + 1)",
-        "softplus": f"(1 − e^(−{a}))",
-        "gelu": f"(Φ({z}) + {z} φ({z}))",
-        "gelu_tanh": f"gelu_tanh′({z})",
-        "silu": f"σ({z})(1 + {z}(1 − σ({z})))",
-    }.get(name, f"{name}′")
-
-
 def _dense_lines(layer: Dense, batch: int, k: int, first: bool) -> list[str]:
     n_in, n_out = layer.in_features, layer.out_features
     act = layer.activation
     a_prev = "x" if first else f"a_{k - 1}"
     b = " + b" if layer.use_bias else ""
+    forward, derivative = act.formula_texts(f"a_{k}", f"z_{k}")
     lines = [
         f"  forward   z_{k} = {a_prev} Wᵀ{b}"
         f"      {_shape(batch, n_in)} · {_shape(n_in, n_out)} -> {_shape(batch, n_out)}"
@@ -69,7 +54,7 @@ def _dense_lines(layer: Dense, batch: int, k: int, first: bool) -> list[str]:
     if act.is_identity:
         lines.append(f"            a_{k} = z_{k}  (linear)")
     else:
-        lines.append(f"            a_{k} = {act.name}(z_{k})   {_shape(batch, n_out)}")
+        lines.append(f"            a_{k} = {act.name}(z_{k}) = {forward}   {_shape(batch, n_out)}")
     keep = f"z_{k}" if act.needs_input else f"a_{k}"
     kept = "" if act.is_identity else f" and {keep} {_shape(batch, n_out)} for the derivative"
     lines.append(f"            keeps {a_prev} {_shape(batch, n_in)} for dW{kept}")
@@ -77,7 +62,7 @@ def _dense_lines(layer: Dense, batch: int, k: int, first: bool) -> list[str]:
         lines.append(f"  backward  δ_{k} = ∂L/∂a_{k}                 {_shape(batch, n_out)}")
     else:
         lines.append(
-            f"  backward  δ_{k} = ∂L/∂a_{k} ⊙ {_derivative(act.name, k)}"
+            f"  backward  δ_{k} = ∂L/∂a_{k} ⊙ {derivative}"
             f"      {_shape(batch, n_out)}"
         )
     lines.append(
@@ -101,11 +86,12 @@ def _dense_lines(layer: Dense, batch: int, k: int, first: bool) -> list[str]:
 
 def _activation_lines(layer: Activation, batch: int, width: int, k: int, first: bool) -> list[str]:
     a_prev = "x" if first else f"a_{k - 1}"
-    name = layer.activation.name
+    act = layer.activation
+    forward, derivative = act.formula_texts(f"a_{k}", a_prev)
     return [
-        f"  forward   a_{k} = {name}({a_prev})      {_shape(batch, width)}",
+        f"  forward   a_{k} = {act.name}({a_prev}) = {forward}      {_shape(batch, width)}",
         f"  backward  ∂L/∂{a_prev} = ∂L/∂a_{k} ⊙ f′   {_shape(batch, width)}   "
-        f"(f′ = {_derivative(name, k)})",
+        f"(f′ = {derivative})",
     ]
 
 

@@ -548,7 +548,7 @@ class _OptimizerSpec:
 
     def state_dict(self, file: _File, backend: Backend) -> dict[str, object]:
         """The :meth:`Optimizer.load_state_dict` snapshot, arrays on ``backend``."""
-        names = self.cls._state_names
+        names = self.cls.state_names
         return {
             "type": self.cls.__name__,
             **self.hyperparameters,
@@ -588,7 +588,7 @@ def _optimizer_spec(file: _File) -> _OptimizerSpec | None:
         raise CheckpointError(
             f"optimizer num_params must be null or an int >= 0, got {_short(size)}"
         )
-    names = cls._state_names
+    names = cls.state_names
     if (
         not isinstance(state, list)
         or not all(isinstance(n, str) and n in names for n in state)

@@ -25,6 +25,7 @@ import numpy as np
 from .activations import ActivationSpec, get_activation
 from .arrays import Array
 from .backend import Backend, get_backend
+from .checks import check_int
 from .errors import ConfigError, ShapeError
 from .params import (
     FlatParameters,
@@ -231,11 +232,8 @@ class Dense(Layer):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"Dense: {name} must be a positive int, got {value!r}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = check_int("Dense: in_features", in_features)
+        self.out_features = check_int("Dense: out_features", out_features)
         self.activation: ActivationSpec = get_activation(activation)
         self.use_bias = bool(bias)
         self._input: Array | None = None
@@ -282,7 +280,9 @@ class Dense(Layer):
             host["bias"][...] = 0.0
 
     def _buffers(self, batch: int) -> dict[str, Array]:
-        shapes = {"out": (batch, self.out_features), "dx": (batch, self.in_features)}
+        shapes: dict[str, tuple[int, ...]] = {
+            "out": (batch, self.out_features), "dx": (batch, self.in_features)
+        }
         if not self.activation.is_identity:
             shapes["dz"] = (batch, self.out_features)
             if self.activation.needs_input:

@@ -45,7 +45,8 @@ import numpy as np
 
 from .activations import get_activation
 from .arrays import Array
-from .backend import Backend, array_module, get_backend, is_cupy_array
+from .backend import Backend, backend_of, get_backend, is_cupy_array
+from .checks import check_int
 from .errors import ConfigError, DTypeError, ShapeError
 from .params import (
     FlatParameters,
@@ -62,11 +63,6 @@ from .params import (
 NONLINEARITIES = ("tanh", "relu")
 
 
-def positive_int(owner: str, name: str, value: object) -> int:
-    """``value`` as an int; ConfigError naming ``owner`` and ``name`` unless it is >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"{owner}: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 class RNN(FlatParameters):
@@ -103,8 +99,8 @@ class RNN(FlatParameters):
         dtype: Any = "float32",
         seed: int | np.random.Generator | None = None,
     ) -> None:
-        self.input_size = positive_int("RNN", "input_size", input_size)
-        self.hidden_size = positive_int("RNN", "hidden_size", hidden_size)
+        self.input_size = check_int("RNN: input_size", input_size)
+        self.hidden_size = check_int("RNN: hidden_size", hidden_size)
         if nonlinearity not in NONLINEARITIES:
             raise ConfigError(
                 f"RNN: nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}"
@@ -330,6 +326,7 @@ def clip_grad_norm(grads: Any, max_norm: float) -> float:
 
         ‖g‖ = √(Σ_arrays Σ_i g_i²)
 
+    (``ops.global_norm``, the optimizers' ``max_grad_norm`` measures the same)
     every array is multiplied by max_norm / (‖g‖ + 1e-6) when ‖g‖ > max_norm
     (PyTorch's ``clip_grad_norm_``) and left alone otherwise. A non-finite norm
     (inf or NaN gradients) is returned as it is and nothing is scaled.
@@ -352,11 +349,7 @@ def clip_grad_norm(grads: Any, max_norm: float) -> float:
                 f"clip_grad_norm: gradient {i} must be a float NumPy or CuPy array, "
                 f"got {getattr(g, 'dtype', type(g).__name__)}"
             )
-    squares = 0.0
-    for g in arrays:
-        flat = g.reshape(-1)
-        squares += float(array_module(g).vdot(flat, flat))
-    norm = math.sqrt(squares)
+    norm = backend_of(arrays[0]).ops.global_norm(arrays) if arrays else 0.0
     if math.isfinite(norm) and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in arrays:
@@ -364,4 +357,4 @@ def clip_grad_norm(grads: Any, max_norm: float) -> float:
     return norm
 
 
-__all__ = ["NONLINEARITIES", "RNN", "clip_grad_norm", "positive_int"]
+__all__ = ["NONLINEARITIES", "RNN", "clip_grad_norm"]

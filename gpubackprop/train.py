@@ -20,6 +20,7 @@ import numpy as np
 from .anomaly import check_finite_input, detect_anomaly
 from .arrays import Array, array_module
 from .backend import get_backend, is_cupy_array
+from .checks import check_int
 from .errors import CaptureError, ConfigError, DeviceError, ShapeError
 from .losses import BCEWithLogits, Loss, get_loss
 from .model import Batch, check_optimizer
@@ -140,21 +141,13 @@ def _batches(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive int, got {batch_size}")
-    return int(batch_size)
-
-
 def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
     """Outputs for all rows of ``x``, computed in batches.
 
     NumPy in gives NumPy out (batches are copied to the device and back); an
     array on the model's device gives an array on that device.
     """
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size)
     data = _inputs(model, x)
     on_device = model.backend.is_native(data) and model.backend.is_gpu
     if data.ndim == 2 and len(data) == 0:
@@ -179,7 +172,7 @@ def evaluate(
     """Mean loss (weighted by batch size) and metrics over a whole dataset."""
     loss = get_loss(loss)
     metrics = _check_metrics(metrics)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size)
     return _evaluate(model, _dataset(model, x, y, loss), metrics, batch_size)
 
 
@@ -281,9 +274,8 @@ def _fit(
     loss = get_loss(loss)
     check_optimizer(optimizer)
     metrics = _check_metrics(metrics)
-    batch_size = _check_batch_size(batch_size)
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ConfigError(f"epochs must be a non-negative int, got {epochs!r}")
+    batch_size = check_int("batch_size", batch_size)
+    epochs = check_int("epochs", epochs, minimum=0)
     data = _dataset(model, x, y, loss)
     if check_finite:
         check_finite_input(data.x, "x")
@@ -312,7 +304,7 @@ def _fit(
     guarded = optimizer.max_grad_norm is not None or optimizer.skip_nonfinite
     eager = check_finite or guarded or not (capture and backend.is_gpu)
     compiled = None if eager else model.compile_step(loss, optimizer)
-    for epoch in range(int(epochs)):
+    for epoch in range(epochs):
         started = time.perf_counter()
         order = model.rng.permutation(n) if shuffle else None
         bar = (

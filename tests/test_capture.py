@@ -135,7 +135,7 @@ def test_fit_falls_back_to_eager_with_a_warning(monkeypatch) -> None:
     def broken(params, grads):
         raise RuntimeError("simulated capture failure")
 
-    monkeypatch.setattr(opt, "_launch", broken)
+    monkeypatch.setattr(opt, "apply_update", broken)
     model = _model("cuda")
     rng = np.random.default_rng(4)
     with pytest.warns(RuntimeWarning, match="simulated capture failure"):

@@ -46,3 +46,26 @@ def test_explain_backward_reports_the_real_gradient_norms() -> None:
 def test_explain_needs_a_target_with_a_loss() -> None:
     with pytest.raises(gb.ConfigError, match="target"):
         _model().explain(np.zeros((2, 7)), loss="mse", file=io.StringIO())
+
+
+@pytest.mark.parametrize("name", sorted(gb.ACTIVATIONS))
+def test_every_activation_has_formula_texts_that_explain_prints(name: str) -> None:
+    spec = gb.ACTIVATIONS[name]
+    assert spec.forward_text.strip() and spec.derivative_text.strip()
+    model = gb.Sequential([gb.Dense(3, 4, name), gb.Activation(name)], device="cpu", seed=0)
+    text = model.explain(np.zeros((2, 3)), file=io.StringIO())
+    if name != "identity":  # a linear Dense layer prints "(linear)" instead
+        forward, derivative = spec.formula_texts("a_1", "z_1")
+        assert f"a_1 = {name}(z_1) = {forward}" in text
+        assert f"δ_1 = ∂L/∂a_1 ⊙ {derivative}" in text
+    forward, derivative = spec.formula_texts("a_2", "a_1")
+    assert f"a_2 = {name}(a_1) = {forward}" in text
+    assert f"(f′ = {derivative})" in text
+
+
+def test_formula_texts_rename_a_and_z_only_as_names() -> None:
+    assert gb.ACTIVATIONS["sigmoid"].formula_texts("a_1", "z_1") == (
+        "1 / (1 + e^(−z_1))", "a_1 ⊙ (1 − a_1)"
+    )
+    assert gb.ACTIVATIONS["tanh"].formula_texts("a_3", "x") == ("tanh(x)", "(1 − a_3²)")
+    assert gb.ACTIVATIONS["relu"].formula_texts("h", "u") == ("max(u, 0)", "[h > 0]")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from gpubackprop.backend.numpy_ops import NumpyOps
 from gpubackprop.errors import ConfigError, DeviceError, DTypeError, ShapeError
 from gpubackprop.optim import (
     SGD,
@@ -440,10 +441,10 @@ def test_updates_in_place_and_keeps_state_arrays(case: str) -> None:
     p[...] = params
     opt = make()
     opt.step(p, grads[0])
-    ids = [id(a) for a in (*opt._state.values(), *opt._scratch)]
+    ids = [id(a) for a in opt.buffers().values()]
     for g in grads[1:]:
         opt.step(p, g)
-        assert [id(a) for a in (*opt._state.values(), *opt._scratch)] == ids
+        assert [id(a) for a in opt.buffers().values()] == ids
     assert np.shares_memory(p, storage)
     np.testing.assert_allclose(storage[::2], ref(params, grads), rtol=1e-12, atol=1e-13)
     assert not storage[1::2].any()
@@ -558,3 +559,103 @@ def test_cupy_matches_numpy(case: str, dtype: type) -> None:
     np.testing.assert_allclose(cp.asnumpy(p), want, rtol=rtol, atol=rtol / 10)
     with pytest.raises(DeviceError, match="same device"):
         opt.step(p, cp.asnumpy(p))
+
+
+# --- the update ops themselves (NumpyOps: the reference every backend matches) ---------------
+def _ops_and_work(kind: str, params: np.ndarray) -> tuple[NumpyOps, dict[str, np.ndarray]]:
+    ops = NumpyOps()
+    return ops, ops.optimizer_workspace(kind, params, scratch=2, steps=0)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("first", [False, True])
+def test_sgd_step_op_matches_the_formula(first: bool, nesterov: bool) -> None:
+    rng = np.random.default_rng(5)
+    p, g, b = (rng.standard_normal(97) for _ in range(3))
+    lr, mu, tau, lam = 0.1, 0.9, 0.0 if nesterov else 0.25, 0.03
+    d = g + lam * p
+    b_new = d if first else mu * b + (1 - tau) * d
+    want = p - lr * (d + mu * b_new if nesterov else b_new)
+    ops, work = _ops_and_work("sgd", p)
+    out = ops.sgd_step(p, g, b, work, lr=lr, first=first, momentum=mu, dampening=tau,
+                       weight_decay=lam, nesterov=nesterov)
+    assert out is p
+    np.testing.assert_allclose(p, want, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(b, b_new, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_step_op_matches_the_formula(decoupled: bool) -> None:
+    rng = np.random.default_rng(6)
+    p, g = rng.standard_normal(101), rng.standard_normal(101)
+    m, v = rng.standard_normal(101), rng.random(101)
+    lr, (b1, b2), eps, lam, t = 0.01, (0.8, 0.95), 1e-6, 0.1, 4
+    p_dec = p * (1 - lr * lam) if decoupled else p
+    d = g if decoupled else g + lam * p
+    m_new = b1 * m + (1 - b1) * d
+    v_new = b2 * v + (1 - b2) * d * d
+    want = p_dec - lr / (1 - b1**t) * m_new / (np.sqrt(v_new / (1 - b2**t)) + eps)
+    ops, work = _ops_and_work("adam", p)
+    ops.adam_step(p, g, m, v, work, lr=lr, step=t, betas=(b1, b2), eps=eps, weight_decay=lam,
+                  decoupled=decoupled)
+    np.testing.assert_allclose(p, want, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose((m, v), (m_new, v_new), rtol=1e-14, atol=1e-15)
+
+
+def test_global_norm_op_over_several_arrays_and_past_overflow() -> None:
+    ops = NumpyOps()
+    a, b = np.full((2, 2), 1.0), np.full(5, 2.0)
+    assert ops.global_norm([a, b]) == math.sqrt(24.0)
+    assert ops.global_norm([np.zeros(0), a]) == 2.0
+    huge = np.full(4, 1e300)  # Σ g² overflows; the norm does not
+    assert ops.global_norm([huge, np.zeros(0)]) == pytest.approx(2e300, rel=1e-15)
+    assert ops.global_norm([a, np.array([np.inf])]) == math.inf
+    assert math.isnan(ops.global_norm([np.array([np.nan]), huge]))
+
+
+def test_optimizer_workspace_and_buffers() -> None:
+    ops = NumpyOps()
+    work = ops.optimizer_workspace("sgd", np.zeros(7, dtype=np.float32), scratch=2, steps=3)
+    assert sorted(work) == ["tmp0", "tmp1"]
+    assert all(w.shape == (7,) and w.dtype == np.float32 for w in work.values())
+    opt = Adam()
+    assert opt.buffers() == {}
+    opt.prepare(np.zeros(5), np.zeros(5))
+    assert sorted(opt.buffers()) == ["exp_avg", "exp_avg_sq", "tmp0", "tmp1"]
+    key, old = opt.capture_key(), opt.buffers()  # old stays alive: no id is reused
+    assert opt.capture_key() == key
+    opt.reset()
+    opt.prepare(np.zeros(5), np.zeros(5))
+    assert opt.capture_key() != key and old  # new buffers: a recorded graph would be stale
+    with pytest.raises(ConfigError, match="prepare"):
+        SGD(0.1).apply_update(np.zeros(3), np.zeros(3))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_cupy_update_ops_match_the_reference_past_one_grid(kind: str, dtype: type) -> None:
+    cp = _cupy_or_skip()
+    from gpubackprop.backend import get_backend
+
+    gpu, cpu = get_backend("cuda").ops, NumpyOps()
+    n = 2**21 + 7  # odd, and more than one grid of the grid-stride kernels
+    rng = np.random.default_rng(7)
+    p, g, m = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    v = rng.random(n).astype(dtype)
+    host = [p.copy(), g, m.copy(), v.copy()]
+    dev = [cp.asarray(a) for a in (p, g, m, v)]
+    lr, taken = 0.05, 3  # the update is step 4: not the first for the momentum buffer
+    work_cpu = cpu.optimizer_workspace(kind, p, scratch=2, steps=taken)
+    work_gpu = gpu.optimizer_workspace(kind, dev[0], scratch=2, steps=taken)
+    gpu.set_learning_rate(work_gpu, lr)
+    for ops, (pp, gg, mm, vv), work in ((cpu, host, work_cpu), (gpu, dev, work_gpu)):
+        if kind == "sgd":
+            ops.sgd_step(pp, gg, mm, work, lr=lr, first=False, momentum=0.9, dampening=0.1,
+                         weight_decay=0.01, nesterov=False)
+        else:
+            ops.adam_step(pp, gg, mm, vv, work, lr=lr, step=taken + 1, betas=(0.9, 0.99),
+                          eps=1e-8, weight_decay=0.01, decoupled=False)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for name, want, got in zip(("params", "grads", "m", "v"), host, dev, strict=True):
+        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=rtol, atol=rtol / 10, err_msg=name)

@@ -26,11 +26,6 @@ SOURCES = sorted([*ROOT.glob("gpubackprop/**/*.py"), *ROOT.glob("bench/**/*.py")
 #: (file, name): uses that wait for another change of issue 9, each with its reason.
 #: Remove an entry when its use goes; the test fails for a stale entry too.
 PENDING = {
-    # the optimizer's buffers become public with optimizer.buffers() (issue 9, optimizers)
-    ("gpubackprop/capture.py", "_device"),
-    ("gpubackprop/capture.py", "_state"),
-    ("gpubackprop/capture.py", "_launch"),
-    ("gpubackprop/io.py", "_state_names"),
 }
 
 

@@ -9,7 +9,10 @@ faster GPU path; the math is the reference's and the tests compare the two:
 * a Dense layer's bias + activation is one kernel forward, and δ ⊙ f′ with the
   bias gradient Δᵀ1 one deterministic kernel backward;
 * each loss writes its gradient and per-row/per-element terms in one kernel and
-  its value with one fixed-order reduction.
+  its value with one fixed-order reduction;
+* an optimizer update is one fused kernel over the flat buffer (two for Adam),
+  reading η and the step counter from device memory, so a captured graph
+  follows a schedule.
 
 Nothing here allocates once a shape has been seen: loss scratch buffers (and
 the loss value) live in a cache keyed by (purpose, shape, dtype), so a step can
@@ -146,6 +149,75 @@ class CupyOps(NumpyOps):
         value, workspace = self._value_buffers(logits.size, logits.dtype)
         kernels.bce_logits(logits, target, grad, terms, value=value, workspace=workspace)
         return value
+
+    # --- optimizers -------------------------------------------------------------------------
+    def optimizer_workspace(
+        self, kind: str, params: Array, *, scratch: int, steps: int
+    ) -> dict[str, Array]:
+        """No scratch on the GPU: ``"lr"`` (one element, η, read by the kernels at every
+        launch), ``"step_state"`` (int32 [steps, 0]: the kernels' step counter) and for
+        Adam ``"scalars"`` (the (3,) per-step scalars of ``kernels.adam_prepare``).
+        Compiles the kernels of ``kind`` so that no later step compiles."""
+        xp = self.xp
+        with xp.cuda.Device(self.device_id):
+            work = {
+                "lr": xp.zeros((1,), dtype=params.dtype),
+                "step_state": xp.array([steps, 0], dtype=np.int32),
+            }
+            if kind == "adam":
+                work["scalars"] = xp.zeros((3,), dtype=params.dtype)
+        names = ("adam_prepare", "adam_step") if kind == "adam" else ("sgd_step",)
+        for name in names:
+            kernels.get_kernel(name, params.dtype)
+        return work
+
+    def set_learning_rate(self, work: dict[str, Array], lr: float) -> None:
+        work["lr"].fill(lr)
+
+    def sgd_step(
+        self,
+        params: Array,
+        grads: Array,
+        momentum_buffer: Array | None,
+        work: dict[str, Array],
+        *,
+        lr: float,
+        first: bool,
+        momentum: float,
+        dampening: float,
+        weight_decay: float,
+        nesterov: bool,
+    ) -> Array:
+        """As the reference, but η and ``first`` come from ``work`` on the device (the
+        host values are not read), so the launch can be recorded in a CUDA graph."""
+        return kernels.sgd_step(
+            params, grads, momentum_buffer, work["lr"], work["step_state"],
+            momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov,
+        )
+
+    def adam_step(
+        self,
+        params: Array,
+        grads: Array,
+        exp_avg: Array,
+        exp_avg_sq: Array,
+        work: dict[str, Array],
+        *,
+        lr: float,
+        step: int,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        decoupled: bool,
+    ) -> Array:
+        """As the reference, but η and t come from ``work`` on the device (the host
+        values are not read), so the two launches can be recorded in a CUDA graph."""
+        return kernels.adam_update(
+            params, grads, exp_avg, exp_avg_sq, work["lr"], work["step_state"],
+            work["scalars"], betas=betas, eps=eps, weight_decay=weight_decay,
+            decoupled=decoupled,
+        )
 
 
 __all__ = ["CupyOps"]

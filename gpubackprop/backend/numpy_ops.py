@@ -12,6 +12,8 @@ shape (out, in); the forward pass is Z = A Wᵀ + b.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from types import ModuleType
 
 import numpy as np
@@ -173,6 +175,153 @@ class NumpyOps:
         xp.copyto(grad, e - target, where=~nonneg)
         grad *= 1.0 / n
         return value / n
+
+    # --- optimizers: one update of the whole flat parameter buffer ------------------------
+    def global_norm(self, arrays: Sequence[Array]) -> float:
+        """‖g‖₂ = √(Σ_arrays Σ_i g_i²) as a float; rescaled by m = max|g| on overflow.
+
+        ‖g‖₂ = m·√(Σ (g/m)²) is finite for every finite g; nan or inf stays nan or inf.
+        """
+        xp = self.xp
+        flats = [g.reshape(-1) for g in arrays]
+        norm = math.sqrt(sum(float(xp.vdot(g, g)) for g in flats))
+        if math.isinf(norm):  # no NaN here: a NaN would have made the sum NaN
+            largest = max(float(xp.abs(g).max()) for g in flats if g.size)
+            if math.isfinite(largest):
+                scaled = (g / largest for g in flats)
+                norm = largest * math.sqrt(sum(float(xp.vdot(s, s)) for s in scaled))
+            else:
+                norm = largest
+        return norm
+
+    def optimizer_workspace(
+        self, kind: str, params: Array, *, scratch: int, steps: int
+    ) -> dict[str, Array]:
+        """The buffers an optimizer update of ``kind`` (``"sgd"`` or ``"adam"``) needs
+        besides its state, allocated once so that no step allocates.
+
+        Here ``scratch`` arrays sized like ``params`` (``"tmp0"``, ``"tmp1"``, ...)
+        for the in-place ufuncs of :meth:`sgd_step` / :meth:`adam_step`. ``steps``
+        (updates already taken) only matters where the step counter lives in the
+        workspace (:class:`~.cupy_ops.CupyOps`); the reference takes it from the host.
+        """
+        return {
+            f"tmp{i}": self.xp.empty(params.shape, dtype=params.dtype) for i in range(scratch)
+        }
+
+    def set_learning_rate(self, work: dict[str, Array], lr: float) -> None:
+        """Make η = ``lr`` the rate the next update reads from ``work``.
+
+        Nothing to do here: the reference takes ``lr`` from the host at every step.
+        """
+
+    def sgd_step(
+        self,
+        params: Array,
+        grads: Array,
+        momentum_buffer: Array | None,
+        work: dict[str, Array],
+        *,
+        lr: float,
+        first: bool,
+        momentum: float,
+        dampening: float,
+        weight_decay: float,
+        nesterov: bool,
+    ) -> Array:
+        """One SGD step in place (PyTorch's rule and operation order); returns ``params``.
+
+            g ← g + λ·p                                  (weight_decay λ ≠ 0)
+            if μ ≠ 0:  b ← g when ``first``, else b ← μ·b + (1 − τ)·g
+                       g ← g + μ·b  if nesterov, else g ← b
+            p ← p − η·g
+
+        ``momentum_buffer`` b (None when μ = 0) and ``work`` (from
+        :meth:`optimizer_workspace` with 2 scratch arrays when λ ≠ 0, else 1) are
+        sized like ``params``. ``first``: b has not been written yet.
+        """
+        xp = self.xp
+        tmp = work["tmp0"]
+        g = grads
+        if weight_decay != 0:
+            g = work["tmp1"]
+            xp.multiply(params, weight_decay, out=g)
+            xp.add(grads, g, out=g)
+        if momentum != 0:
+            buf = momentum_buffer
+            if first:
+                xp.copyto(buf, g)
+            else:
+                xp.multiply(buf, momentum, out=buf)
+                xp.multiply(g, 1.0 - dampening, out=tmp)
+                xp.add(buf, tmp, out=buf)
+            if nesterov:
+                xp.multiply(buf, momentum, out=tmp)
+                xp.add(g, tmp, out=tmp)
+                g = tmp
+            else:
+                g = buf
+        xp.multiply(g, -lr, out=tmp)
+        xp.add(params, tmp, out=params)
+        return params
+
+    def adam_step(
+        self,
+        params: Array,
+        grads: Array,
+        exp_avg: Array,
+        exp_avg_sq: Array,
+        work: dict[str, Array],
+        *,
+        lr: float,
+        step: int,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        decoupled: bool,
+    ) -> Array:
+        """One Adam (AdamW when ``decoupled``) step t = ``step`` (from 1) in place, in
+        PyTorch's operation order; returns ``params``.
+
+            AdamW: p ← p·(1 − η·λ)          Adam: g ← g + λ·p  (λ ≠ 0)
+            m ← β₁·m + (1 − β₁)·g
+            v ← β₂·v + (1 − β₂)·g²
+            p ← p − (η / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
+
+        m = ``exp_avg``, v = ``exp_avg_sq`` and the 2 scratch arrays of ``work`` are
+        sized like ``params``.
+        """
+        xp = self.xp
+        beta1, beta2 = betas
+        tmp, tmp2 = work["tmp0"], work["tmp1"]
+        g = grads
+        if decoupled:
+            xp.multiply(params, 1.0 - lr * weight_decay, out=params)
+        elif weight_decay != 0:
+            g = tmp
+            xp.multiply(params, weight_decay, out=g)
+            xp.add(grads, g, out=g)
+        # m ← β₁·m + (1 − β₁)·g
+        xp.multiply(exp_avg, beta1, out=exp_avg)
+        xp.multiply(g, 1.0 - beta1, out=tmp2)
+        xp.add(exp_avg, tmp2, out=exp_avg)
+        # v ← β₂·v + (1 − β₂)·g·g
+        xp.multiply(exp_avg_sq, beta2, out=exp_avg_sq)
+        xp.multiply(g, 1.0 - beta2, out=tmp2)
+        xp.multiply(tmp2, g, out=tmp2)
+        xp.add(exp_avg_sq, tmp2, out=exp_avg_sq)
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2 = 1.0 - beta2**step
+        step_size = lr / bias_correction1
+        # denom = √v / √(1 − β₂ᵗ) + ε   (g is no longer needed: tmp is free)
+        xp.sqrt(exp_avg_sq, out=tmp)
+        xp.divide(tmp, math.sqrt(bias_correction2), out=tmp)
+        xp.add(tmp, eps, out=tmp)
+        # p ← p + (−step_size)·m / denom
+        xp.multiply(exp_avg, -step_size, out=tmp2)
+        xp.divide(tmp2, tmp, out=tmp2)
+        xp.add(params, tmp2, out=params)
+        return params
 
 
 __all__ = ["NumpyOps"]
