@@ -653,8 +653,9 @@ def softmax_xent_labels(
 
     ``logits``, ``grad``: (B, C), C >= 1; ``labels``: int64 (B,); ``row_loss``: (B,).
     Labels are not range-checked here (that would read them back to the host): a
-    label outside [0, C) gives a NaN row_loss and a NaN gradient row. Returns value
-    (None when not asked for).
+    label outside [0, C) gives a NaN row_loss (so a NaN value) and a zero gradient
+    row; ``Sequential.read_loss`` checks the labels when it reads a NaN value.
+    Returns value (None when not asked for).
     """
     return _softmax_xent("softmax_xent_labels", logits, labels, grad, row_loss, value, workspace)
 

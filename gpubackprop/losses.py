@@ -18,6 +18,8 @@ element means); no other part of the engine scales by it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .arrays import Array
@@ -64,13 +66,45 @@ class Loss:
         target: Array,
         *,
         check_values: bool = True,
+        defer_device_checks: bool = False,
     ) -> Array:
         """Validate ``target`` for an output of ``shape``/``dtype``; return it ready to use.
 
         Raises ShapeError / DTypeError / LabelError / DeviceError naming the loss,
-        the expected and the actual shape or values.
+        the expected and the actual shape or values. ``check_values=False`` skips the
+        checks that read the values (labels in range, targets in [0, 1]): for data
+        checked before. ``defer_device_checks``: on a GPU those checks would read the
+        target back to the host (a sync), so they are left to :meth:`check_after_read`,
+        which the engine calls once it reads the loss value anyway.
         """
+        target = self.convert_target(backend, shape, dtype, target, check_values=check_values)
+        if check_values and not (defer_device_checks and backend.is_gpu):
+            self.check_target_values(backend, target, shape)
+        return target
+
+    def convert_target(
+        self,
+        backend: Backend,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        target: Array,
+        *,
+        check_values: bool = True,
+    ) -> Array:
+        """``target`` checked for shape and dtype and converted (labels to int64, other
+        targets to ``dtype``), C-contiguous on ``backend``'s device."""
         raise NotImplementedError
+
+    def check_target_values(self, backend: Backend, target: Array, shape: tuple[int, ...]) -> None:
+        """LabelError unless the values of a converted ``target`` are valid for this loss
+        (reads them: a host sync on a GPU). Nothing to check by default."""
+
+    def check_after_read(
+        self, backend: Backend, target: Array, shape: tuple[int, ...], value: float
+    ) -> None:
+        """The checks :meth:`prepare_target` deferred, once the loss ``value`` is on the
+        host: by default :meth:`check_target_values`."""
+        self.check_target_values(backend, target, shape)
 
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array
@@ -114,7 +148,7 @@ class MSE(Loss):
     def __repr__(self) -> str:
         return "MSE()" if self.reduction == "mean" else f"MSE(reduction={self.reduction!r})"
 
-    def prepare_target(
+    def convert_target(
         self,
         backend: Backend,
         shape: tuple[int, ...],
@@ -141,7 +175,7 @@ class SoftmaxCrossEntropy(Loss):
 
     name = "SoftmaxCrossEntropy"
 
-    def prepare_target(
+    def convert_target(
         self,
         backend: Backend,
         shape: tuple[int, ...],
@@ -173,16 +207,30 @@ class SoftmaxCrossEntropy(Loss):
             raise DTypeError(
                 f"{self.name}: labels must be integers, got dtype {target.dtype}"
             )
-        if check_values and batch:
-            low, high = int(target.min()), int(target.max())
-            if low < 0 or high >= classes:
-                bad = low if low < 0 else high
-                raise LabelError(
-                    f"{self.name}: label {bad} is out of range for {classes} classes "
-                    f"(expected 0 <= label < {classes})"
-                )
         with backend.activate():
             return backend.xp.ascontiguousarray(target, dtype=np.int64)
+
+    def check_target_values(self, backend: Backend, target: Array, shape: tuple[int, ...]) -> None:
+        """Labels y must satisfy 0 <= y < C (probability rows are not checked)."""
+        classes = shape[1]
+        if target.ndim != 1 or not target.size:
+            return
+        low, high = int(target.min()), int(target.max())
+        if low < 0 or high >= classes:
+            bad = low if low < 0 else high
+            raise LabelError(
+                f"{self.name}: label {bad} is out of range for {classes} classes "
+                f"(expected 0 <= label < {classes})"
+            )
+
+    def check_after_read(
+        self, backend: Backend, target: Array, shape: tuple[int, ...], value: float
+    ) -> None:
+        """Labels are read back only when the loss is NaN: the kernel gives a label
+        outside [0, C) a NaN row loss (and a zero gradient row), so a finite value
+        proves every label was in range."""
+        if math.isnan(value):
+            self.check_target_values(backend, target, shape)
 
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array
@@ -201,7 +249,7 @@ class BCEWithLogits(Loss):
 
     name = "BCEWithLogits"
 
-    def prepare_target(
+    def convert_target(
         self,
         backend: Backend,
         shape: tuple[int, ...],
@@ -210,10 +258,12 @@ class BCEWithLogits(Loss):
         *,
         check_values: bool = True,
     ) -> Array:
-        target = self._float_target(backend, shape, dtype, target)
-        if check_values and target.size and bool(((target < 0) | (target > 1)).any()):
+        return self._float_target(backend, shape, dtype, target)
+
+    def check_target_values(self, backend: Backend, target: Array, shape: tuple[int, ...]) -> None:
+        """Targets must lie in [0, 1]."""
+        if target.size and bool(((target < 0) | (target > 1)).any()):
             raise LabelError(f"{self.name}: targets must lie in [0, 1]")
-        return target
 
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array

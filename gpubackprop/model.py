@@ -75,11 +75,16 @@ def _of_layer(layer: Layer, named: dict[str, Any]) -> dict[str, Any]:
 class Batch:
     """A batch ready for the engine (what :meth:`Sequential.prepare_batch` returns):
     ``x`` (B, in) and the target ``y`` on the model's device in its dtype, validated,
-    with the :class:`~gpubackprop.losses.Loss` they were prepared for."""
+    with the :class:`~gpubackprop.losses.Loss` they were prepared for.
+
+    ``values_checked`` is False when the checks that read ``y``'s values (labels in
+    range, targets in [0, 1]) were left for :meth:`Sequential.read_loss` (on a GPU,
+    where they would sync the host)."""
 
     x: Array
     y: Array
     loss: Loss
+    values_checked: bool = True
 
 
 class Sequential(FlatParameters):
@@ -297,7 +302,9 @@ class Sequential(FlatParameters):
         The one way a batch is checked: x as in :meth:`prepare_input`, y against the
         output shape (B, out) by ``loss.prepare_target`` (ShapeError, DTypeError,
         LabelError naming the loss). The result feeds :meth:`loss_and_grad_batch`
-        and :meth:`step` any number of times without further checks.
+        and :meth:`step` any number of times without further checks. On a GPU the
+        checks that read y's values (labels in range, BCE targets in [0, 1]) would
+        sync the host; they wait for :meth:`read_loss` (``values_checked`` false).
         """
         loss = get_loss(loss)
         x = self.prepare_input(x)
@@ -313,8 +320,10 @@ class Sequential(FlatParameters):
             )
         expected = (x.shape[0], self.output_width(x.shape[1]))
         with self.backend.activate():
-            y = loss.prepare_target(self.backend, expected, self.dtype, y)
-        return Batch(x, y, loss)
+            y = loss.prepare_target(
+                self.backend, expected, self.dtype, y, defer_device_checks=True
+            )
+        return Batch(x, y, loss, values_checked=not self.backend.is_gpu)
 
     # --- passes ------------------------------------------------------------------------
     @property
@@ -442,26 +451,45 @@ class Sequential(FlatParameters):
     def step(self, batch: Batch, optimizer: Optimizer) -> Array:
         """THE training step on a prepared batch: forward, loss, backward, then
         ``optimizer.step(flat_params, flat_grads)``. Returns the loss before the update
-        as a 0-d device array (no host sync; ``float()`` of it syncs)."""
+        as a 0-d device array: no host sync on a GPU (:meth:`read_loss` reads it and
+        runs the target checks a GPU batch left for then)."""
         value = self.loss_and_grad_batch(batch)
         with self.backend.activate():
             optimizer.step(self.flat_params, self.flat_grads)
         return value
+
+    def read_loss(self, batch: Batch, value: Array) -> float:
+        """A loss ``value`` from :meth:`step` / :meth:`loss_and_grad_batch` as a float
+        (a host sync on a GPU), with the target checks :meth:`prepare_batch` left for
+        this moment (``batch.values_checked`` false): LabelError for a label outside
+        [0, C) or a BCE target outside [0, 1]. By then the step has run: an
+        out-of-range label contributed a zero gradient row and a NaN loss.
+        """
+        result = float(value)
+        if not batch.values_checked:
+            shape = (batch.x.shape[0], self.output_width(batch.x.shape[1]))
+            with self.backend.activate():
+                batch.loss.check_after_read(self.backend, batch.y, shape, result)
+        return result
 
     def loss_and_grad(self, x: Any, y: Any, loss: Loss | str) -> float:
         """Forward ``x``, the loss against ``y``, and backward: fills :meth:`gradients`.
 
         Returns the loss value as a float.
         """
-        return float(self.loss_and_grad_batch(self.prepare_batch(x, y, loss)))
+        batch = self.prepare_batch(x, y, loss)
+        return self.read_loss(batch, self.loss_and_grad_batch(batch))
 
     def train_step(self, x: Any, y: Any, loss: Loss | str, optimizer: Optimizer) -> float:
         """One step: forward, loss, backward, ``optimizer.step`` on the flat buffers.
 
-        Returns the loss before the update.
+        Returns the loss before the update (:meth:`read_loss`: the one host sync of
+        the step on a GPU, where the target's values are checked after the step; on
+        the CPU they are checked before it and a bad batch changes nothing).
         """
         check_optimizer(optimizer)
-        return float(self.step(self.prepare_batch(x, y, loss), optimizer))
+        batch = self.prepare_batch(x, y, loss)
+        return self.read_loss(batch, self.step(batch, optimizer))
 
     def explain(
         self, x: Any, y: Any = None, loss: Loss | str | None = None, *, file: Any = None

@@ -110,9 +110,15 @@ def _dataset(
     return Batch(x, y, loss)
 
 
-def _rows(model: Sequential, data: Batch, index: Any) -> Batch:
-    """Rows ``index`` of a prepared dataset as a batch on the model's device."""
-    return Batch(_take(model, data.x, index), _take(model, data.y, index), data.loss)
+def _rows(model: Sequential, data: Batch, index: Any, device_index: Any = None) -> Batch:
+    """Rows ``index`` of a prepared dataset as a batch on the model's device; arrays
+    already on the device are indexed by ``device_index`` (the same rows, as a device
+    array) when given, so no index crosses to the device per batch."""
+    def rows(array: Array) -> Array:
+        native = device_index is not None and model.backend.is_native(array)
+        return _take(model, array, device_index if native else index)
+
+    return Batch(rows(data.x), rows(data.y), data.loss)
 
 
 def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
@@ -182,22 +188,23 @@ def _evaluate(
     """:func:`evaluate` on a dataset already checked by :func:`_dataset`."""
     loss = data.loss
     backend = model.backend
-    total_loss = 0.0
-    correct = 0
+    xp = backend.xp
     with backend.activate():
+        # sums stay on the device: one read at the end, none per batch
+        total_loss = xp.zeros((), dtype=np.float64)
+        correct = xp.zeros((), dtype=np.int64)
         grad = None
         for start in range(0, len(data.x), batch_size):
             batch = _rows(model, data, slice(start, start + batch_size))
             out = model.forward_batch(batch.x)
             if grad is None or grad.shape != out.shape:
-                grad = backend.xp.empty_like(out)
-            value = loss.write_value_and_grad(backend, out, batch.y, grad)
-            total_loss += float(value) * len(batch.x)
+                grad = xp.empty_like(out)
+            total_loss += loss.write_value_and_grad(backend, out, batch.y, grad) * len(batch.x)
             if "accuracy" in metrics:
-                correct += int(_correct(model, out, batch.y, loss))
-    result = {"loss": total_loss / len(data.x)}
+                correct += _correct(model, out, batch.y, loss)
+    result = {"loss": float(total_loss) / len(data.x)}
     if "accuracy" in metrics:
-        result["accuracy"] = correct / len(data.x)
+        result["accuracy"] = int(correct) / len(data.x)
     return result
 
 
@@ -304,6 +311,7 @@ def _fit(
     guarded = optimizer.max_grad_norm is not None or optimizer.skip_nonfinite
     eager = check_finite or guarded or not (capture and backend.is_gpu)
     compiled = None if eager else model.compile_step(loss, optimizer)
+    on_device = backend.is_gpu and (backend.is_native(data.x) or backend.is_native(data.y))
     for epoch in range(epochs):
         started = time.perf_counter()
         order = model.rng.permutation(n) if shuffle else None
@@ -313,14 +321,15 @@ def _fit(
             else None
         )
         with backend.activate():
+            # data on the GPU: the shuffled order goes to the device once per epoch
+            device_order = xp.asarray(order) if order is not None and on_device else None
             loss_sum = xp.zeros((), dtype=np.float64)
             correct = xp.zeros((), dtype=np.int64)
             for step in range(steps):
                 lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
                 index = order[lo:hi] if order is not None else slice(lo, hi)
-                if order is not None and backend.is_native(data.x) and backend.is_gpu:
-                    index = xp.asarray(index)
-                batch = _rows(model, data, index)
+                device_index = device_order[lo:hi] if device_order is not None else None
+                batch = _rows(model, data, index, device_index)
                 if compiled is not None and hi - lo == batch_size:
                     try:
                         compiled(batch.x, batch.y)

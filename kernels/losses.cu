@@ -22,8 +22,10 @@ constexpr int kMaxReduceThreads = 1024;
 
 // One warp per row (rows in a grid-stride loop over warps): the row max, then
 // sum e^{z - max} (the exponentials are parked in grad), then the gradient.
-// A label outside [0, cols) gives a NaN row_loss and a NaN gradient row (the
-// loader does not read labels back to check them: that would sync the host).
+// A label outside [0, cols) gives a NaN row_loss (the engine's flag: reading a NaN
+// loss makes it check the labels) and a zero gradient row, so a step that ran on
+// such a batch leaves the parameters finite (labels are not read back here: that
+// would sync the host).
 template <typename T>
 __global__ void softmax_xent_labels(const T* __restrict__ logits,
                                     const long long* __restrict__ labels, T* __restrict__ grad,
@@ -53,7 +55,7 @@ __global__ void softmax_xent_labels(const T* __restrict__ logits,
         for (int c = lane; c < cols; c += 32) {
             A v = load<A>(g[c]) / sum;
             if (c == y) v -= A(1);
-            g[c] = store<T>(valid ? v * inv_rows : quiet_nan<A>());
+            g[c] = store<T>(valid ? v * inv_rows : A(0));
         }
         if (lane == 0) {
             // log(sum) - (z_y - max): the reference's grouping

@@ -303,12 +303,14 @@ def test_softmax_xent_labels_edge_logits(cp: Any, dtype: Any) -> None:
     assert np.isfinite(grad.get()).all() and np.isfinite(row_loss.get()).all()
     assert_close(grad.get(), grad_ref, dtype, "grad")
     assert_close(value.get(), value_ref, dtype, "value")
-    # a label outside [0, C) poisons its row (NaN), not the memory around it
+    # a label outside [0, C) flags its row (NaN loss, zero gradient), not the memory
+    # around it; the value is NaN
     bad = cp.asarray(np.array([3, 0, -1, 1]))
-    kernels.softmax_xent_labels(cp.asarray(logits), bad, grad, row_loss)
+    kernels.softmax_xent_labels(cp.asarray(logits), bad, grad, row_loss, value)
     rl = row_loss.get()
     assert np.isnan(rl[[0, 2]]).all() and np.isfinite(rl[[1, 3]]).all()
-    assert np.isnan(grad.get()[[0, 2]]).all()
+    assert (grad.get()[[0, 2]] == 0).all() and np.isfinite(grad.get()).all()
+    assert np.isnan(float(value))
 
 
 @gpu
