@@ -91,9 +91,21 @@ class Loss:
         *,
         check_values: bool = True,
     ) -> Array:
-        """``target`` checked for shape and dtype and converted (labels to int64, other
-        targets to ``dtype``), C-contiguous on ``backend``'s device."""
-        raise NotImplementedError
+        """``target`` checked for shape and dtype and converted, C-contiguous on
+        ``backend``'s device: here a numeric array of the output's shape (a (B,)
+        target for a (B, 1) output is reshaped) in ``dtype``."""
+        backend.check_array(target, f"{self.name}: target")
+        if target.dtype.kind not in "biuf":
+            raise DTypeError(f"{self.name}: target must be numeric, got dtype {target.dtype}")
+        if target.ndim == 1 and len(shape) == 2 and shape[1] == 1:
+            target = target.reshape(-1, 1)
+        if tuple(target.shape) != shape:
+            raise ShapeError(
+                f"{self.name}: target shape {tuple(target.shape)} does not match "
+                f"the output shape {shape}"
+            )
+        with backend.activate():
+            return backend.xp.ascontiguousarray(target, dtype=dtype)
 
     def check_target_values(self, backend: Backend, target: Array, shape: tuple[int, ...]) -> None:
         """LabelError unless the values of a converted ``target`` are valid for this loss
@@ -117,23 +129,6 @@ class Loss:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    # --- shared validation --------------------------------------------------------
-    def _float_target(
-        self, backend: Backend, shape: tuple[int, ...], dtype: np.dtype, target: Array
-    ) -> Array:
-        backend.check_array(target, f"{self.name}: target")
-        if target.dtype.kind not in "biuf":
-            raise DTypeError(f"{self.name}: target must be numeric, got dtype {target.dtype}")
-        if target.ndim == 1 and len(shape) == 2 and shape[1] == 1:
-            target = target.reshape(-1, 1)
-        if tuple(target.shape) != shape:
-            raise ShapeError(
-                f"{self.name}: target shape {tuple(target.shape)} does not match "
-                f"the output shape {shape}"
-            )
-        with backend.activate():
-            return backend.xp.ascontiguousarray(target, dtype=dtype)
-
 
 class MSE(Loss):
     """Mean squared error, L = 1/N Σ (p − y)²  (``reduction="sum"``: Σ (p − y)²)."""
@@ -147,17 +142,6 @@ class MSE(Loss):
 
     def __repr__(self) -> str:
         return "MSE()" if self.reduction == "mean" else f"MSE(reduction={self.reduction!r})"
-
-    def convert_target(
-        self,
-        backend: Backend,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        target: Array,
-        *,
-        check_values: bool = True,
-    ) -> Array:
-        return self._float_target(backend, shape, dtype, target)
 
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array
@@ -189,7 +173,7 @@ class SoftmaxCrossEntropy(Loss):
             raise ShapeError(f"{self.name}: logits must be (batch, classes), got {shape}")
         batch, classes = shape
         if target.ndim == 2:
-            return self._float_target(backend, shape, dtype, target)
+            return super().convert_target(backend, shape, dtype, target)
         if target.ndim != 1:
             raise ShapeError(
                 f"{self.name}: target must be labels of shape ({batch},) or one-hot "
@@ -248,17 +232,6 @@ class BCEWithLogits(Loss):
     """
 
     name = "BCEWithLogits"
-
-    def convert_target(
-        self,
-        backend: Backend,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        target: Array,
-        *,
-        check_values: bool = True,
-    ) -> Array:
-        return self._float_target(backend, shape, dtype, target)
 
     def check_target_values(self, backend: Backend, target: Array, shape: tuple[int, ...]) -> None:
         """Targets must lie in [0, 1]."""
