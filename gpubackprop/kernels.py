@@ -219,15 +219,12 @@ def name_expressions(family: str, dtype: Any) -> tuple[str, ...]:
     activation-templated kernels)."""
     if family not in FAMILIES:
         raise ConfigError(f"unknown kernel family {family!r}; expected one of {list(FAMILIES)}")
-    names: list[str] = []
-    for kernel, (fam, per_activation) in KERNELS.items():
-        if fam != family:
-            continue
-        if per_activation:
-            names.extend(kernel_name(kernel, dtype, act) for act in activation_types())
-        else:
-            names.append(kernel_name(kernel, dtype))
-    return tuple(names)
+    return tuple(
+        kernel_name(kernel, dtype, act)
+        for kernel, (fam, per_activation) in KERNELS.items()
+        if fam == family
+        for act in (activation_types() if per_activation else [None])
+    )
 
 
 def instantiation_source(family: str, expressions: Iterable[str] | None = None) -> str:
@@ -252,12 +249,9 @@ def instantiation_source(family: str, expressions: Iterable[str] | None = None) 
 def write_instantiation_sources(folder: str | Path) -> list[Path]:
     """Write :func:`instantiation_source` of every family into ``folder``
     (``<family>.cu``) and return the paths (used by ``kernels/check.sh``)."""
-    out = Path(folder)
-    paths = []
-    for family in FAMILIES:
-        path = out / f"{family}.cu"
-        path.write_text(instantiation_source(family), encoding="utf-8")
-        paths.append(path)
+    paths = [Path(folder) / f"{family}.cu" for family in FAMILIES]
+    for path in paths:
+        path.write_text(instantiation_source(path.stem), encoding="utf-8")
     return paths
 
 
