@@ -106,7 +106,7 @@ _ACT_ENTRY = re.compile(r"X\(\s*(\w+)\s*,\s*(\w+)\s*\)")
 _INT32_MAX = 2**31 - 1
 _BLOCK = 256  # threads per block of the elementwise kernels
 _BLOCKS_PER_SM = 8  # grid cap of the grid-stride kernels, per multiprocessor
-_WARPS_PER_BLOCK = 8  # softmax: one warp per row
+_WARPS = _BLOCK // 32  # softmax: rows per block (one warp per row)
 _STRIP_COLS = 32  # column reductions: columns per block (blockDim.x)
 _MAX_ROW_LANES = 32  # column reductions: largest blockDim.y
 _ROWS_PER_LANE = 16  # column reductions: rows per thread before K doubles
@@ -205,18 +205,13 @@ def _functor(activation: str | ActivationSpec | None) -> str:
 
 def kernel_name(kernel: str, dtype: Any, activation: str | ActivationSpec | None = None) -> str:
     """The C++ name expression of one instantiation, e.g.
-    ``gbp::act_backward<float, gbp::act::Sigmoid>`` or ``gbp::column_sum<double>``."""
+    ``gbp::act_backward<float, gbp::act::Sigmoid>`` or ``gbp::column_sum<double>``
+    (NVRTC matches this string exactly)."""
     if kernel not in KERNELS:
         raise ConfigError(f"unknown kernel {kernel!r}; expected one of {list(KERNELS)}")
-    functor = _functor(activation) if KERNELS[kernel][1] else None
-    return _expression(kernel, _ctype(dtype), functor)
-
-
-def _expression(kernel: str, ctype: str, functor: str | None) -> str:
-    """The one spelling of a name expression (NVRTC matches the string exactly)."""
-    if functor is not None:
-        return f"gbp::{kernel}<{ctype}, gbp::act::{functor}>"
-    return f"gbp::{kernel}<{ctype}>"
+    if KERNELS[kernel][1]:
+        return f"gbp::{kernel}<{_ctype(dtype)}, gbp::act::{_functor(activation)}>"
+    return f"gbp::{kernel}<{_ctype(dtype)}>"
 
 
 def name_expressions(family: str, dtype: Any) -> tuple[str, ...]:
@@ -224,15 +219,12 @@ def name_expressions(family: str, dtype: Any) -> tuple[str, ...]:
     activation-templated kernels)."""
     if family not in FAMILIES:
         raise ConfigError(f"unknown kernel family {family!r}; expected one of {list(FAMILIES)}")
-    names: list[str] = []
-    for kernel, (fam, per_activation) in KERNELS.items():
-        if fam != family:
-            continue
-        if per_activation:
-            names.extend(kernel_name(kernel, dtype, act) for act in activation_types())
-        else:
-            names.append(kernel_name(kernel, dtype))
-    return tuple(names)
+    return tuple(
+        kernel_name(kernel, dtype, act)
+        for kernel, (fam, per_activation) in KERNELS.items()
+        if fam == family
+        for act in (activation_types() if per_activation else [None])
+    )
 
 
 def instantiation_source(family: str, expressions: Iterable[str] | None = None) -> str:
@@ -257,12 +249,9 @@ def instantiation_source(family: str, expressions: Iterable[str] | None = None) 
 def write_instantiation_sources(folder: str | Path) -> list[Path]:
     """Write :func:`instantiation_source` of every family into ``folder``
     (``<family>.cu``) and return the paths (used by ``kernels/check.sh``)."""
-    out = Path(folder)
-    paths = []
-    for family in FAMILIES:
-        path = out / f"{family}.cu"
-        path.write_text(instantiation_source(family), encoding="utf-8")
-        paths.append(path)
+    paths = [Path(folder) / f"{family}.cu" for family in FAMILIES]
+    for path in paths:
+        path.write_text(instantiation_source(path.stem), encoding="utf-8")
     return paths
 
 
@@ -286,26 +275,19 @@ def _module(family: str, ctype: str) -> Any:
 
 
 @functools.cache
-def _kernel(kernel: str, ctype: str, functor: str | None) -> Any:
-    return _module(KERNELS[kernel][0], ctype).get_function(_expression(kernel, ctype, functor))
+def _function(family: str, ctype: str, expression: str) -> Any:
+    return _module(family, ctype).get_function(expression)
 
 
 def get_kernel(kernel: str, dtype: Any, activation: str | ActivationSpec | None = None) -> Any:
     """The compiled :class:`cupy.RawKernel` of one instantiation (cached per process)."""
-    kernel_name(kernel, dtype, activation)  # validates all three
-    functor = _functor(activation) if KERNELS[kernel][1] else None
-    return _kernel(kernel, _ctype(dtype), functor)
+    expression = kernel_name(kernel, dtype, activation)  # validates all three
+    return _function(KERNELS[kernel][0], _ctype(dtype), expression)
 
 
 @functools.cache
 def _sm_count(device_id: int) -> int:
     return int(_cupy().cuda.Device(device_id).attributes["MultiProcessorCount"])
-
-
-def _grid(n: int, per_block: int, device_id: int, per_sm: int = _BLOCKS_PER_SM) -> int:
-    """Blocks for a grid-stride loop over n items: enough to cover them, capped at
-    ``per_sm`` blocks per multiprocessor (the loop covers the rest)."""
-    return max(1, min(-(-n // per_block), _sm_count(device_id) * per_sm))
 
 
 def column_sum_lanes(rows: int) -> int:
@@ -405,16 +387,13 @@ class _Args:
             for other, o_start, o_end, o_shape, o_output in self.buffers[i + 1 :]:
                 if not (output or o_output) or start >= o_end or o_start >= end:
                     continue
-                if frozenset((name, other)) in ok and start == o_start and shape == o_shape:
+                same_only = frozenset((name, other)) in ok
+                if same_only and start == o_start and shape == o_shape:
                     continue
+                hint = " (they may only be the very same array)" if same_only else ""
                 raise ConfigError(
                     f"kernels.{self.kernel}: {name} and {other} share memory; "
-                    f"an output must not overlap another argument"
-                    + (
-                        " (they may only be the very same array)"
-                        if frozenset((name, other)) in ok
-                        else ""
-                    )
+                    f"an output must not overlap another argument{hint}"
                 )
 
     def scalar(self, value: float) -> np.generic:
@@ -422,45 +401,79 @@ class _Args:
         assert self.dtype is not None
         return self.dtype.type(value)
 
-    def launch(
-        self,
-        kernel: Any,
-        grid: tuple[int, ...],
-        block: tuple[int, ...],
-        args: tuple[Any, ...],
-    ) -> None:
+    def scalars(self, *values: float) -> tuple[np.generic, ...]:
+        """:meth:`scalar` of each value."""
+        return tuple(self.scalar(v) for v in values)
+
+    def launch(self, kernel: Any, grid: int, block: tuple[int, ...], args: tuple[Any, ...]) -> None:
         """Launch on the current stream of the arguments' device."""
         cp = _cupy()
         if cp.cuda.runtime.getDevice() == self.device_id:
-            kernel(grid, block, args)
+            kernel((grid,), block, args)
         else:
             with cp.cuda.Device(self.device_id):
-                kernel(grid, block, args)
+                kernel((grid,), block, args)
 
+    def grid_stride(
+        self,
+        kernel: Any,
+        items: int,
+        args: tuple[Any, ...],
+        *,
+        per_block: int = _BLOCK,
+        per_sm: int = _BLOCKS_PER_SM,
+        block: tuple[int, ...] = (_BLOCK,),
+    ) -> None:
+        """Launch a grid-stride loop over ``items`` (one launch, even for 0 items):
+        enough blocks of ``per_block`` items to cover them, capped at ``per_sm`` blocks
+        per multiprocessor (the loop covers the rest)."""
+        assert self.device_id is not None
+        grid = max(1, min(-(-items // per_block), _sm_count(self.device_id) * per_sm))
+        self.launch(kernel, grid, block, args)
 
-def _as_int32(kernel: str, name: str, value: int) -> np.int32:
-    if value > _INT32_MAX:
-        raise ShapeError(f"kernels.{kernel}: {name} = {value} exceeds the int32 limit {_INT32_MAX}")
-    return np.int32(value)
+    def columns(self, kernel: Any, rows: int, cols: int, args: tuple[Any, ...]) -> None:
+        """Launch a column reduction: blocks of (32, K) threads, one per strip of 32
+        columns at a time (K = :func:`column_sum_lanes`); nothing for 0 columns."""
+        if cols:
+            strips = -(-cols // _STRIP_COLS)
+            block = (_STRIP_COLS, column_sum_lanes(rows))
+            self.grid_stride(kernel, strips, args, per_block=1, per_sm=32, block=block)
 
 
 def _matrix(args: _Args, name: str, x: Any, **kwargs: Any) -> tuple[Array, int, int]:
-    """A 2-D (rows, cols) float array and its two sizes."""
+    """A 2-D (rows, cols) float array and its two sizes, each within int32."""
     x = args.array(name, x, ndim=2, **kwargs)
-    rows, cols = (int(s) for s in x.shape)
-    _as_int32(args.kernel, f"{name}.shape[0]", rows)
-    _as_int32(args.kernel, f"{name}.shape[1]", cols)
-    return x, rows, cols
+    for axis, size in enumerate(x.shape):
+        if size > _INT32_MAX:
+            raise ShapeError(
+                f"kernels.{args.kernel}: {name}.shape[{axis}] = {size} exceeds the int32 "
+                f"limit {_INT32_MAX}"
+            )
+    return x, int(x.shape[0]), int(x.shape[1])
 
 
-def _value(args: _Args, value: Any) -> Array | None:
-    """An optional one-element output for a loss value."""
-    if value is None:
-        return None
-    x = args.array("value", value, output=True)
+def _one(args: _Args, name: str, x: Any, *, output: bool = False) -> Array:
+    """A one-element float array (a loss value, a sum, a learning rate)."""
+    x = args.array(name, x, output=output)
     if x.size != 1:
-        raise ShapeError(f"kernels.{args.kernel}: value must have one element, got {x.shape}")
+        raise ShapeError(
+            f"kernels.{args.kernel}: {name} must have one element, got shape {x.shape}"
+        )
     return x
+
+
+def _workspace(args: _Args, workspace: Any, n: int) -> Array | None:
+    """An optional 1-D output for the partials of :func:`sum_reduce` over n inputs."""
+    if workspace is None:
+        return None
+    workspace = args.array("workspace", workspace, ndim=1, output=True)
+    partials = sum_reduce_workspace_size(n)
+    if workspace.size < partials:
+        raise ShapeError(
+            f"kernels.{args.kernel}: workspace must hold at least {partials} elements "
+            f"for {n} inputs, got {workspace.size}"
+        )
+    return workspace
 
 
 # --- dense -------------------------------------------------------------------------------
@@ -479,11 +492,19 @@ def bias_act_forward(
     out = args.array("out", out, shape=(rows, cols), output=True)
     args.no_overlap(("z", "out"))
     kernel = get_kernel("bias_act_forward", z.dtype, activation)
-    n = rows * cols
-    if n:
-        grid = _grid(n, _BLOCK, args.device_id)
-        args.launch(kernel, (grid,), (_BLOCK,), (z, bias, out, np.int32(rows), np.int32(cols)))
+    if rows * cols:
+        args.grid_stride(kernel, rows * cols, (z, bias, out, np.int32(rows), np.int32(cols)))
     return out
+
+
+def _saved(
+    args: _Args, activation: str | ActivationSpec | None, saved: Any, **kw: Any
+) -> tuple[ActivationSpec, Array | None]:
+    """The activation's table entry and ``saved`` (a or z) checked: None only for the identity."""
+    act = activation if isinstance(activation, ActivationSpec) else get_activation(activation)
+    if saved is None and not act.is_identity:
+        raise ConfigError(f"kernels.{args.kernel}: {act.name} needs saved (a or z), got None")
+    return act, args.optional("saved", saved, **kw)
 
 
 def act_backward(
@@ -496,18 +517,13 @@ def act_backward(
     ``delta`` or ``saved`` (as in the reference). Returns ``dz``.
     """
     args = _Args("act_backward")
-    act = get_activation(activation) if not isinstance(activation, ActivationSpec) else activation
     delta = args.array("delta", delta)
-    if saved is None and not act.is_identity:
-        raise ConfigError(f"kernels.act_backward: {act.name} needs saved (a or z), got None")
-    saved = args.optional("saved", saved, shape=delta.shape)
+    act, saved = _saved(args, activation, saved, shape=delta.shape)
     dz = args.array("dz", dz, shape=delta.shape, output=True)
     args.no_overlap()
     kernel = get_kernel("act_backward", delta.dtype, act)
-    n = int(delta.size)
-    if n:
-        grid = _grid(n, _BLOCK, args.device_id)
-        args.launch(kernel, (grid,), (_BLOCK,), (delta, saved, dz, np.int64(n)))
+    if delta.size:
+        args.grid_stride(kernel, int(delta.size), (delta, saved, dz, np.int64(delta.size)))
     return dz
 
 
@@ -526,25 +542,13 @@ def act_backward_colsum(
     (fixed summation order, no atomics; see :func:`column_sum_lanes`). Returns ``db``.
     """
     args = _Args("act_backward_colsum")
-    act = get_activation(activation) if not isinstance(activation, ActivationSpec) else activation
     delta, rows, cols = _matrix(args, "delta", delta)
-    if saved is None and not act.is_identity:
-        raise ConfigError(f"kernels.act_backward_colsum: {act.name} needs saved (a or z), got None")
-    saved = args.optional("saved", saved, shape=(rows, cols))
+    act, saved = _saved(args, activation, saved, shape=(rows, cols))
     dz = args.optional("dz", dz, shape=(rows, cols), output=True)
     db = args.array("db", db, shape=(cols,), output=True)
     args.no_overlap()
     kernel = get_kernel("act_backward_colsum", delta.dtype, act)
-    if cols:
-        lanes = column_sum_lanes(rows)
-        strips = -(-cols // _STRIP_COLS)
-        grid = _grid(strips, 1, args.device_id, per_sm=32)
-        args.launch(
-            kernel,
-            (grid,),
-            (_STRIP_COLS, lanes),
-            (delta, saved, dz, db, np.int32(rows), np.int32(cols)),
-        )
+    args.columns(kernel, rows, cols, (delta, saved, dz, db, np.int32(rows), np.int32(cols)))
     return db
 
 
@@ -558,11 +562,7 @@ def column_sum(x: Array, out: Array) -> Array:
     out = args.array("out", out, shape=(cols,), output=True)
     args.no_overlap()
     kernel = get_kernel("column_sum", x.dtype)
-    if cols:
-        lanes = column_sum_lanes(rows)
-        strips = -(-cols // _STRIP_COLS)
-        grid = _grid(strips, 1, args.device_id, per_sm=32)
-        args.launch(kernel, (grid,), (_STRIP_COLS, lanes), (x, out, np.int32(rows), np.int32(cols)))
+    args.columns(kernel, rows, cols, (x, out, np.int32(rows), np.int32(cols)))
     return out
 
 
@@ -581,59 +581,57 @@ def sum_reduce(
     """
     args = _Args("sum_reduce")
     x = args.array("x", x)
-    out = args.array("out", out, output=True)
-    if out.size != 1:
-        raise ShapeError(f"kernels.sum_reduce: out must have one element, got shape {out.shape}")
-    n = int(x.size)
-    partials = sum_reduce_workspace_size(n)
-    if workspace is not None:
-        workspace = args.array("workspace", workspace, ndim=1, output=True)
-        if workspace.size < partials:
-            raise ShapeError(
-                f"kernels.sum_reduce: workspace must hold at least {partials} elements "
-                f"for {n} inputs, got {workspace.size}"
-            )
+    out = _one(args, "out", out, output=True)
+    workspace = _workspace(args, workspace, int(x.size))
     args.no_overlap()
-    _sum_launch(args, x, out, n, scale, partials, workspace)
+    _sum_launch(args, x, out, scale, workspace)
     return out
 
 
-def _sum_launch(
-    args: _Args,
-    x: Array,
-    out: Array,
-    n: int,
-    scale: float,
-    partials: int,
-    workspace: Array | None,
-) -> None:
+def _sum_launch(args: _Args, x: Array, out: Array, scale: float, workspace: Array | None) -> None:
+    """out = scale · Σ x in one launch, or two through the partials in ``workspace``."""
+    n = int(x.size)
+    partials = sum_reduce_workspace_size(n)
     kernel = get_kernel("sum_reduce", x.dtype)
     if partials == 0:
-        args.launch(kernel, (1,), (_SUM_BLOCK,), (x, out, np.int64(n), args.scalar(scale)))
+        args.launch(kernel, 1, (_SUM_BLOCK,), (x, out, np.int64(n), args.scalar(scale)))
         return
     if workspace is None:
         with _cupy().cuda.Device(args.device_id):
             workspace = _cupy().empty((partials,), dtype=x.dtype)
-    args.launch(kernel, (partials,), (_SUM_BLOCK,), (x, workspace, np.int64(n), args.scalar(1.0)))
-    args.launch(
-        kernel, (1,), (_SUM_BLOCK,), (workspace, out, np.int64(partials), args.scalar(scale))
-    )
+    args.launch(kernel, partials, (_SUM_BLOCK,), (x, workspace, np.int64(n), args.scalar(1.0)))
+    last = (workspace, out, np.int64(partials), args.scalar(scale))
+    args.launch(kernel, 1, (_SUM_BLOCK,), last)
 
 
-def _loss_value(
-    args: _Args, per_item: Array, value: Array | None, scale: float, workspace: Array | None
+def _loss(
+    args: _Args,
+    kernel_args: tuple[Any, ...],
+    items: int,
+    terms: tuple[str, Array | None],
+    value: Any,
+    workspace: Any,
+    scale: float,
+    *,
+    per_block: int = _BLOCK,
+    per_sm: int = _BLOCKS_PER_SM,
 ) -> Array | None:
-    """value = scale · Σ per_item, when a value array was given."""
-    if value is None:
+    """The common end of the loss wrappers: check ``value`` and ``workspace``, launch
+    the kernel over ``items`` (rows or elements), then value = scale · Σ terms
+    (``terms``: name and array of the per-row or per-element losses) when a value is
+    asked for. Returns value."""
+    name, per_term = terms
+    value = None if value is None else _one(args, "value", value, output=True)
+    if value is not None and per_term is None:
+        raise ConfigError(f"kernels.{args.kernel}: a value needs {name}, got None")
+    workspace = _workspace(args, workspace, items)
+    args.no_overlap()
+    if items:
+        kernel = get_kernel(args.kernel, kernel_args[0].dtype)
+        args.grid_stride(kernel, items, kernel_args, per_block=per_block, per_sm=per_sm)
+    if value is None or per_term is None:
         return None
-    n = int(per_item.size)
-    partials = sum_reduce_workspace_size(n)
-    if workspace is not None and workspace.size < partials:
-        raise ShapeError(
-            f"kernels.{args.kernel}: workspace must hold at least {partials} elements "
-            f"for {n} loss terms, got {workspace.size}"
-        )
-    _sum_launch(args, per_item, value, n, scale, partials, workspace)
+    _sum_launch(args, per_term, value, scale, workspace)
     return value
 
 
@@ -701,19 +699,12 @@ def _softmax_xent(
         target = args.array("probs", target, shape=(rows, cols))
     grad = args.array("grad", grad, shape=(rows, cols), output=True)
     row_loss = args.array("row_loss", row_loss, shape=(rows,), output=True)
-    value = _value(args, value)
-    workspace = args.optional("workspace", workspace, ndim=1, output=True)
-    args.no_overlap()
-    kernel = get_kernel(kernel_name, logits.dtype)
-    if rows:
-        grid = _grid(rows, _WARPS_PER_BLOCK, args.device_id, per_sm=16)
-        args.launch(
-            kernel,
-            (grid,),
-            (32 * _WARPS_PER_BLOCK,),
-            (logits, target, grad, row_loss, np.int32(rows), np.int32(cols)),
-        )
-    return _loss_value(args, row_loss, value, 1.0 / max(rows, 1), workspace)
+    kernel_args = (logits, target, grad, row_loss, np.int32(rows), np.int32(cols))
+    scale = 1.0 / max(rows, 1)
+    terms = ("row_loss", row_loss)
+    return _loss(
+        args, kernel_args, rows, terms, value, workspace, scale, per_block=_WARPS, per_sm=16
+    )
 
 
 def mse_grad(
@@ -737,19 +728,9 @@ def mse_grad(
     target = args.array("target", target, shape=pred.shape)
     grad = args.array("grad", grad, shape=pred.shape, output=True)
     sq = args.optional("sq", sq, shape=pred.shape, output=True)
-    value = _value(args, value)
-    if value is not None and sq is None:
-        raise ConfigError("kernels.mse_grad: a value needs sq (the squared errors), got None")
-    workspace = args.optional("workspace", workspace, ndim=1, output=True)
-    args.no_overlap()
-    kernel = get_kernel("mse_grad", pred.dtype)
     n = int(pred.size)
-    if n:
-        grid = _grid(n, _BLOCK, args.device_id)
-        args.launch(
-            kernel, (grid,), (_BLOCK,), (pred, target, grad, sq, np.int64(n), args.scalar(scale))
-        )
-    return _loss_value(args, sq, value, scale, workspace) if value is not None else None
+    kernel_args = (pred, target, grad, sq, np.int64(n), args.scalar(scale))
+    return _loss(args, kernel_args, n, ("sq (the squared errors)", sq), value, workspace, scale)
 
 
 def bce_logits(
@@ -774,19 +755,10 @@ def bce_logits(
     target = args.array("target", target, shape=logits.shape)
     grad = args.array("grad", grad, shape=logits.shape, output=True)
     elem_loss = args.optional("elem_loss", elem_loss, shape=logits.shape, output=True)
-    value = _value(args, value)
-    if value is not None and elem_loss is None:
-        raise ConfigError("kernels.bce_logits: a value needs elem_loss, got None")
-    workspace = args.optional("workspace", workspace, ndim=1, output=True)
-    args.no_overlap()
-    kernel = get_kernel("bce_logits", logits.dtype)
     n = int(logits.size)
-    if n:
-        grid = _grid(n, _BLOCK, args.device_id)
-        args.launch(kernel, (grid,), (_BLOCK,), (logits, target, grad, elem_loss, np.int64(n)))
-    if value is None:
-        return None
-    return _loss_value(args, elem_loss, value, 1.0 / max(n, 1), workspace)
+    kernel_args = (logits, target, grad, elem_loss, np.int64(n))
+    terms = ("elem_loss", elem_loss)
+    return _loss(args, kernel_args, n, terms, value, workspace, 1.0 / max(n, 1))
 
 
 # --- optimizers ---------------------------------------------------------------------------
@@ -794,17 +766,6 @@ def _flat_pair(args: _Args, params: Array, grads: Array) -> tuple[Array, Array, 
     params = args.array("params", params, ndim=1, output=True)
     grads = args.array("grads", grads, shape=params.shape)
     return params, grads, int(params.size)
-
-
-def _lr(args: _Args, lr: Array) -> Array:
-    lr = args.array("lr", lr)
-    if lr.size != 1:
-        raise ShapeError(f"kernels.{args.kernel}: lr must have one element, got shape {lr.shape}")
-    return lr
-
-
-def _step_state(args: _Args, step_state: Array) -> Array:
-    return args.array("step_state", step_state, shape=(2,), dtype=np.int32, output=True)
 
 
 def sgd_step(
@@ -838,28 +799,14 @@ def sgd_step(
     if momentum != 0 and momentum_buffer is None:
         raise ConfigError("kernels.sgd_step: momentum != 0 needs a momentum_buffer, got None")
     buf = args.optional("momentum_buffer", momentum_buffer, shape=params.shape, output=True)
-    lr = _lr(args, lr)
-    step_state = _step_state(args, step_state)
+    lr = _one(args, "lr", lr)
+    step_state = args.array("step_state", step_state, shape=(2,), dtype=np.int32, output=True)
     args.no_overlap()
     kernel = get_kernel("sgd_step", params.dtype)
-    grid = _grid(n, _BLOCK, args.device_id)
-    args.launch(
-        kernel,
-        (grid,),
-        (_BLOCK,),
-        (
-            params,
-            grads,
-            buf,
-            lr,
-            step_state,
-            args.scalar(momentum),
-            args.scalar(1.0 - dampening),
-            args.scalar(weight_decay),
-            np.int32(bool(nesterov)),
-            np.int64(n),
-        ),
-    )
+    hyper = args.scalars(momentum, 1.0 - dampening, weight_decay)
+    flags = (np.int32(bool(nesterov)), np.int64(n))
+    # launched even for n = 0: the kernel advances the step counter
+    args.grid_stride(kernel, n, (params, grads, buf, lr, step_state, *hyper, *flags))
     return params
 
 
@@ -878,25 +825,13 @@ def adam_prepare(
     ``scalars``: (3,) in the params' dtype; ``lr``: one element. Returns ``scalars``.
     """
     args = _Args("adam_prepare")
-    step_state = _step_state(args, step_state)
+    step_state = args.array("step_state", step_state, shape=(2,), dtype=np.int32, output=True)
     scalars = args.array("scalars", scalars, shape=(_ADAM_SCALARS,), output=True)
-    lr = _lr(args, lr)
+    lr = _one(args, "lr", lr)
     args.no_overlap()
-    beta1, beta2 = betas
     kernel = get_kernel("adam_prepare", scalars.dtype)
-    args.launch(
-        kernel,
-        (1,),
-        (1,),
-        (
-            step_state,
-            scalars,
-            lr,
-            np.float64(beta1),
-            np.float64(beta2),
-            np.float64(weight_decay),
-        ),
-    )
+    hyper = (np.float64(betas[0]), np.float64(betas[1]), np.float64(weight_decay))
+    args.launch(kernel, 1, (1,), (step_state, scalars, lr, *hyper))
     return scalars
 
 
@@ -931,28 +866,10 @@ def adam_step(
     args.no_overlap()
     beta1, beta2 = betas
     kernel = get_kernel("adam_step", params.dtype)
-    grid = _grid(n, _BLOCK, args.device_id)
+    hyper = args.scalars(beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, weight_decay)
+    flags = (np.int32(bool(decoupled)), np.int64(n))
     if n:
-        args.launch(
-            kernel,
-            (grid,),
-            (_BLOCK,),
-            (
-                params,
-                grads,
-                exp_avg,
-                exp_avg_sq,
-                scalars,
-                args.scalar(beta1),
-                args.scalar(beta2),
-                args.scalar(1.0 - beta1),
-                args.scalar(1.0 - beta2),
-                args.scalar(eps),
-                args.scalar(weight_decay),
-                np.int32(bool(decoupled)),
-                np.int64(n),
-            ),
-        )
+        args.grid_stride(kernel, n, (params, grads, exp_avg, exp_avg_sq, scalars, *hyper, *flags))
     return params
 
 

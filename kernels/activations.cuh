@@ -8,20 +8,11 @@
 // templated over the compute type T (float or double; half/bf16 compute in float,
 // see gbp_math.cuh). The fused kernels (dense.cu) pick any of them up through the
 // template parameter, and GBP_FOR_EACH_ACTIVATION below lists them all: the loader
-// (gpubackprop/kernels.py) reads that list to map Python names to C++ types, and
-// the tests check it against gpubackprop.activations.ACTIVATIONS.
+// (gpubackprop/kernels.py) reads that list to map Python names to C++ types.
 //
-// A new activation is one functor here, one X(...) line in the list, and one row
-// in the Python table.
-//
-// Numerics: every functor is finite where the true value is finite, for any z,
-// including +-inf (limits), +-1e4 and the float32 overflow edge of exp (|z| ~ 89);
-// NaN in gives NaN out. Where the NumPy reference forms 0 * inf at z = +-inf (gelu,
-// gelu_tanh, silu), the functor returns the limit instead.
-//
-// Not bit-exact for subnormals: CuPy compiles with -ftz=true, so in float32 these
-// functors flush subnormal inputs and results to zero (compares too: relu'(a) is 0
-// for a positive subnormal a, 1 in NumPy). See kernels/README.md.
+// Numerics (kernels/README.md, "Edge values" and "Subnormals"): finite wherever the
+// true value is finite, limits at +-inf, NaN in gives NaN out; float32 flushes
+// subnormals (CuPy's -ftz=true).
 #pragma once
 
 #include "gbp_math.cuh"

@@ -1,19 +1,13 @@
 #!/usr/bin/env bash
 # Compile every CUDA kernel with nvcc (no GPU needed), so a typo or a type error
-# fails here and in CI instead of at NVRTC time on a GPU machine.
-#
-# What is compiled is what the loader (gpubackprop/kernels.py) hands NVRTC: each
-# family's source with its headers inlined, plus every name expression of the
-# loader's table (every kernel for float and double, and every activation),
-# written by gpubackprop.kernels.write_instantiation_sources. That table is the one
-# list of instantiations. Each family for sm_80 and sm_90, warnings as errors.
-#
-# All compiles run in parallel; objects go to a temporary folder under /tmp that
-# is removed at the end. Exits non-zero on any error, and when gpubackprop.kernels
-# does not import with $PYTHON (then nothing could be checked). Environment: NVCC
-# (default: nvcc on PATH), PYTHON (the interpreter that has gpubackprop's
-# dependencies; tests pass their own; default: python3), GBP_CHECK_JOBS (parallel
-# jobs, default: number of CPUs).
+# fails here and in CI instead of at NVRTC time on a GPU machine: what the loader
+# hands NVRTC (gpubackprop.kernels.write_instantiation_sources: each family with its
+# headers inlined and every name expression of the loader's table), for sm_80 and
+# sm_90, warnings as errors, in parallel, in a temporary folder (kernels/README.md).
+# Exits non-zero on any error, and when gpubackprop.kernels does not import with
+# $PYTHON (then nothing could be checked). Environment: NVCC (default: nvcc on PATH),
+# PYTHON (the interpreter with gpubackprop's dependencies; default: python3),
+# GBP_CHECK_JOBS (parallel compiles, default: number of CPUs).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,51 +33,31 @@ if ! (cd "$repo" && PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c \
     exit 2
 fi
 
-flags=(-std=c++17 -Werror all-warnings -Xcompiler -Wall,-Wextra)
-# job list: "label|command..." (one per line), run with at most $jobs in parallel
-cmds=()
-while read -r src; do
-    name="$(basename "$src" .cu)"
-    for sm in 80 90; do
-        cmds+=("$name [the loader's name expressions; sm_$sm]|$NVCC ${flags[*]} -arch=sm_$sm -c $src -o $out/$name.$sm.o")
-    done
-done <"$out/sources.list"
-if [ "${#cmds[@]}" -eq 0 ]; then
+# one compile (source, sm), reported as one block of output; run by xargs, up to $jobs at once
+compile_one() {
+    local name label
+    name="$(basename "$1" .cu)"
+    label="$name [the loader's name expressions; sm_$2]"
+    if "$NVCC" -std=c++17 -Werror all-warnings -Xcompiler -Wall,-Wextra -arch="sm_$2" \
+        -c "$1" -o "$out/$name.$2.o" >"$out/$name.$2.log" 2>&1; then
+        echo "ok    $label"
+    else
+        printf 'FAIL  %s\n%s\n' "$label" "$(cat "$out/$name.$2.log")"  # one write: no interleaving
+        return 1
+    fi
+}
+export -f compile_one
+export NVCC out
+
+count=$((2 * $(wc -l <"$out/sources.list")))
+if [ "$count" -eq 0 ]; then
     echo "check.sh: FAILED: the loader wrote no sources" >&2
     exit 2
 fi
-
 start=$(date +%s)
-pids=()
-labels=()
-logs=()
 status=0
-run_one() {  # label, command
-    local log="$out/log.$RANDOM$RANDOM"
-    # shellcheck disable=SC2086
-    (eval "$2") >"$log" 2>&1 &
-    pids+=("$!")
-    labels+=("$1")
-    logs+=("$log")
-}
-wait_one() {  # wait for the oldest job and report it
-    local pid="${pids[0]}" label="${labels[0]}" log="${logs[0]}"
-    pids=("${pids[@]:1}")
-    labels=("${labels[@]:1}")
-    logs=("${logs[@]:1}")
-    if wait "$pid"; then
-        echo "ok    $label"
-    else
-        echo "FAIL  $label"
-        cat "$log"
-        status=1
-    fi
-}
-for entry in "${cmds[@]}"; do
-    while [ "${#pids[@]}" -ge "$jobs" ]; do wait_one; done
-    run_one "${entry%%|*}" "${entry#*|}"
-done
-while [ "${#pids[@]}" -gt 0 ]; do wait_one; done
+while read -r src; do printf '%s 80\n%s 90\n' "$src" "$src"; done <"$out/sources.list" |
+    xargs -P "$jobs" -n 2 bash -c 'compile_one "$@"' _ || status=1
 
-echo "check.sh: ${#cmds[@]} compiles with $("$NVCC" --version | tail -n 1) in $(($(date +%s) - start)) s: $([ "$status" -eq 0 ] && echo passed || echo FAILED)"
+echo "check.sh: $count compiles with $("$NVCC" --version | tail -n 1) in $(($(date +%s) - start)) s: $([ "$status" -eq 0 ] && echo passed || echo FAILED)"
 exit "$status"

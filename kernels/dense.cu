@@ -6,15 +6,12 @@
 //   act_backward_colsum<T, Act>  dz = delta * f'(saved)  and  db[j] = sum_i dz[i,j]
 //   column_sum<T>                out[j] = sum_i x[i,j]
 //
-// Matrices are row-major (rows, cols) and C-contiguous (the loader checks). The
-// elementwise kernels use grid-stride loops, so any grid size covers any matrix.
+// Matrices are row-major (rows, cols) and C-contiguous (the loader checks).
 //
 // The column reductions are deterministic, with no atomics: block (32, K) owns a
-// strip of 32 adjacent columns (one column per threadIdx.x, so each warp reads 32
-// adjacent elements of a row); thread (x, y) adds rows y, y+K, y+2K, ... in that
-// order, then a fixed-order shared-memory tree adds the K partial sums. A strip is
-// always reduced by one block, so the bits depend on (rows, cols, K) only: not on
-// the grid size, the GPU or the run. K = blockDim.y, 1 <= K <= 32.
+// strip of 32 adjacent columns (so each warp reads 32 adjacent elements of a row);
+// thread (x, y) adds rows y, y+K, ... in order, then a fixed-order tree adds the K
+// partials. The bits depend on (rows, cols, K) only. K = blockDim.y, 1 <= K <= 32.
 #include "activations.cuh"
 
 namespace gbp {
@@ -55,9 +52,7 @@ template <typename T, typename Act>
 __global__ void act_backward(const T* __restrict__ delta, const T* __restrict__ saved,
                              T* __restrict__ dz, long long n) {
     using A = acc_t<T>;
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-         i += stride) {
+    GBP_GRID_STRIDE(i, n) {
         A d = load<A>(delta[i]);
         if constexpr (!is_identity<Act>::value) d = d * Act::grad(load<A>(saved[i]));
         dz[i] = store<T>(d);

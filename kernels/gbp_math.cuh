@@ -1,18 +1,9 @@
-// gbp_math.cuh: the small math layer every kernel family shares.
-//
-// * GBP_HD marks functions that run on the device and on the host (the host
-//   side lets tests/test_kernel_functors.py check the per-element math without a GPU).
-// * acc_t<T>: the type a kernel computes in. float and double compute in
-//   themselves; __half / __nv_bfloat16 would map to float here (add the two
-//   specialisations together with cuda_fp16.h / cuda_bf16.h).
-// * gbp::math::exp, log1p, erf, ... : overloads that pick expf for float and
-//   exp for double, so templated code never silently promotes to double.
-// * add_rn / sub_rn / mul_rn / div_rn / sqrt_rn: IEEE round-to-nearest arithmetic
-//   that the compiler may not contract into FMAs and that keeps subnormals even
-//   under CuPy's -ftz=true, for the kernels that reproduce the NumPy reference bit
-//   for bit (the optimizers, the bias add, mse_grad). Everything else in float
-//   (the activations, softmax, BCE, the sums) is compiled with -ftz=true: it flushes
-//   subnormal inputs and results to zero, where NumPy keeps them (kernels/README.md).
+// gbp_math.cuh: the small math layer every kernel family shares: the compute type
+// acc_t<T>, float/double math overloads (expf for float, exp for double, so templated
+// code never silently promotes to double), IEEE *_rn arithmetic that keeps subnormals
+// under CuPy's -ftz=true (kernels/README.md, "Subnormals"), and the warp and
+// shared-memory reductions. GBP_HD functions run on the device and on the host (the
+// host side lets tests/test_kernel_functors.py check the math without a GPU).
 //
 // No standard header is included: NVRTC (CuPy's RawModule) compiles this
 // without a C++ standard library; the CUDA math built-ins are always there.
@@ -45,22 +36,18 @@ GBP_HD T store(A x) {
 // --- transcendental overloads -------------------------------------------------
 namespace math {
 
-GBP_HD float exp(float x) { return ::expf(x); }
-GBP_HD double exp(double x) { return ::exp(x); }
-GBP_HD float expm1(float x) { return ::expm1f(x); }
-GBP_HD double expm1(double x) { return ::expm1(x); }
-GBP_HD float log(float x) { return ::logf(x); }
-GBP_HD double log(double x) { return ::log(x); }
-GBP_HD float log1p(float x) { return ::log1pf(x); }
-GBP_HD double log1p(double x) { return ::log1p(x); }
-GBP_HD float tanh(float x) { return ::tanhf(x); }
-GBP_HD double tanh(double x) { return ::tanh(x); }
-GBP_HD float erf(float x) { return ::erff(x); }
-GBP_HD double erf(double x) { return ::erf(x); }
-GBP_HD float erfc(float x) { return ::erfcf(x); }
-GBP_HD double erfc(double x) { return ::erfc(x); }
-GBP_HD float abs(float x) { return ::fabsf(x); }
-GBP_HD double abs(double x) { return ::fabs(x); }
+#define GBP_UNARY(name, f32, f64)                 \
+    GBP_HD float name(float x) { return ::f32(x); } \
+    GBP_HD double name(double x) { return ::f64(x); }
+GBP_UNARY(exp, expf, exp)
+GBP_UNARY(expm1, expm1f, expm1)
+GBP_UNARY(log, logf, log)
+GBP_UNARY(log1p, log1pf, log1p)
+GBP_UNARY(tanh, tanhf, tanh)
+GBP_UNARY(erf, erff, erf)
+GBP_UNARY(erfc, erfcf, erfc)
+GBP_UNARY(abs, fabsf, fabs)
+#undef GBP_UNARY
 
 // max(x, 0) that keeps NaN (as numpy.maximum does); -0 stays -0
 template <typename T>
@@ -84,14 +71,10 @@ GBP_HD bool is_finite(T x) {
 }  // namespace math
 
 // --- IEEE round-to-nearest arithmetic: no FMA contraction, no flush to zero ----
-// For the kernels that reproduce the NumPy reference bit for bit (optim.cu, the
-// bias add of dense.cu, mse_grad). The float overloads are inline PTX without
-// `.ftz`: CuPy appends -ftz=true after the caller's NVRTC options, and under it
-// the intrinsics (__fadd_rn, ...) and the plain operators flush subnormal inputs
-// and results to zero, while NumPy keeps them. tests/test_kernel_loader.py
-// compiles with -ftz=true and checks that these kernels' PTX has no `.ftz`.
-// Double is never flushed (-ftz applies to f32 only): the _rn intrinsics there.
-// The host side is plain operators (tests compile it with -ffp-contract=off).
+// For the kernels that reproduce the NumPy reference bit for bit. The float overloads
+// are inline PTX without `.ftz` (CuPy's -ftz=true flushes the intrinsics and the
+// plain operators); double is never flushed: the _rn intrinsics. The host side is
+// plain operators (tests compile it with -ffp-contract=off).
 #ifdef __CUDA_ARCH__
 #define GBP_F32_BINARY(name, ptx, op)                                          \
     GBP_HD float name(float a, float b) {                                      \
@@ -168,6 +151,11 @@ GBP_HD double to_double(float x) {
 GBP_HD double to_double(double x) { return x; }
 
 // --- device-only constants and warp reductions ----------------------------------
+// for i in [0, n), a grid-stride loop: any grid covers any n
+#define GBP_GRID_STRIDE(i, n)                                                           \
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; \
+         i < (n); i += static_cast<long long>(gridDim.x) * blockDim.x)
+
 template <typename T>
 __device__ __forceinline__ T neg_inf();
 template <>

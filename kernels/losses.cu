@@ -10,18 +10,36 @@
 //                           grad = (sigma(z) - y) / n
 //   sum_reduce<T>           out[b] = scale * sum of block b's grid-stride slice of x
 //
-// The loss value is then sum_reduce(row_loss or sq or elem_loss) * scale with
-// scale = 1/rows (softmax), the MSE scale, or 1/n (BCE). All reductions are in a
-// fixed order (warp butterflies and shared-memory trees, no atomics): the same
-// inputs give the same bits on every run.
+// The loss value is then sum_reduce of the per-row / per-element losses, in a fixed
+// order (no atomics): the same inputs give the same bits on every run.
 #include "gbp_math.cuh"
 
 namespace gbp {
 
 constexpr int kMaxReduceThreads = 1024;
 
-// One warp per row (rows in a grid-stride loop over warps): the row max, then
-// sum e^{z - max} (the exponentials are parked in grad), then the gradient.
+// for each row r of this warp: one warp per row, a grid-stride loop over the warps
+#define GBP_WARP_ROWS(r, rows)                                                                 \
+    for (long long r = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; \
+         r < (rows); r += (static_cast<long long>(gridDim.x) * blockDim.x) >> 5)
+
+// One warp's softmax denominator of row z: row_max = max_c z_c (NaN wins), then
+// g_c = e^{z_c - row_max} (parked in grad) and the returned sum_c g_c.
+template <typename T, typename A>
+__device__ __forceinline__ A exp_sum(const T* z, T* g, int cols, int lane, A& row_max) {
+    row_max = neg_inf<A>();
+    for (int c = lane; c < cols; c += 32) row_max = math::max_nan(row_max, load<A>(z[c]));
+    row_max = warp_max(row_max);
+    A sum = A(0);
+    for (int c = lane; c < cols; c += 32) {
+        const T e = store<T>(math::exp(load<A>(z[c]) - row_max));
+        g[c] = e;
+        sum += load<A>(e);
+    }
+    return warp_sum(sum);
+}
+
+// Softmax from exp_sum, then the gradient (blockDim.x a multiple of 32).
 // A label outside [0, cols) gives a NaN row_loss (the engine's flag: reading a NaN
 // loss makes it check the labels) and a zero gradient row, so a step that ran on
 // such a batch leaves the parameters finite (labels are not read back here: that
@@ -32,24 +50,12 @@ __global__ void softmax_xent_labels(const T* __restrict__ logits,
                                     T* __restrict__ row_loss, int rows, int cols) {
     using A = acc_t<T>;
     const int lane = static_cast<int>(threadIdx.x) & 31;
-    const int warps_per_block = static_cast<int>(blockDim.x) >> 5;
-    const long long warp = static_cast<long long>(blockIdx.x) * warps_per_block +
-                           (static_cast<int>(threadIdx.x) >> 5);
-    const long long warp_stride = static_cast<long long>(gridDim.x) * warps_per_block;
     const A inv_rows = static_cast<A>(1.0 / static_cast<double>(rows));
-    for (long long r = warp; r < rows; r += warp_stride) {
+    GBP_WARP_ROWS(r, rows) {
         const T* z = logits + r * cols;
         T* g = grad + r * cols;
-        A row_max = neg_inf<A>();
-        for (int c = lane; c < cols; c += 32) row_max = math::max_nan(row_max, load<A>(z[c]));
-        row_max = warp_max(row_max);
-        A sum = A(0);
-        for (int c = lane; c < cols; c += 32) {
-            const T e = store<T>(math::exp(load<A>(z[c]) - row_max));
-            g[c] = e;
-            sum += load<A>(e);
-        }
-        sum = warp_sum(sum);
+        A row_max;
+        const A sum = exp_sum(z, g, cols, lane, row_max);
         const long long y = labels[r];
         const bool valid = y >= 0 && y < cols;
         for (int c = lane; c < cols; c += 32) {
@@ -74,29 +80,19 @@ __global__ void softmax_xent_probs(const T* __restrict__ logits, const T* __rest
                                    int cols) {
     using A = acc_t<T>;
     const int lane = static_cast<int>(threadIdx.x) & 31;
-    const int warps_per_block = static_cast<int>(blockDim.x) >> 5;
-    const long long warp = static_cast<long long>(blockIdx.x) * warps_per_block +
-                           (static_cast<int>(threadIdx.x) >> 5);
-    const long long warp_stride = static_cast<long long>(gridDim.x) * warps_per_block;
     const A inv_rows = static_cast<A>(1.0 / static_cast<double>(rows));
-    for (long long r = warp; r < rows; r += warp_stride) {
+    GBP_WARP_ROWS(r, rows) {
         const T* z = logits + r * cols;
         const T* t = probs + r * cols;
         T* g = grad + r * cols;
-        A row_max = neg_inf<A>();
-        for (int c = lane; c < cols; c += 32) row_max = math::max_nan(row_max, load<A>(z[c]));
-        row_max = warp_max(row_max);
-        A sum = A(0), mass = A(0), weighted = A(0);
+        A row_max;
+        const A sum = exp_sum(z, g, cols, lane, row_max);
+        A mass = A(0), weighted = A(0);
         for (int c = lane; c < cols; c += 32) {
-            const A shifted = load<A>(z[c]) - row_max;
-            const T e = store<T>(math::exp(shifted));
-            g[c] = e;
-            sum += load<A>(e);
             const A tc = load<A>(t[c]);
             mass += tc;
-            if (tc != A(0)) weighted += tc * shifted;
+            if (tc != A(0)) weighted += tc * (load<A>(z[c]) - row_max);
         }
-        sum = warp_sum(sum);
         mass = warp_sum(mass);
         weighted = warp_sum(weighted);
         for (int c = lane; c < cols; c += 32) {
@@ -115,9 +111,7 @@ __global__ void mse_grad(const T* __restrict__ pred, const T* __restrict__ targe
                          T* __restrict__ grad, T* __restrict__ sq, long long n, T scale) {
     using A = acc_t<T>;
     const A two_scale = mul_rn(A(2), load<A>(scale));
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-         i += stride) {
+    GBP_GRID_STRIDE(i, n) {
         const A d = sub_rn(load<A>(pred[i]), load<A>(target[i]));
         grad[i] = store<T>(mul_rn(d, two_scale));
         if (sq != nullptr) sq[i] = store<T>(mul_rn(d, d));
@@ -153,9 +147,7 @@ __global__ void bce_logits(const T* __restrict__ z, const T* __restrict__ y,
                            T* __restrict__ grad, T* __restrict__ elem_loss, long long n) {
     using A = acc_t<T>;
     const A inv_n = static_cast<A>(1.0 / static_cast<double>(n));
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-         i += stride) {
+    GBP_GRID_STRIDE(i, n) {
         A g;
         const A loss = bce_element(load<A>(z[i]), load<A>(y[i]), inv_n, &g);
         grad[i] = store<T>(g);
@@ -175,10 +167,8 @@ __global__ void __launch_bounds__(kMaxReduceThreads)
     using A = acc_t<T>;
     __shared__ A partial[kMaxReduceThreads];
     const int tid = static_cast<int>(threadIdx.x);
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
     A sum = A(0);
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + tid; i < n; i += stride)
-        sum += load<A>(x[i]);
+    GBP_GRID_STRIDE(i, n) sum += load<A>(x[i]);
     partial[tid] = sum;
     __syncthreads();
     tree_reduce(partial, static_cast<int>(blockDim.x), 1, tid);

@@ -5,18 +5,11 @@
 //   adam_prepare<T>  one thread: t += 1 and the step's bias-corrected scalars
 //   adam_step<T>     Adam (L2 decay in the gradient) or AdamW (decoupled decay)
 //
-// Everything that changes from step to step lives in device memory: the learning
-// rate (`lr`, one element, so a schedule can write it between replays), the step
-// counter and the Adam scalars; the hyper-parameters passed by value are fixed for
-// the optimizer's life. So a captured CUDA graph replays the right update forever.
-//
-// The per-element updates are written with add_rn / sub_rn / mul_rn / div_rn /
-// sqrt_rn (IEEE round-to-nearest, never fused into an FMA, subnormals kept under
-// CuPy's -ftz=true; gbp_math.cuh) in the exact operation order of the NumPy
-// reference, so they reproduce it bit for bit (given the same learning rate and
-// bias corrections), subnormal values included: Adam's exp_avg of a dead unit
-// decays into the subnormal range after ~800 steps. No float compare or negation
-// either (nonzero(), sub_rn): those too would flush under -ftz=true.
+// What changes from step to step (lr, the step counter, Adam's scalars) lives in
+// device memory, so a captured CUDA graph replays the right update forever. The
+// per-element updates use the *_rn helpers in the reference's operation order, and
+// no float compare or negation (nonzero(), sub_rn: those would flush under
+// -ftz=true), so they reproduce it bit for bit, subnormals included (README.md).
 //
 // step_state is an int array of 2: [0] = steps taken so far (PyTorch's state
 // "step"), [1] = scratch for sgd_step's blocks-done count; both start at 0.
@@ -62,9 +55,7 @@ __global__ void sgd_step(T* __restrict__ p, const T* __restrict__ g, T* __restri
     const A omd = load<A>(one_minus_dampening);
     const A wd = load<A>(weight_decay);
     const bool use_buf = nonzero(mom);
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-         i += stride) {
+    GBP_GRID_STRIDE(i, n) {
         A pi = load<A>(p[i]);
         A bi = use_buf && !first ? load<A>(buf[i]) : A(0);
         sgd_element(pi, load<A>(g[i]), bi, step_lr, mom, omd, wd, nesterov != 0, first);
@@ -145,9 +136,7 @@ __global__ void adam_step(T* __restrict__ p, const T* __restrict__ g, T* __restr
     const A b1 = load<A>(beta1), b2 = load<A>(beta2);
     const A omb1 = load<A>(one_minus_beta1), omb2 = load<A>(one_minus_beta2);
     const A e = load<A>(eps), wd = load<A>(weight_decay);
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-         i += stride) {
+    GBP_GRID_STRIDE(i, n) {
         A pi = load<A>(p[i]), mi = load<A>(m[i]), vi = load<A>(v[i]);
         adam_element(pi, load<A>(g[i]), mi, vi, neg_step_size, sqrt_bc2, decay_factor, b1, b2,
                      omb1, omb2, e, wd, decoupled != 0);

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from ctypes import pointer
 from types import ModuleType
 
 import numpy as np
@@ -81,51 +82,31 @@ class CublasHandle:
         self.precision = precision
         self.lib = _find_libcublas(cp)
         i, p, sz = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
-        self.lib.cublasCreate_v2.argtypes = [ctypes.POINTER(p)]
-        self.lib.cublasSetStream_v2.argtypes = [p, p]
-        self.lib.cublasSetWorkspace_v2.argtypes = [p, p, sz]
-        self.lib.cublasSetMathMode.argtypes = [p, i]
-        self.lib.cublasGetMathMode.argtypes = [p, ctypes.POINTER(i)]
-        gemms = (("cublasSgemm_v2", ctypes.c_float), ("cublasDgemm_v2", ctypes.c_double))
-        for name, scalar in gemms:
+        pf, pd = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_double)
+        # (transb, transa, n, m, k, alpha, B, ldb, A, lda, beta, C, ldc) after the handle
+        signatures = {
+            "cublasCreate_v2": [ctypes.POINTER(p)],
+            "cublasSetStream_v2": [p, p],
+            "cublasSetWorkspace_v2": [p, p, sz],
+            "cublasSetMathMode": [p, i],
+            "cublasGetMathMode": [p, ctypes.POINTER(i)],
+            "cublasSgemm_v2": [p, i, i, i, i, i, pf, p, i, p, i, pf, p, i],
+            "cublasDgemm_v2": [p, i, i, i, i, i, pd, p, i, p, i, pd, p, i],
+        }
+        for name, argtypes in signatures.items():
             fn = getattr(self.lib, name)
-            fn.argtypes = [
-                p,
-                i,
-                i,
-                i,
-                i,
-                i,
-                ctypes.POINTER(scalar),
-                p,
-                i,
-                p,
-                i,
-                ctypes.POINTER(scalar),
-                p,
-                i,
-            ]
-            fn.restype = i
-        for fn in (
-            self.lib.cublasCreate_v2,
-            self.lib.cublasSetStream_v2,
-            self.lib.cublasSetWorkspace_v2,
-            self.lib.cublasSetMathMode,
-            self.lib.cublasGetMathMode,
-        ):
-            fn.restype = i
+            fn.argtypes, fn.restype = argtypes, i
         handle = ctypes.c_void_p()
         _check(self.lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
         self.handle = handle
-        _check(
-            self.lib.cublasSetMathMode(handle, MATH_MODES[precision]), "cublasSetMathMode"
-        )
+        _check(self.lib.cublasSetMathMode(handle, MATH_MODES[precision]), "cublasSetMathMode")
         self.workspace = cp.empty(_WORKSPACE_BYTES, dtype=cp.uint8)
         self._stream_ptr: int | None = None
+        # dtype -> (alpha = 1, beta = 0, the GEMM), the scalars passed by pointer
         f32, f64 = ctypes.c_float, ctypes.c_double
         self._scalars = {
-            np.dtype(np.float32): (f32(1.0), f32(0.0), self.lib.cublasSgemm_v2),
-            np.dtype(np.float64): (f64(1.0), f64(0.0), self.lib.cublasDgemm_v2),
+            np.dtype(np.float32): (pointer(f32(1.0)), pointer(f32(0.0)), self.lib.cublasSgemm_v2),
+            np.dtype(np.float64): (pointer(f64(1.0)), pointer(f64(0.0)), self.lib.cublasDgemm_v2),
         }
 
     @property
@@ -172,25 +153,9 @@ class CublasHandle:
         if k == 0:
             out.fill(0)
             return out
-        _check(
-            fn(
-                self.handle,
-                _OP_T if trans_b else _OP_N,
-                _OP_T if trans_a else _OP_N,
-                n,
-                m,
-                k,
-                ctypes.byref(one),
-                b.data.ptr,
-                b.shape[1],
-                a.data.ptr,
-                a.shape[1],
-                ctypes.byref(zero),
-                out.data.ptr,
-                n,
-            ),
-            "gemm",
-        )
+        ops = (_OP_T if trans_b else _OP_N, _OP_T if trans_a else _OP_N)
+        swapped = (b.data.ptr, b.shape[1], a.data.ptr, a.shape[1])  # each with ld = its row
+        _check(fn(self.handle, *ops, n, m, k, one, *swapped, zero, out.data.ptr, n), "gemm")
         return out
 
 
