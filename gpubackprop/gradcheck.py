@@ -20,45 +20,12 @@ from typing import Any
 import numpy as np
 
 from .arrays import Array
+from .backend import backend_of
 from .errors import ConfigError, DTypeError, GradcheckError
 from .graph import Tensor, as_tensor, gradients
 from .layers import Layer
 from .losses import Loss, get_loss
 from .model import Sequential
-
-#: a validated device batch: (x, y, loss), y and loss None for L = Σ output ⊙ R
-ModelBatch = tuple[Array, Array | None, Loss | None]
-
-
-# --- the engine calls: the only place this module drives a model -----------------------------
-def _model_batch(model: Sequential, x: Any, y: Any, loss: Loss | None) -> ModelBatch:
-    """``x`` (and ``y``) validated and on the model's device and dtype."""
-    xb = model.prepare_input(model.to_device(x))
-    if loss is None:
-        return xb, None, None
-    batch = model.prepare_batch(xb, model.backend.asarray(y), loss)
-    return batch.x, batch.y, batch.loss
-
-
-def _model_loss(
-    model: Sequential, batch: ModelBatch, projection: Array | None, *,
-    backward: bool = False, need_input_grad: bool = False,
-) -> tuple[float, Array | None]:
-    """(L, ∂L/∂x): L = loss(model(x), y), or Σ model(x) ⊙ R (``projection``) without a loss.
-
-    With ``backward`` the gradients are written (``model.gradients()``) and ∂L/∂x
-    is returned if ``need_input_grad`` (else None).
-    """
-    x, y, loss = batch
-    backend = model.backend
-    out = model.forward_batch(x)
-    if loss is None:
-        value, grad = backend.xp.vdot(out, projection), projection
-    else:
-        grad = backend.xp.empty_like(out)
-        value = loss.write_value_and_grad(backend, out, y, grad)
-    dx = model.backward_batch(grad, need_input_grad) if backward else None
-    return float(value), dx
 
 
 def _layer_model(layer: Layer, seed: int) -> Sequential:
@@ -175,26 +142,33 @@ def _check_model(
             f"gradcheck needs a float64 model (finite differences in float32 are too "
             f"coarse); got {model.dtype.name}: build it with dtype='float64'"
         )
-    batch = _model_batch(model, x, y, loss)
-    xb = batch[0]
-    projection = None
+    backend = model.backend
+    xb = model.prepare_input(model.to_device(x))
     if loss is None:
-        out_shape = (xb.shape[0], model.output_width(xb.shape[1]))
-        projection = model.backend.asarray(rng.standard_normal(out_shape))
+        projection = backend.asarray(rng.standard_normal(
+            (xb.shape[0], model.output_width(xb.shape[1]))
+        ))
+    else:
+        batch = model.prepare_batch(xb, backend.asarray(y), loss)
+        xb, target = batch.x, batch.y
 
-    _, input_grad = _model_loss(
-        model, batch, projection, backward=True, need_input_grad=check_input
-    )
-    analytic = {k: model.backend.to_numpy(v).copy() for k, v in model.gradients().items()}
+    def value_and_grad() -> tuple[float, Array]:
+        """(L, ∂L/∂out): L = loss(model(x), y), or Σ model(x) ⊙ R without a loss."""
+        out = model.forward_batch(xb)
+        if loss is None:
+            return float(backend.xp.vdot(out, projection)), projection
+        grad = backend.xp.empty_like(out)
+        return float(loss.write_value_and_grad(backend, out, target, grad)), grad
+
+    input_grad = model.backward_batch(value_and_grad()[1], check_input)
+    analytic = {k: backend.to_numpy(v).copy() for k, v in model.gradients().items()}
     tensors = dict(model.parameters())
     if check_input:
-        analytic["input"] = model.backend.to_numpy(input_grad).copy()
+        analytic["input"] = backend.to_numpy(input_grad).copy()
         tensors["input"] = xb
     for name, tensor in tensors.items():
-        _check_entries(
-            report, name, analytic[name], lambda: _model_loss(model, batch, projection)[0],
-            tensor, max_checks, rng,
-        )
+        _check_entries(report, name, analytic[name], lambda: value_and_grad()[0], tensor,
+                       max_checks, rng)
 
 
 def _check_loss(
@@ -205,10 +179,8 @@ def _check_loss(
     if pred.dtype != np.float64:
         raise DTypeError(f"gradcheck of a loss needs float64 predictions, got {pred.dtype}")
     _, analytic = loss.value_and_gradient(pred, target)
-    analytic = np.asarray(analytic.get() if hasattr(analytic, "get") else analytic)
-    _check_entries(
-        report, loss.name, analytic, lambda: loss(pred, target), pred, max_checks, rng
-    )
+    analytic = backend_of(analytic).to_numpy(analytic)
+    _check_entries(report, loss.name, analytic, lambda: loss(pred, target), pred, max_checks, rng)
 
 
 def graph_gradcheck(
@@ -304,35 +276,30 @@ def gradcheck(
     Returns:
         A :class:`GradcheckReport`, truthy when every checked entry passed.
     """
-    rng = np.random.default_rng(seed)
-    if callable(target) and not isinstance(target, (Loss, Layer, Sequential)):
-        if loss is not None:
-            raise ConfigError("gradcheck of a graph function takes no loss: return a scalar")
-        inputs = [v for v in (x, y) if v is not None]
-        return graph_gradcheck(
-            target, *inputs, eps=eps, atol=atol, rtol=rtol,
-            max_checks_per_tensor=max_checks_per_tensor, seed=seed,
-            raise_exception=raise_exception,
-        )
-    report = GradcheckReport(eps=eps, atol=atol, rtol=rtol)
-    if isinstance(target, Loss):
-        if y is None:
-            raise ConfigError("gradcheck of a loss needs the target y")
-        _check_loss(target, x, y, report, max_checks=max_checks_per_tensor, rng=rng)
-    else:
-        if isinstance(target, Layer):
-            target = _layer_model(target, seed)
-        if not isinstance(target, Sequential):
+    if isinstance(target, Layer):
+        target = _layer_model(target, seed)
+    if not isinstance(target, (Loss, Sequential)):
+        if not callable(target):
             raise ConfigError(
                 f"gradcheck takes a Sequential, a Layer or a Loss, got {type(target).__name__}"
             )
-        resolved = None if loss is None else get_loss(loss)
-        if resolved is not None and y is None:
-            raise ConfigError("gradcheck with a loss needs the target y")
-        _check_model(
-            target, x, y, resolved, report, max_checks=max_checks_per_tensor,
-            check_input=check_input, rng=rng,
+        if loss is not None:
+            raise ConfigError("gradcheck of a graph function takes no loss: return a scalar")
+        return graph_gradcheck(
+            target, *(v for v in (x, y) if v is not None), eps=eps, atol=atol, rtol=rtol,
+            max_checks_per_tensor=max_checks_per_tensor, seed=seed,
+            raise_exception=raise_exception,
         )
+    rng = np.random.default_rng(seed)
+    report = GradcheckReport(eps=eps, atol=atol, rtol=rtol)
+    resolved = target if isinstance(target, Loss) else None if loss is None else get_loss(loss)
+    if resolved is not None and y is None:
+        raise ConfigError(f"gradcheck with a loss ({resolved.name}) needs the target y")
+    if isinstance(target, Loss):
+        _check_loss(target, x, y, report, max_checks=max_checks_per_tensor, rng=rng)
+    else:
+        _check_model(target, x, y, resolved, report, max_checks=max_checks_per_tensor,
+                     check_input=check_input, rng=rng)
     if raise_exception and not report.ok:
         raise GradcheckError("gradient check failed:\n" + str(report))
     return report

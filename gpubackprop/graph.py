@@ -57,277 +57,6 @@ if TYPE_CHECKING:
 _PY_SCALARS = (bool, int, float)
 
 
-# --- tensors ------------------------------------------------------------------------------
-class Tensor:
-    """An array in a computational graph: its value, its gradient and its history.
-
-    Args:
-        data: a NumPy or CuPy array (wrapped without a copy; the tensor lives on the
-            array's device), or a Python scalar / list (a NumPy array on the CPU).
-        requires_grad: whether ``backward()`` computes ∂L/∂this (needs a float dtype).
-        name: a label for pictures (:func:`gpubackprop.to_dot`) and error messages.
-
-    Attributes:
-        data: the value.
-        grad: ∂L/∂data after ``backward()`` (``None`` before), always of shape
-            ``data.shape`` and dtype ``data.dtype``; accumulates over backward calls.
-        gate: the :class:`Gate` that produced this tensor (``None`` for a leaf).
-        parents: the gate's input tensors.
-        backend: the device's :class:`~gpubackprop.Backend`.
-
-    Operators: ``+ - * /`` (NumPy broadcasting), unary ``-``, ``** scalar``, ``@``;
-    methods ``.T``, ``.reshape``, ``.sum``, ``.mean``, ``.exp``, ``.log``, ``.tanh``,
-    ``.sigmoid``, ``.relu``. Python scalars and arrays mix in as constants.
-    """
-
-    __slots__ = ("backend", "data", "gate", "grad", "name", "parents", "requires_grad")
-    # NumPy (and CuPy) arrays defer to the Tensor's reflected operators: array * t
-    __array_ufunc__ = None
-    __array_priority__ = 1000
-
-    def __init__(self, data: Any, requires_grad: bool = False, *, name: str | None = None) -> None:
-        if not (isinstance(data, np.ndarray) or is_cupy_array(data)):
-            data = np.asarray(data)
-        if data.dtype.kind not in "biuf":
-            raise DTypeError(f"Tensor: data must be a real numeric array, got dtype {data.dtype}")
-        if requires_grad and data.dtype.kind != "f":
-            raise DTypeError(
-                f"Tensor: requires_grad=True needs a float dtype, got {data.dtype} "
-                "(gradients of integers are not defined)"
-            )
-        self.data = data
-        self.requires_grad = bool(requires_grad)
-        self.name = name
-        self.grad: Array | None = None
-        self.gate: Gate | None = None
-        self.parents: tuple[Tensor, ...] = ()
-        self.backend: Backend = backend_of(data)
-
-    @classmethod
-    def _from_gate(cls, data: Array, backend: Backend, gate: Gate, parents: tuple[Tensor, ...]
-                   ) -> Tensor:
-        """A gate's output (no validation: the gate made the array on ``backend``)."""
-        out = cls.__new__(cls)
-        out.data = data
-        out.requires_grad = any(p.requires_grad for p in parents)
-        out.name = None
-        out.grad = None
-        out.gate = gate
-        out.parents = parents
-        out.backend = backend
-        return out
-
-    # --- description --------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The shape of ``data`` (and of ``grad``)."""
-        return tuple(self.data.shape)
-
-    @property
-    def ndim(self) -> int:
-        """Number of axes."""
-        return int(self.data.ndim)
-
-    @property
-    def size(self) -> int:
-        """Number of elements, Π shape."""
-        return int(self.data.size)
-
-    @property
-    def dtype(self) -> np.dtype:
-        """The dtype of ``data`` (and of ``grad``)."""
-        return self.data.dtype
-
-    @property
-    def device(self) -> str:
-        """``"cpu"`` or ``"cuda:N"``."""
-        return self.backend.device
-
-    @property
-    def is_leaf(self) -> bool:
-        """True for a tensor made by the user (no gate produced it)."""
-        return self.gate is None
-
-    def __repr__(self) -> str:
-        op = "" if self.gate is None else f", gate={self.gate.describe()!r}"
-        grad = ", requires_grad=True" if self.requires_grad else ""
-        name = "" if self.name is None else f", name={self.name!r}"
-        return (f"Tensor(shape={self.shape}, dtype={self.dtype.name}, device={self.device!r}"
-                f"{grad}{op}{name})")
-
-    def item(self) -> float:
-        """The value of a one-element tensor as a Python float."""
-        if self.size != 1:
-            raise ShapeError(f"item(): the tensor has {self.size} elements (shape {self.shape})")
-        return float(self.data.reshape(-1)[0])
-
-    def numpy(self) -> np.ndarray:
-        """A host (NumPy) copy of ``data``."""
-        return np.array(self.backend.to_numpy(self.data))
-
-    # --- backprop -------------------------------------------------------------------------
-    def backward(self, grad: Any = None) -> None:
-        """Backprop from this tensor: add ∂L/∂t into ``t.grad`` for every t that requires it.
-
-        L is this tensor when it has one element (then ∂L/∂L = 1); otherwise pass
-        ``grad`` = ∂L/∂self (the shape of self), i.e. L = Σ grad ⊙ self. Gates are
-        visited in reverse topological order (iteratively: no recursion limit), and
-        a tensor read by several gates receives the sum of their gradients.
-
-        Calling it again adds the same gradients once more (buffers are kept);
-        call :func:`zero_grad` first to recompute from zero.
-        """
-        if not self.requires_grad:
-            raise ConfigError(
-                "backward(): this tensor does not require grad (no input of the graph that "
-                "produced it was created with requires_grad=True)"
-            )
-        seed = self._seed(grad)
-        order = topological_order(self, grad_only=True)
-        grads = _backprop(self, seed, order)
-        with self.backend.activate():
-            for node in order:
-                node._add_grad(grads[id(node)])
-
-    def _seed(self, grad: Any) -> Array:
-        """∂L/∂self: ones for a one-element tensor, else the ``grad`` argument, checked."""
-        xp = self.backend.xp
-        with self.backend.activate():
-            if grad is None:
-                if self.size != 1:
-                    raise ShapeError(
-                        f"backward() without a gradient needs a scalar (one-element) tensor, "
-                        f"got shape {self.shape}; pass grad=∂L/∂t of shape {self.shape}"
-                    )
-                return xp.ones(self.shape, dtype=self.dtype)
-            seed = as_tensor(grad, self)
-            _check_devices("backward", (self, seed))
-            if seed.shape != self.shape:
-                raise ShapeError(
-                    f"backward(): grad has shape {seed.shape} but the tensor has shape "
-                    f"{self.shape}; a gradient has the shape of its variable"
-                )
-            return xp.asarray(seed.data, dtype=self.dtype)
-
-    def _add_grad(self, g: Array) -> None:
-        """grad += g (the first time: grad = a fresh C-contiguous copy of g)."""
-        if self.grad is None:
-            self.grad = self.backend.xp.array(g, dtype=self.dtype, order="C")
-        else:
-            self.grad += g
-
-    def zero_grad(self) -> None:
-        """grad ← 0 in place (nothing to do before the first backward, when grad is None)."""
-        if self.grad is not None:
-            self.grad[...] = 0
-
-    # --- gates as operators ---------------------------------------------------------------
-    def __add__(self, other: Any) -> Tensor:
-        return AddGate()(self, other)
-
-    def __radd__(self, other: Any) -> Tensor:
-        return AddGate()(other, self)
-
-    def __sub__(self, other: Any) -> Tensor:
-        return SubGate()(self, other)
-
-    def __rsub__(self, other: Any) -> Tensor:
-        return SubGate()(other, self)
-
-    def __mul__(self, other: Any) -> Tensor:
-        return MulGate()(self, other)
-
-    def __rmul__(self, other: Any) -> Tensor:
-        return MulGate()(other, self)
-
-    def __truediv__(self, other: Any) -> Tensor:
-        return DivGate()(self, other)
-
-    def __rtruediv__(self, other: Any) -> Tensor:
-        return DivGate()(other, self)
-
-    def __neg__(self) -> Tensor:
-        return NegGate()(self)
-
-    def __pow__(self, exponent: float) -> Tensor:
-        return PowGate(exponent)(self)
-
-    def __matmul__(self, other: Any) -> Tensor:
-        return MatMulGate()(self, other)
-
-    def __rmatmul__(self, other: Any) -> Tensor:
-        return MatMulGate()(other, self)
-
-    @property
-    def T(self) -> Tensor:
-        """The transpose (all axes reversed); ∂L/∂x = (∂L/∂xᵀ)ᵀ."""
-        return TransposeGate()(self)
-
-    def reshape(self, *shape: int | Sequence[int]) -> Tensor:
-        """The same elements in a new shape; ∂L/∂x = reshape(∂L/∂y, x.shape)."""
-        single = len(shape) == 1 and not isinstance(shape[0], (int, np.integer))
-        dims = shape[0] if single else shape
-        return ReshapeGate(tuple(int(s) for s in dims))(self)
-
-    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        """y = Σ_axis x; ∂L/∂x = ∂L/∂y broadcast back over the summed axes."""
-        return SumGate(axis, keepdims)(self)
-
-    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        """y = (1/n) Σ_axis x (n = elements summed); ∂L/∂x = ∂L/∂y / n, broadcast back."""
-        return MeanGate(axis, keepdims)(self)
-
-    def exp(self) -> Tensor:
-        """y = eˣ; ∂L/∂x = ∂L/∂y · y."""
-        return ExpGate()(self)
-
-    def log(self) -> Tensor:
-        """y = ln x; ∂L/∂x = ∂L/∂y / x."""
-        return LogGate()(self)
-
-    def tanh(self) -> Tensor:
-        """y = tanh x; ∂L/∂x = ∂L/∂y · (1 − y²)."""
-        return ActivationGate("tanh")(self)
-
-    def sigmoid(self) -> Tensor:
-        """y = σ(x) = 1 / (1 + e⁻ˣ), one fused gate; ∂L/∂x = ∂L/∂y · y (1 − y)."""
-        return ActivationGate("sigmoid")(self)
-
-    def relu(self) -> Tensor:
-        """y = max(x, 0); ∂L/∂x = ∂L/∂y · [y > 0]."""
-        return ActivationGate("relu")(self)
-
-
-def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
-    """``value`` as a Tensor: Tensors as they are, anything else a constant.
-
-    Given ``like``, a Python scalar is *weak* (as in NumPy 2): it becomes a 0-d
-    array of result_type(like.dtype, value) on like's device, so ``t32 * 0.5``
-    stays float32. Arrays keep their own device and dtype (a mismatch is caught
-    by the gate); without ``like`` a scalar or list becomes a NumPy array.
-    """
-    if isinstance(value, Tensor):
-        return value
-    if like is not None and isinstance(value, _PY_SCALARS) and not isinstance(value, np.generic):
-        dtype = np.result_type(like.dtype, value)
-        with like.backend.activate():
-            return Tensor(like.backend.xp.asarray(value, dtype=dtype))
-    return Tensor(value)
-
-
-def _check_devices(what: str, tensors: Sequence[Tensor]) -> Backend:
-    """The inputs' common backend; DeviceError naming both devices if they differ."""
-    backend = tensors[0].backend
-    for t in tensors[1:]:
-        if t.backend.device != backend.device:
-            raise DeviceError(
-                f"{what}: inputs live on {backend.device} and {t.backend.device}; "
-                "gpubackprop never copies between devices implicitly: move one of them "
-                "first (e.g. cupy.asarray / cupy.asnumpy)"
-            )
-    return backend
-
-
 # --- gates --------------------------------------------------------------------------------
 class Gate:
     """One node of a graph: a forward on arrays and its backward, as in the seed notes.
@@ -385,17 +114,6 @@ class Gate:
         return Tensor._from_gate(out, backend, self, tensors)
 
 
-def _broadcast_shape(what: str, a: Array, b: Array) -> tuple[int, ...]:
-    """The broadcast shape of a and b; ShapeError naming both shapes if there is none."""
-    try:
-        return tuple(np.broadcast_shapes(a.shape, b.shape))
-    except ValueError:
-        raise ShapeError(
-            f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} do not broadcast "
-            "(NumPy rules: trailing axes must be equal or 1)"
-        ) from None
-
-
 def _unbroadcast(xp: ModuleType, g: Array, shape: tuple[int, ...]) -> Array:
     """Σ of g over the axes broadcasting added or stretched, so the result has ``shape``.
 
@@ -411,77 +129,78 @@ def _unbroadcast(xp: ModuleType, g: Array, shape: tuple[int, ...]) -> Array:
     return xp.sum(g, axis=axes, keepdims=True).reshape(shape)
 
 
-class _BinaryGate(Gate):
-    """A broadcasting elementwise gate z = a ∘ b; keeps the input shapes."""
+class _ElementwiseGate(Gate):
+    """z = ufunc(inputs) elementwise, with NumPy broadcasting; keeps the inputs and z.
 
-    def forward(self, a: Array, b: Array) -> Array:
-        _broadcast_shape(self.name, a, b)
-        self.shapes = (tuple(a.shape), tuple(b.shape))
-        return self.compute(a, b)
+    A subclass names the array module's ``ufunc`` and gives :meth:`partial`; the
+    backward sums each partial over the broadcast axes back to its input's shape.
+    """
 
-    def compute(self, a: Array, b: Array) -> Array:
+    ufunc = ""
+
+    def forward(self, *inputs: Array) -> Array:
+        self.inputs = inputs
+        try:
+            self.out = getattr(self.xp, self.ufunc)(*inputs)
+        except ValueError:
+            shapes = " and ".join(str(tuple(x.shape)) for x in inputs)
+            raise ShapeError(
+                f"{self.name}: shapes {shapes} do not broadcast "
+                "(NumPy rules: trailing axes must be equal or 1)"
+            ) from None
+        return self.out
+
+    def partial(self, i: int, grad: Array) -> Array:
+        """∂L/∂z ⊙ ∂z/∂input_i, of the broadcast shape."""
         raise NotImplementedError
 
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return [_unbroadcast(self.xp, self.partial(i, grad), tuple(x.shape)) if need else None
+                for i, (x, need) in enumerate(zip(self.inputs, needs, strict=True))]
 
-class AddGate(_BinaryGate):
+
+class AddGate(_ElementwiseGate):
     """z = a + b, the distributor: ∂L/∂a = ∂L/∂b = ∂L/∂z (summed to each shape)."""
 
     name = "add"
+    ufunc = "add"
 
-    def compute(self, a: Array, b: Array) -> Array:
-        return a + b
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return [_unbroadcast(self.xp, grad, s) if n else None
-                for s, n in zip(self.shapes, needs, strict=True)]
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad
 
 
-class SubGate(_BinaryGate):
+class SubGate(_ElementwiseGate):
     """z = a − b: ∂L/∂a = ∂L/∂z, ∂L/∂b = −∂L/∂z (summed to each shape)."""
 
     name = "sub"
+    ufunc = "subtract"
 
-    def compute(self, a: Array, b: Array) -> Array:
-        return a - b
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        sa, sb = self.shapes
-        return (_unbroadcast(self.xp, grad, sa) if needs[0] else None,
-                _unbroadcast(self.xp, -grad, sb) if needs[1] else None)
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad if i == 0 else -grad
 
 
-class MulGate(_BinaryGate):
+class MulGate(_ElementwiseGate):
     """z = a · b, the switcher: ∂L/∂a = b · ∂L/∂z, ∂L/∂b = a · ∂L/∂z."""
 
     name = "mul"
+    ufunc = "multiply"
 
-    def compute(self, a: Array, b: Array) -> Array:
-        self.a, self.b = a, b
-        return a * b
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        sa, sb = self.shapes
-        return (_unbroadcast(self.xp, grad * self.b, sa) if needs[0] else None,
-                _unbroadcast(self.xp, grad * self.a, sb) if needs[1] else None)
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad * self.inputs[1 - i]
 
 
-class DivGate(_BinaryGate):
+class DivGate(_ElementwiseGate):
     """z = a / b: ∂L/∂a = ∂L/∂z / b, ∂L/∂b = −∂L/∂z · a / b²."""
 
     name = "div"
+    ufunc = "true_divide"
 
-    def compute(self, a: Array, b: Array) -> Array:
-        self.a, self.b = a, b
-        return a / b
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        sa, sb = self.shapes
-        return (_unbroadcast(self.xp, grad / self.b, sa) if needs[0] else None,
-                _unbroadcast(self.xp, -grad * self.a / (self.b * self.b), sb)
-                if needs[1] else None)
+    def partial(self, i: int, grad: Array) -> Array:
+        a, b = self.inputs
+        return grad / b if i == 0 else -grad * a / (b * b)
 
 
-class MaximumGate(_BinaryGate):
+class MaximumGate(_ElementwiseGate):
     """z = max(a, b) elementwise, the router: ∂L/∂z goes to the larger input.
 
     ∂L/∂a = ∂L/∂z · [a ≥ b], ∂L/∂b = ∂L/∂z · [a < b]: on a tie the whole gradient
@@ -489,28 +208,42 @@ class MaximumGate(_BinaryGate):
     """
 
     name = "max"
+    ufunc = "maximum"
 
-    def compute(self, a: Array, b: Array) -> Array:
-        self.a_wins = a >= b
-        return self.xp.maximum(a, b)
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        sa, sb = self.shapes
-        where = self.xp.where
-        return (_unbroadcast(self.xp, where(self.a_wins, grad, 0), sa) if needs[0] else None,
-                _unbroadcast(self.xp, where(self.a_wins, 0, grad), sb) if needs[1] else None)
+    def partial(self, i: int, grad: Array) -> Array:
+        a_wins = self.inputs[0] >= self.inputs[1]
+        return self.xp.where(a_wins, grad, 0) if i == 0 else self.xp.where(a_wins, 0, grad)
 
 
-class NegGate(Gate):
+class NegGate(_ElementwiseGate):
     """z = −x: ∂L/∂x = −∂L/∂z."""
 
     name = "neg"
+    ufunc = "negative"
 
-    def forward(self, x: Array) -> Array:
-        return -x
+    def partial(self, i: int, grad: Array) -> Array:
+        return -grad
 
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (-grad,)
+
+class ExpGate(_ElementwiseGate):
+    """y = eˣ: ∂L/∂x = ∂L/∂y · y."""
+
+    name = "exp"
+    ufunc = "exp"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad * self.out
+
+
+class LogGate(_ElementwiseGate):
+    """y = ln x: ∂L/∂x = ∂L/∂y / x."""
+
+    name = "log"
+    ufunc = "log"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad / self.inputs[0]
+
 
 
 class PowGate(Gate):
@@ -675,32 +408,6 @@ class MeanGate(SumGate):
     def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
         (g,) = super().backward(grad, needs)
         return (g / self.count,)
-
-
-class ExpGate(Gate):
-    """y = eˣ: ∂L/∂x = ∂L/∂y · y (the output is kept, not the input)."""
-
-    name = "exp"
-
-    def forward(self, x: Array) -> Array:
-        self.y = self.xp.exp(x)
-        return self.y
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (grad * self.y,)
-
-
-class LogGate(Gate):
-    """y = ln x: ∂L/∂x = ∂L/∂y / x."""
-
-    name = "log"
-
-    def forward(self, x: Array) -> Array:
-        self.x = x
-        return self.xp.log(x)
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (grad / self.x,)
 
 
 class ActivationGate(Gate):
@@ -873,6 +580,263 @@ def layer_gate(layer: Layer, x: Any) -> Tensor:
         layer.build(device=x.device, dtype=x.dtype)
     params = parameter_tensors(layer)
     return LayerGate(layer, tuple(params))(x, *params.values())
+
+
+# --- tensors ------------------------------------------------------------------------------
+def _binary(gate: type[Gate], reflected: bool = False) -> Callable[[Tensor, Any], Tensor]:
+    """The operator ``self ∘ other`` (``other ∘ self`` if ``reflected``) as a new ``gate``."""
+    if reflected:
+        return lambda self, other: gate()(other, self)
+    return lambda self, other: gate()(self, other)
+
+
+class Tensor:
+    """An array in a computational graph: its value, its gradient and its history.
+
+    Args:
+        data: a NumPy or CuPy array (wrapped without a copy; the tensor lives on the
+            array's device), or a Python scalar / list (a NumPy array on the CPU).
+        requires_grad: whether ``backward()`` computes ∂L/∂this (needs a float dtype).
+        name: a label for pictures (:func:`gpubackprop.to_dot`) and error messages.
+
+    Attributes:
+        data: the value.
+        grad: ∂L/∂data after ``backward()`` (``None`` before), always of shape
+            ``data.shape`` and dtype ``data.dtype``; accumulates over backward calls.
+        gate: the :class:`Gate` that produced this tensor (``None`` for a leaf).
+        parents: the gate's input tensors.
+        backend: the device's :class:`~gpubackprop.Backend`.
+
+    Operators: ``+ - * /`` (NumPy broadcasting), unary ``-``, ``** scalar``, ``@``;
+    methods ``.T``, ``.reshape``, ``.sum``, ``.mean``, ``.exp``, ``.log``, ``.tanh``,
+    ``.sigmoid``, ``.relu``. Python scalars and arrays mix in as constants.
+    """
+
+    __slots__ = ("backend", "data", "gate", "grad", "name", "parents", "requires_grad")
+    # NumPy (and CuPy) arrays defer to the Tensor's reflected operators: array * t
+    __array_ufunc__ = None
+    __array_priority__ = 1000
+
+    def __init__(self, data: Any, requires_grad: bool = False, *, name: str | None = None) -> None:
+        if not (isinstance(data, np.ndarray) or is_cupy_array(data)):
+            data = np.asarray(data)
+        if data.dtype.kind not in "biuf":
+            raise DTypeError(f"Tensor: data must be a real numeric array, got dtype {data.dtype}")
+        if requires_grad and data.dtype.kind != "f":
+            raise DTypeError(
+                f"Tensor: requires_grad=True needs a float dtype, got {data.dtype} "
+                "(gradients of integers are not defined)"
+            )
+        self.data = data
+        self.requires_grad = bool(requires_grad)
+        self.name = name
+        self.grad: Array | None = None
+        self.gate: Gate | None = None
+        self.parents: tuple[Tensor, ...] = ()
+        self.backend: Backend = backend_of(data)
+
+    @classmethod
+    def _from_gate(cls, data: Array, backend: Backend, gate: Gate, parents: tuple[Tensor, ...]
+                   ) -> Tensor:
+        """A gate's output (no validation: the gate made the array on ``backend``)."""
+        out = cls.__new__(cls)
+        out.data = data
+        out.requires_grad = any(p.requires_grad for p in parents)
+        out.name = None
+        out.grad = None
+        out.gate = gate
+        out.parents = parents
+        out.backend = backend
+        return out
+
+    # --- description --------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of ``data`` (and of ``grad``)."""
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return int(self.data.ndim)
+
+    @property
+    def size(self) -> int:
+        """Number of elements, Π shape."""
+        return int(self.data.size)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of ``data`` (and of ``grad``)."""
+        return self.data.dtype
+
+    @property
+    def device(self) -> str:
+        """``"cpu"`` or ``"cuda:N"``."""
+        return self.backend.device
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for a tensor made by the user (no gate produced it)."""
+        return self.gate is None
+
+    def __repr__(self) -> str:
+        op = "" if self.gate is None else f", gate={self.gate.describe()!r}"
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        name = "" if self.name is None else f", name={self.name!r}"
+        return (f"Tensor(shape={self.shape}, dtype={self.dtype.name}, device={self.device!r}"
+                f"{grad}{op}{name})")
+
+    def item(self) -> float:
+        """The value of a one-element tensor as a Python float."""
+        if self.size != 1:
+            raise ShapeError(f"item(): the tensor has {self.size} elements (shape {self.shape})")
+        return float(self.data.reshape(-1)[0])
+
+    def numpy(self) -> np.ndarray:
+        """A host (NumPy) copy of ``data``."""
+        return np.array(self.backend.to_numpy(self.data))
+
+    # --- backprop -------------------------------------------------------------------------
+    def backward(self, grad: Any = None) -> None:
+        """Backprop from this tensor: add ∂L/∂t into ``t.grad`` for every t that requires it.
+
+        L is this tensor when it has one element (then ∂L/∂L = 1); otherwise pass
+        ``grad`` = ∂L/∂self (the shape of self), i.e. L = Σ grad ⊙ self. Gates are
+        visited in reverse topological order (iteratively: no recursion limit), and
+        a tensor read by several gates receives the sum of their gradients.
+
+        Calling it again adds the same gradients once more (buffers are kept);
+        call :func:`zero_grad` first to recompute from zero.
+        """
+        if not self.requires_grad:
+            raise ConfigError(
+                "backward(): this tensor does not require grad (no input of the graph that "
+                "produced it was created with requires_grad=True)"
+            )
+        seed = self._seed(grad)
+        order = topological_order(self, grad_only=True)
+        grads = _backprop(self, seed, order)
+        with self.backend.activate():
+            for node in order:
+                node._add_grad(grads[id(node)])
+
+    def _seed(self, grad: Any) -> Array:
+        """∂L/∂self: ones for a one-element tensor, else the ``grad`` argument, checked."""
+        xp = self.backend.xp
+        with self.backend.activate():
+            if grad is None:
+                if self.size != 1:
+                    raise ShapeError(
+                        f"backward() without a gradient needs a scalar (one-element) tensor, "
+                        f"got shape {self.shape}; pass grad=∂L/∂t of shape {self.shape}"
+                    )
+                return xp.ones(self.shape, dtype=self.dtype)
+            seed = as_tensor(grad, self)
+            _check_devices("backward", (self, seed))
+            if seed.shape != self.shape:
+                raise ShapeError(
+                    f"backward(): grad has shape {seed.shape} but the tensor has shape "
+                    f"{self.shape}; a gradient has the shape of its variable"
+                )
+            return xp.asarray(seed.data, dtype=self.dtype)
+
+    def _add_grad(self, g: Array) -> None:
+        """grad += g (the first time: grad = a fresh C-contiguous copy of g)."""
+        if self.grad is None:
+            self.grad = self.backend.xp.array(g, dtype=self.dtype, order="C")
+        else:
+            self.grad += g
+
+    def zero_grad(self) -> None:
+        """grad ← 0 in place (nothing to do before the first backward, when grad is None)."""
+        if self.grad is not None:
+            self.grad[...] = 0
+
+    # --- gates as operators: a new gate object per use -----------------------------------
+    __add__ = _binary(AddGate)
+    __radd__ = _binary(AddGate, reflected=True)
+    __sub__ = _binary(SubGate)
+    __rsub__ = _binary(SubGate, reflected=True)
+    __mul__ = _binary(MulGate)
+    __rmul__ = _binary(MulGate, reflected=True)
+    __truediv__ = _binary(DivGate)
+    __rtruediv__ = _binary(DivGate, reflected=True)
+    __matmul__ = _binary(MatMulGate)
+    __rmatmul__ = _binary(MatMulGate, reflected=True)
+
+    def __neg__(self) -> Tensor:
+        return NegGate()(self)
+
+    def __pow__(self, exponent: float) -> Tensor:
+        return PowGate(exponent)(self)
+
+    @property
+    def T(self) -> Tensor:
+        """The transpose (all axes reversed); ∂L/∂x = (∂L/∂xᵀ)ᵀ."""
+        return TransposeGate()(self)
+
+    def reshape(self, *shape: int | Sequence[int]) -> Tensor:
+        """The same elements in a new shape; ∂L/∂x = reshape(∂L/∂y, x.shape)."""
+        return ReshapeGate(tuple(int(s) for s in np.ravel(shape)))(self)  # (3, 4) or ((3, 4),)
+
+    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        """y = Σ_axis x; ∂L/∂x = ∂L/∂y broadcast back over the summed axes."""
+        return SumGate(axis, keepdims)(self)
+
+    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        """y = (1/n) Σ_axis x (n = elements summed); ∂L/∂x = ∂L/∂y / n, broadcast back."""
+        return MeanGate(axis, keepdims)(self)
+
+    def exp(self) -> Tensor:
+        """y = eˣ; ∂L/∂x = ∂L/∂y · y."""
+        return ExpGate()(self)
+
+    def log(self) -> Tensor:
+        """y = ln x; ∂L/∂x = ∂L/∂y / x."""
+        return LogGate()(self)
+
+    def tanh(self) -> Tensor:
+        """y = tanh x; ∂L/∂x = ∂L/∂y · (1 − y²)."""
+        return ActivationGate("tanh")(self)
+
+    def sigmoid(self) -> Tensor:
+        """y = σ(x) = 1 / (1 + e⁻ˣ), one fused gate; ∂L/∂x = ∂L/∂y · y (1 − y)."""
+        return ActivationGate("sigmoid")(self)
+
+    def relu(self) -> Tensor:
+        """y = max(x, 0); ∂L/∂x = ∂L/∂y · [y > 0]."""
+        return ActivationGate("relu")(self)
+
+
+def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
+    """``value`` as a Tensor: Tensors as they are, anything else a constant.
+
+    Given ``like``, a Python scalar is *weak* (as in NumPy 2): it becomes a 0-d
+    array of result_type(like.dtype, value) on like's device, so ``t32 * 0.5``
+    stays float32. Arrays keep their own device and dtype (a mismatch is caught
+    by the gate); without ``like`` a scalar or list becomes a NumPy array.
+    """
+    if isinstance(value, Tensor):
+        return value
+    if like is not None and isinstance(value, _PY_SCALARS) and not isinstance(value, np.generic):
+        dtype = np.result_type(like.dtype, value)
+        with like.backend.activate():
+            return Tensor(like.backend.xp.asarray(value, dtype=dtype))
+    return Tensor(value)
+
+
+def _check_devices(what: str, tensors: Sequence[Tensor]) -> Backend:
+    """The inputs' common backend; DeviceError naming both devices if they differ."""
+    backend = tensors[0].backend
+    for t in tensors[1:]:
+        if t.backend.device != backend.device:
+            raise DeviceError(
+                f"{what}: inputs live on {backend.device} and {t.backend.device}; "
+                "gpubackprop never copies between devices implicitly: move one of them "
+                "first (e.g. cupy.asarray / cupy.asnumpy)"
+            )
+    return backend
 
 
 # --- functions ----------------------------------------------------------------------------
