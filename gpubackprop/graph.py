@@ -2,37 +2,17 @@
 
 A :class:`Tensor` wraps an array (NumPy on the CPU, CuPy on a GPU) and remembers
 the :class:`Gate` that produced it and the gate's inputs. Every operation on
-tensors is one gate, applied eagerly: the forward value is computed at once and
-the gate keeps what its backward needs (the seed notes' ``MultiplyGate`` keeps
-x and y). ``loss.backward()`` then visits the graph in reverse topological order
-and applies the chain rule at every node::
+tensors is one gate, applied eagerly; ``loss.backward()`` visits the graph in
+reverse topological order, applies the chain rule at every node and sums over
+every gate that reads a tensor (fan-out)::
 
     ∂L/∂input = ∂L/∂output · ∂output/∂input     (downstream = upstream × local)
 
-summing over every gate that reads a tensor (fan-out). The three gates of the
-seed notes show the patterns:
-
-* add ``z = x + y`` is a *distributor*: ∂L/∂x = ∂L/∂y = ∂L/∂z;
-* max ``z = max(x, y)`` is a *router*: ∂L/∂z goes to the larger input only;
-* mul ``z = x · y`` is a *switcher*: ∂L/∂x = y · ∂L/∂z, ∂L/∂y = x · ∂L/∂z.
-
-**The shape rule.** A gradient has the shape of its variable: ``t.grad.shape ==
-t.shape`` for every tensor. Broadcasting gates sum the upstream gradient over the
-broadcast axes, and the engine checks every gradient a gate returns.
-
-**Backward twice.** Gates keep their saved arrays, so ``backward()`` may be
-called again on the same graph; each call *adds* its gradients into ``.grad``
-(as in PyTorch). Call :func:`zero_grad` (or ``t.zero_grad()``) between calls to
-start from zero.
-
-**Layers are coarse gates.** ``layer(t)`` applies a :class:`~gpubackprop.Dense`
-(or any layer) as one gate whose backward is the layer's own fused backward;
-see :class:`LayerGate`. This module is the adapter: ``Layer.__call__`` and
-``Layer.parameter_tensors`` are doors into it (graph sits above layers).
-
-**Dtypes.** Results follow NumPy's promotion rules, with Python scalars *weak*:
-``t32 * 0.5`` stays float32, ``t32 + t64`` is float64. A gradient always has the
-dtype of its tensor.
+A gradient has the shape and dtype of its variable; a second ``backward()`` adds
+into ``.grad`` (call :func:`zero_grad` between passes); a layer called on a Tensor
+is one coarse gate (:class:`LayerGate`: ``Layer.__call__`` and
+``Layer.parameter_tensors`` are the layer's doors into this module). The gates,
+broadcasting, dtypes and layers in graphs are explained in ``docs/graph.md``.
 """
 
 from __future__ import annotations
@@ -53,8 +33,6 @@ from .losses import SoftmaxCrossEntropy
 
 if TYPE_CHECKING:
     from .layers import Layer
-
-_PY_SCALARS = (bool, int, float)
 
 
 # --- gates --------------------------------------------------------------------------------
@@ -387,10 +365,7 @@ class SumGate(Gate):
         self.in_shape = tuple(x.shape)
         self.axes = _normalize_axes(self.axis, self.in_shape)
         self.count = math.prod(self.in_shape[a] for a in self.axes)
-        return self.reduce(x)
-
-    def reduce(self, x: Array) -> Array:
-        return x.sum(axis=self.axes, keepdims=self.keepdims)
+        return getattr(x, self.name)(axis=self.axes, keepdims=self.keepdims)  # x.sum / x.mean
 
     def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
         kept = tuple(1 if i in self.axes else n for i, n in enumerate(self.in_shape))
@@ -401,9 +376,6 @@ class MeanGate(SumGate):
     """y = (1/n) Σ_axis x, n = number of elements summed: ∂L/∂x = broadcast(∂L/∂y) / n."""
 
     name = "mean"
-
-    def reduce(self, x: Array) -> Array:
-        return x.mean(axis=self.axes, keepdims=self.keepdims)
 
     def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
         (g,) = super().backward(grad, needs)
@@ -438,12 +410,10 @@ class ActivationGate(Gate):
 
 
 class SoftmaxCrossEntropyGate(Gate):
-    """L = 1/B Σ_b (logsumexp(z_b) − z_b[y_b]), one fused gate over logits z (B, C).
+    """L = 1/B Σ_b (logsumexp(z_b) − z_b[y_b]), the gate of :func:`softmax_cross_entropy`.
 
-    ∂L/∂z = (softmax(z) − onehot(y)) / B, written by the backend's fused loss op in
-    the forward pass and scaled by the upstream ∂L_total/∂L in the backward.
-    Targets: integer labels (B,) or rows of probabilities (B, C); no gradient flows
-    to them.
+    ∂L/∂z = (softmax(z) − onehot(y)) / B is written by the fused loss op in the
+    forward pass and scaled by the upstream ∂L_total/∂L in the backward.
     """
 
     name = "softmax_cross_entropy"
@@ -469,15 +439,11 @@ class SoftmaxCrossEntropyGate(Gate):
 class LayerGate(Gate):
     """A whole layer as one coarse gate: y = layer(x; W, b), backward = the layer's own.
 
-    Inputs are x and the layer's parameter tensors (:func:`parameter_tensors`).
-    The forward is ``layer.forward``; the gate keeps its own copy of the output and
-    of the work buffers in ``layer.backward_state()`` (the layer's next call
-    overwrites them), so one layer may appear several times in a graph. The
-    backward restores that call's state and runs the layer's fused backward,
-    ``layer.backward(Δ, need_input_grad)``, which writes dW = Δ_Zᵀ x and
-    db = Δ_Zᵀ 1 into ``layer.grads`` (overwriting); the gate hands copies to the
-    engine, which *adds* them into the parameter tensors' ``.grad``, so a layer
-    used k times gets the sum of its k contributions.
+    Inputs are x and the layer's parameter tensors (:func:`parameter_tensors`). The
+    gate keeps its own copies of the output and of ``layer.backward_state()`` (the
+    layer's next call overwrites them) and restores them before ``layer.backward``;
+    it hands copies of ``layer.grads`` (dW = Δ_Zᵀ x, db = Δ_Zᵀ 1) to the engine,
+    which adds them up, so a layer used k times gets the sum of its k contributions.
     """
 
     def __init__(self, layer: Layer, param_names: tuple[str, ...]) -> None:
@@ -539,15 +505,9 @@ _PARAMETER_TENSORS: weakref.WeakKeyDictionary[Layer, dict[str, Tensor]] = (
 
 
 def parameter_tensors(layer: Layer) -> dict[str, Tensor]:
-    """Name -> Tensor over ``layer``'s live parameter view (requires grad).
-
-    What ``layer.parameter_tensors()`` returns (the layer's door to this function).
-
-    After ``backward()`` each tensor's ``.grad`` holds ∂L/∂param summed over every
-    call of the layer in the graph (while ``layer.grads`` holds only the last
-    call's, as the layer engine overwrites it). The same Tensor objects are
-    returned every time, so their gradients accumulate like any tensor's.
-    """
+    """Name -> Tensor over ``layer``'s live parameter view (what ``layer.parameter_tensors()``
+    returns): the same objects every time, so after ``backward()`` each ``.grad`` holds
+    ∂L/∂param summed over every call of the layer in the graph."""
     if layer.backend is None:
         raise ConfigError(
             f"{layer.label} has no parameters yet: call layer.build(device, dtype, seed) "
@@ -819,7 +779,8 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
     """
     if isinstance(value, Tensor):
         return value
-    if like is not None and isinstance(value, _PY_SCALARS) and not isinstance(value, np.generic):
+    scalar = isinstance(value, (bool, int, float)) and not isinstance(value, np.generic)
+    if like is not None and scalar:
         dtype = np.result_type(like.dtype, value)
         with like.backend.activate():
             return Tensor(like.backend.xp.asarray(value, dtype=dtype))
@@ -974,32 +935,9 @@ def jacobian(f: Callable[[Tensor], Any], x: Any) -> Array:
 
 
 __all__ = [
-    "ActivationGate",
-    "AddGate",
-    "DivGate",
-    "ExpGate",
-    "Gate",
-    "LayerGate",
-    "LogGate",
-    "MatMulGate",
-    "MaximumGate",
-    "MeanGate",
-    "MulGate",
-    "NegGate",
-    "PowGate",
-    "ReshapeGate",
-    "SoftmaxCrossEntropyGate",
-    "SubGate",
-    "SumGate",
-    "Tensor",
-    "TransposeGate",
-    "as_tensor",
-    "gradients",
-    "jacobian",
-    "layer_gate",
-    "maximum",
-    "parameter_tensors",
-    "softmax_cross_entropy",
-    "topological_order",
-    "zero_grad",
+    "ActivationGate", "AddGate", "DivGate", "ExpGate", "Gate", "LayerGate", "LogGate",
+    "MatMulGate", "MaximumGate", "MeanGate", "MulGate", "NegGate", "PowGate", "ReshapeGate",
+    "SoftmaxCrossEntropyGate", "SubGate", "SumGate", "Tensor", "TransposeGate", "as_tensor",
+    "gradients", "jacobian", "layer_gate", "maximum", "parameter_tensors", "softmax_cross_entropy",
+    "topological_order", "zero_grad",
 ]
