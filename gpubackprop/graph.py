@@ -107,19 +107,19 @@ def _unbroadcast(xp: ModuleType, g: Array, shape: tuple[int, ...]) -> Array:
     return xp.sum(g, axis=axes, keepdims=True).reshape(shape)
 
 
-class _ElementwiseGate(Gate):
-    """z = ufunc(inputs) elementwise, with NumPy broadcasting; keeps the inputs and z.
+class _FunctionGate(Gate):
+    """z = xp.function(inputs) (elementwise ones broadcast as NumPy does); keeps inputs and z.
 
-    A subclass names the array module's ``ufunc`` and gives :meth:`partial`; the
+    A subclass names the array module's ``function`` and gives :meth:`partial`; the
     backward sums each partial over the broadcast axes back to its input's shape.
     """
 
-    ufunc = ""
+    function = ""
 
     def forward(self, *inputs: Array) -> Array:
         self.inputs = inputs
         try:
-            self.out = getattr(self.xp, self.ufunc)(*inputs)
+            self.out = getattr(self.xp, self.function)(*inputs)
         except ValueError:
             shapes = " and ".join(str(tuple(x.shape)) for x in inputs)
             raise ShapeError(
@@ -129,7 +129,7 @@ class _ElementwiseGate(Gate):
         return self.out
 
     def partial(self, i: int, grad: Array) -> Array:
-        """∂L/∂z ⊙ ∂z/∂input_i, of the broadcast shape."""
+        """∂L/∂z · ∂z/∂input_i, before the sum over the broadcast axes."""
         raise NotImplementedError
 
     def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
@@ -137,48 +137,48 @@ class _ElementwiseGate(Gate):
                 for i, (x, need) in enumerate(zip(self.inputs, needs, strict=True))]
 
 
-class AddGate(_ElementwiseGate):
+class AddGate(_FunctionGate):
     """z = a + b, the distributor: ∂L/∂a = ∂L/∂b = ∂L/∂z (summed to each shape)."""
 
     name = "add"
-    ufunc = "add"
+    function = "add"
 
     def partial(self, i: int, grad: Array) -> Array:
         return grad
 
 
-class SubGate(_ElementwiseGate):
+class SubGate(_FunctionGate):
     """z = a − b: ∂L/∂a = ∂L/∂z, ∂L/∂b = −∂L/∂z (summed to each shape)."""
 
     name = "sub"
-    ufunc = "subtract"
+    function = "subtract"
 
     def partial(self, i: int, grad: Array) -> Array:
         return grad if i == 0 else -grad
 
 
-class MulGate(_ElementwiseGate):
+class MulGate(_FunctionGate):
     """z = a · b, the switcher: ∂L/∂a = b · ∂L/∂z, ∂L/∂b = a · ∂L/∂z."""
 
     name = "mul"
-    ufunc = "multiply"
+    function = "multiply"
 
     def partial(self, i: int, grad: Array) -> Array:
         return grad * self.inputs[1 - i]
 
 
-class DivGate(_ElementwiseGate):
+class DivGate(_FunctionGate):
     """z = a / b: ∂L/∂a = ∂L/∂z / b, ∂L/∂b = −∂L/∂z · a / b²."""
 
     name = "div"
-    ufunc = "true_divide"
+    function = "true_divide"
 
     def partial(self, i: int, grad: Array) -> Array:
         a, b = self.inputs
         return grad / b if i == 0 else -grad * a / (b * b)
 
 
-class MaximumGate(_ElementwiseGate):
+class MaximumGate(_FunctionGate):
     """z = max(a, b) elementwise, the router: ∂L/∂z goes to the larger input.
 
     ∂L/∂a = ∂L/∂z · [a ≥ b], ∂L/∂b = ∂L/∂z · [a < b]: on a tie the whole gradient
@@ -186,38 +186,38 @@ class MaximumGate(_ElementwiseGate):
     """
 
     name = "max"
-    ufunc = "maximum"
+    function = "maximum"
 
     def partial(self, i: int, grad: Array) -> Array:
         a_wins = self.inputs[0] >= self.inputs[1]
         return self.xp.where(a_wins, grad, 0) if i == 0 else self.xp.where(a_wins, 0, grad)
 
 
-class NegGate(_ElementwiseGate):
+class NegGate(_FunctionGate):
     """z = −x: ∂L/∂x = −∂L/∂z."""
 
     name = "neg"
-    ufunc = "negative"
+    function = "negative"
 
     def partial(self, i: int, grad: Array) -> Array:
         return -grad
 
 
-class ExpGate(_ElementwiseGate):
+class ExpGate(_FunctionGate):
     """y = eˣ: ∂L/∂x = ∂L/∂y · y."""
 
     name = "exp"
-    ufunc = "exp"
+    function = "exp"
 
     def partial(self, i: int, grad: Array) -> Array:
         return grad * self.out
 
 
-class LogGate(_ElementwiseGate):
+class LogGate(_FunctionGate):
     """y = ln x: ∂L/∂x = ∂L/∂y / x."""
 
     name = "log"
-    ufunc = "log"
+    function = "log"
 
     def partial(self, i: int, grad: Array) -> Array:
         return grad / self.inputs[0]
@@ -296,16 +296,14 @@ class MatMulGate(Gate):
         return (da, db)
 
 
-class TransposeGate(Gate):
+class TransposeGate(_FunctionGate):
     """Z = Xᵀ (all axes reversed): ∂L/∂X = (∂L/∂Z)ᵀ."""
 
     name = "T"
+    function = "transpose"
 
-    def forward(self, x: Array) -> Array:
-        return x.T
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (grad.T,)
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad.T
 
 
 class ReshapeGate(Gate):
@@ -662,12 +660,8 @@ class Tensor:
         """Backprop from this tensor: add ∂L/∂t into ``t.grad`` for every t that requires it.
 
         L is this tensor when it has one element (then ∂L/∂L = 1); otherwise pass
-        ``grad`` = ∂L/∂self (the shape of self), i.e. L = Σ grad ⊙ self. Gates are
-        visited in reverse topological order (iteratively: no recursion limit), and
-        a tensor read by several gates receives the sum of their gradients.
-
-        Calling it again adds the same gradients once more (buffers are kept);
-        call :func:`zero_grad` first to recompute from zero.
+        ``grad`` = ∂L/∂self (the shape of self), i.e. L = Σ grad ⊙ self. Calling it
+        again adds the same gradients once more; call :func:`zero_grad` to start from zero.
         """
         if not self.requires_grad:
             raise ConfigError(
@@ -678,8 +672,12 @@ class Tensor:
         order = topological_order(self, grad_only=True)
         grads = _backprop(self, seed, order)
         with self.backend.activate():
-            for node in order:
-                node._add_grad(grads[id(node)])
+            for node in order:  # the first time: grad = a fresh C-contiguous copy
+                g = grads[id(node)]
+                if node.grad is None:
+                    node.grad = node.backend.xp.array(g, dtype=node.dtype, order="C")
+                else:
+                    node.grad += g
 
     def _seed(self, grad: Any) -> Array:
         """∂L/∂self: ones for a one-element tensor, else the ``grad`` argument, checked."""
@@ -700,13 +698,6 @@ class Tensor:
                     f"{self.shape}; a gradient has the shape of its variable"
                 )
             return xp.asarray(seed.data, dtype=self.dtype)
-
-    def _add_grad(self, g: Array) -> None:
-        """grad += g (the first time: grad = a fresh C-contiguous copy of g)."""
-        if self.grad is None:
-            self.grad = self.backend.xp.array(g, dtype=self.dtype, order="C")
-        else:
-            self.grad += g
 
     def zero_grad(self) -> None:
         """grad ← 0 in place (nothing to do before the first backward, when grad is None)."""
@@ -916,8 +907,7 @@ def jacobian(f: Callable[[Tensor], Any], x: Any) -> Array:
     (y.size, x.size). ``x`` is an array or Tensor (its values are used in a new
     leaf); ``f`` maps a Tensor to a Tensor. The result is an array on x's device.
     """
-    source = x.data if isinstance(x, Tensor) else as_tensor(x).data
-    leaf = Tensor(source, requires_grad=True)
+    leaf = Tensor(as_tensor(x).data, requires_grad=True)
     y = as_tensor(f(leaf), leaf)
     xp = leaf.backend.xp
     with leaf.backend.activate():
