@@ -286,14 +286,10 @@ class MatMulGate(Gate):
         g = grad[..., None] if self.b.ndim == 1 else grad  # restore the dropped axes
         if self.a.ndim == 1:
             g = g[..., None, :]
-        da = db = None
-        if needs[0]:
-            da = _unbroadcast(xp, xp.matmul(g, xp.swapaxes(b, -1, -2)), a.shape)
-            da = da.reshape(self.a.shape)
-        if needs[1]:
-            db = _unbroadcast(xp, xp.matmul(xp.swapaxes(a, -1, -2), g), b.shape)
-            db = db.reshape(self.b.shape)
-        return (da, db)
+        da = xp.matmul(g, xp.swapaxes(b, -1, -2)) if needs[0] else None
+        db = xp.matmul(xp.swapaxes(a, -1, -2), g) if needs[1] else None
+        return [None if d is None else _unbroadcast(xp, d, m.shape).reshape(given.shape)
+                for d, m, given in ((da, a, self.a), (db, b, self.b))]
 
 
 class TransposeGate(_FunctionGate):
