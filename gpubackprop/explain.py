@@ -158,9 +158,8 @@ def explain(
                     lines.append(f"  gradient  |d{short}| = {_norm(backend, grads[key]):.4g}   "
                                  f"(|{name}| = {_norm(backend, params[key]):.4g})")
     if resolved is not None:
-        out_width = int(outputs[-1].shape[1])
         lines += ["", f"loss: {resolved!r} = {value:.6g}"]
-        lines += _loss_lines(resolved, batch, out_width, len(model.layers))
+        lines += _loss_lines(resolved, batch, int(outputs[-1].shape[1]), len(model.layers))
         lines.append(
             "Backward runs from the last layer to the first; each writes its dW, db "
             "into the flat gradient buffer (overwritten, not accumulated)."

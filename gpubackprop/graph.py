@@ -480,11 +480,8 @@ class LayerGate(Gate):
 
 
 def _own(value: Any, x: Array, out: Array, result: Array) -> Any:
-    """A layer's saved ``value`` as one gate call keeps it: the next call may overwrite it.
-
-    The output buffer becomes the gate's own copy ``result``; the input x is the
-    graph's (never written); any other array (a work buffer) is copied.
-    """
+    """A layer's saved ``value`` as this gate call keeps it (the layer's next call overwrites
+    its buffers): the output as the gate's copy ``result``, x as it is, a work buffer copied."""
     if value is out:
         return result
     if value is x or not (isinstance(value, np.ndarray) or is_cupy_array(value)):
