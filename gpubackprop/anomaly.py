@@ -1,25 +1,20 @@
 """Anomaly detection: the first NaN/Inf of a training step, named by layer and pass.
 
 Inside ``with gb.detect_anomaly():`` (and in ``fit(..., check_finite=True)``) the
-engine checks every array a step produces, in the order it produces them::
+engine checks every array a step produces, in order, and raises
+:class:`~gpubackprop.errors.NumericalError` for the first non-finite one, before any
+optimizer update::
 
     input x                                  pass "input"
     a_k = layer_k(a_{k−1}),  k = 0 … L−1     pass "forward"
     L, δ_L = ∂L/∂a_L                         pass "loss"
     (dW_k, db_k), δ_{k−1},  k = L−1 … 0      pass "backward"
 
-and raises :class:`~gpubackprop.errors.NumericalError` for the first one that is
-not finite, before any optimizer update, so parameters and optimizer state are
-those of before the step.
-
-Cost: one reduction per checked array. For an array a, ``s = Σ a`` is NaN or
-±inf iff a has a NaN or an inf *or* the sum overflowed; the sum is the cheap
-test (no boolean temporary the size of a), and a non-finite sum is confirmed with
-``isfinite(a).all()`` before anything is raised, so an overflow is never reported.
-On the CPU each sum is read at once. On a GPU the sums go into one preallocated
-float64 device array (float64: a sum of float32 values cannot overflow it) and
-are read with one transfer per step (per ``forward``/``backward`` call outside
-``loss_and_grad``/``train_step``/``fit``).
+Cost: one reduction per array. ``Σ a`` is not finite iff a has a NaN/inf or the sum
+overflowed: the cheap test (no boolean temporary the size of a), confirmed with
+``isfinite(a).all()`` before anything is raised. On the CPU each sum is read at once;
+on a GPU the sums go into one float64 device array (a float32 sum cannot overflow it),
+read with one transfer per step.
 """
 
 from __future__ import annotations
@@ -131,11 +126,9 @@ class AnomalyChecker:
         """Note ``a`` (produced by ``layer`` in ``pass_``); on the CPU, check it now."""
         if self.is_gpu and len(self._entries) < self.capacity:
             assert self._sums is not None
-            slot = self._sums[len(self._entries)]
-            self.model.backend.xp.sum(a, dtype=np.float64, out=slot)
+            self.model.backend.xp.sum(a, dtype=np.float64, out=self._sums[len(self._entries)])
             self._entries.append((pass_, layer, what, a))
-            return
-        if not math.isfinite(float(a.sum())):
+        elif not math.isfinite(float(a.sum())):
             self._raise_if_nonfinite(pass_, layer, what, a)
 
     def flush(self) -> None:
@@ -150,8 +143,7 @@ class AnomalyChecker:
                 self._raise_if_nonfinite(pass_, layer, what, a)
 
     def _raise_if_nonfinite(self, pass_: str, layer: Layer | None, what: str, a: Array) -> None:
-        xp = self.model.backend.xp
-        if bool(xp.isfinite(a).all()):  # the sum overflowed; every value is finite
+        if bool(self.model.backend.xp.isfinite(a).all()):  # the sum overflowed, all is finite
             return
         where = "the loss" if layer is None else layer.label
         raise NumericalError(

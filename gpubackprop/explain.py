@@ -9,14 +9,14 @@ the one the code runs (``layers.py``), in the engine's batch-major convention.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from .arrays import Array
+from .backend import Backend
 from .errors import ConfigError
-from .layers import Activation, Dense, Layer
+from .layers import Activation, Dense
 from .losses import MSE, BCEWithLogits, Loss, SoftmaxCrossEntropy, get_loss
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def _shape(*dims: int) -> str:
     return str(tuple(int(d) for d in dims))
 
 
-def _stats(backend: Any, x: Array) -> str:
+def _stats(backend: Backend, x: Array) -> str:
     """mean, std, min, max and the share of exact zeros of an array."""
     a = np.asarray(backend.to_numpy(x), dtype=np.float64)
     zeros = float(np.mean(a == 0.0)) if a.size else 0.0
@@ -37,50 +37,39 @@ def _stats(backend: Any, x: Array) -> str:
     )
 
 
-def _norm(backend: Any, x: Array) -> float:
+def _norm(backend: Backend, x: Array) -> float:
     return float(np.linalg.norm(np.asarray(backend.to_numpy(x), dtype=np.float64)))
 
 
 def _dense_lines(layer: Dense, batch: int, k: int, first: bool) -> list[str]:
     n_in, n_out = layer.in_features, layer.out_features
+    x_in, z, w = _shape(batch, n_in), _shape(batch, n_out), _shape(n_out, n_in)
     act = layer.activation
     a_prev = "x" if first else f"a_{k - 1}"
     b = " + b" if layer.use_bias else ""
-    forward, derivative = act.formula_texts(f"a_{k}", f"z_{k}")
-    lines = [
-        f"  forward   z_{k} = {a_prev} Wᵀ{b}"
-        f"      {_shape(batch, n_in)} · {_shape(n_in, n_out)} -> {_shape(batch, n_out)}"
-    ]
+    lines = [f"  forward   z_{k} = {a_prev} Wᵀ{b}      {x_in} · {_shape(n_in, n_out)} -> {z}"]
     if act.is_identity:
-        lines.append(f"            a_{k} = z_{k}  (linear)")
+        lines += [
+            f"            a_{k} = z_{k}  (linear)",
+            f"            keeps {a_prev} {x_in} for dW",
+            f"  backward  δ_{k} = ∂L/∂a_{k}                 {z}",
+        ]
     else:
-        lines.append(f"            a_{k} = {act.name}(z_{k}) = {forward}   {_shape(batch, n_out)}")
-    keep = f"z_{k}" if act.needs_input else f"a_{k}"
-    kept = "" if act.is_identity else f" and {keep} {_shape(batch, n_out)} for the derivative"
-    lines.append(f"            keeps {a_prev} {_shape(batch, n_in)} for dW{kept}")
-    if act.is_identity:
-        lines.append(f"  backward  δ_{k} = ∂L/∂a_{k}                 {_shape(batch, n_out)}")
-    else:
-        lines.append(
-            f"  backward  δ_{k} = ∂L/∂a_{k} ⊙ {derivative}"
-            f"      {_shape(batch, n_out)}"
-        )
-    lines.append(
-        f"            dW = δ_{k}ᵀ {a_prev}"
-        f"      {_shape(n_out, batch)} · {_shape(batch, n_in)} -> {_shape(n_out, n_in)}"
-    )
+        forward, derivative = act.formula_texts(f"a_{k}", f"z_{k}")
+        keep = f"z_{k}" if act.needs_input else f"a_{k}"
+        lines += [
+            f"            a_{k} = {act.name}(z_{k}) = {forward}   {z}",
+            f"            keeps {a_prev} {x_in} for dW and {keep} {z} for the derivative",
+            f"  backward  δ_{k} = ∂L/∂a_{k} ⊙ {derivative}      {z}",
+        ]
+    lines.append(f"            dW = δ_{k}ᵀ {a_prev}      {_shape(n_out, batch)} · {x_in} -> {w}")
     if layer.use_bias:
-        lines.append(
-            f"            db = δ_{k}ᵀ 1        {_shape(n_out, batch)} · {_shape(batch)} -> "
-            f"{_shape(n_out)}"
-        )
+        lines.append(f"            db = δ_{k}ᵀ 1        {_shape(n_out, batch)} · {_shape(batch)} "
+                     f"-> {_shape(n_out)}")
     if first:
         lines.append("            (∂L/∂x is not needed: the first layer skips δ W)")
     else:
-        lines.append(
-            f"            ∂L/∂a_{k - 1} = δ_{k} W"
-            f"      {_shape(batch, n_out)} · {_shape(n_out, n_in)} -> {_shape(batch, n_in)}"
-        )
+        lines.append(f"            ∂L/∂a_{k - 1} = δ_{k} W      {z} · {w} -> {x_in}")
     return lines
 
 
@@ -142,10 +131,8 @@ def explain(
     if resolved is not None:
         if y is None:
             raise ConfigError("explain: a loss needs the target y")
-        prepared = model.prepare_batch(
-            xb, y if backend.is_native(y) else backend.asarray(y), resolved
-        )
-        value = float(model.loss_and_grad_batch(prepared))
+        y = y if backend.is_native(y) else backend.asarray(y)
+        value = float(model.loss_and_grad_batch(model.prepare_batch(xb, y, resolved)))
 
     lines = [
         f"{type(model).__name__} on {model.device}, {model.dtype.name}, batch B = {batch}: "
@@ -154,10 +141,9 @@ def explain(
         "so a layer computes z = a Wᵀ + b.",
         f"input x {_shape(batch, width)}: {_stats(backend, xb)}",
     ]
-    grads = model.gradients()
+    grads, params = model.gradients(), model.parameters()
     for k, (layer, out) in enumerate(zip(model.layers, outputs, strict=True), start=1):
-        lines.append("")
-        lines.append(f"layer {layer.index}: {layer.describe()}  ->  a_{k} {tuple(out.shape)}")
+        lines += ["", f"layer {layer.index}: {layer.describe()}  ->  a_{k} {tuple(out.shape)}"]
         if isinstance(layer, Dense):
             lines += _dense_lines(layer, batch, k, first=layer.index == 0)
         elif isinstance(layer, Activation):
@@ -165,26 +151,21 @@ def explain(
         else:
             lines.append(f"  {type(layer).__name__}: see its docstring")
         lines.append(f"  values    a_{k}: {_stats(backend, out)}")
-        if value is not None and isinstance(layer, Layer):
-            for name in ("weight", "bias"):
+        if value is not None:
+            for name, short in (("weight", "W"), ("bias", "b")):
                 key = f"{layer.index}.{name}"
                 if key in grads:
-                    p = model.parameters()[key]
-                    lines.append(
-                        f"  gradient  |d{name[0].upper() if name == 'weight' else 'b'}| = "
-                        f"{_norm(backend, grads[key]):.4g}   (|{name}| = {_norm(backend, p):.4g})"
-                    )
+                    lines.append(f"  gradient  |d{short}| = {_norm(backend, grads[key]):.4g}   "
+                                 f"(|{name}| = {_norm(backend, params[key]):.4g})")
     if resolved is not None:
-        out_width = int(outputs[-1].shape[1])
-        lines.append("")
-        lines.append(f"loss: {resolved!r} = {value:.6g}")
-        lines += _loss_lines(resolved, batch, out_width, len(model.layers))
+        lines += ["", f"loss: {resolved!r} = {value:.6g}"]
+        lines += _loss_lines(resolved, batch, int(outputs[-1].shape[1]), len(model.layers))
         lines.append(
             "Backward runs from the last layer to the first; each writes its dW, db "
             "into the flat gradient buffer (overwritten, not accumulated)."
         )
     text = "\n".join(lines)
-    print(text, file=file if file is not None else sys.stdout)
+    print(text, file=file)  # None: stdout
     return text
 
 

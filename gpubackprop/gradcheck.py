@@ -1,14 +1,8 @@
 """Finite-difference gradient checks for models, layers, losses and graph functions.
 
-``gb.gradcheck(target, x, y, loss)`` compares the analytic gradients of the
-backward pass with central differences in float64 (:func:`central_difference`,
-one helper for every kind of target)::
-
-    ∂L/∂θ_i ≈ (L(θ + ε e_i) − L(θ − ε e_i)) / 2ε
-
-and passes where |analytic − numeric| ≤ atol + rtol · |numeric| for every
-checked entry. Without a loss, L = Σ output ⊙ R with a fixed random R, which
-exercises every output's gradient.
+Every kind of target is checked the same way (:func:`gradcheck`): the analytic
+gradients of its backward pass against :func:`central_difference` in float64, entry
+by entry; without a loss, L = Σ output ⊙ R for a fixed random R exercises every output.
 """
 
 from __future__ import annotations
@@ -20,45 +14,12 @@ from typing import Any
 import numpy as np
 
 from .arrays import Array
+from .backend import backend_of
 from .errors import ConfigError, DTypeError, GradcheckError
 from .graph import Tensor, as_tensor, gradients
 from .layers import Layer
 from .losses import Loss, get_loss
 from .model import Sequential
-
-#: a validated device batch: (x, y, loss), y and loss None for L = Σ output ⊙ R
-ModelBatch = tuple[Array, Array | None, Loss | None]
-
-
-# --- the engine calls: the only place this module drives a model -----------------------------
-def _model_batch(model: Sequential, x: Any, y: Any, loss: Loss | None) -> ModelBatch:
-    """``x`` (and ``y``) validated and on the model's device and dtype."""
-    xb = model.prepare_input(model.to_device(x))
-    if loss is None:
-        return xb, None, None
-    batch = model.prepare_batch(xb, model.backend.asarray(y), loss)
-    return batch.x, batch.y, batch.loss
-
-
-def _model_loss(
-    model: Sequential, batch: ModelBatch, projection: Array | None, *,
-    backward: bool = False, need_input_grad: bool = False,
-) -> tuple[float, Array | None]:
-    """(L, ∂L/∂x): L = loss(model(x), y), or Σ model(x) ⊙ R (``projection``) without a loss.
-
-    With ``backward`` the gradients are written (``model.gradients()``) and ∂L/∂x
-    is returned if ``need_input_grad`` (else None).
-    """
-    x, y, loss = batch
-    backend = model.backend
-    out = model.forward_batch(x)
-    if loss is None:
-        value, grad = backend.xp.vdot(out, projection), projection
-    else:
-        grad = backend.xp.empty_like(out)
-        value = loss.write_value_and_grad(backend, out, y, grad)
-    dx = model.backward_batch(grad, need_input_grad) if backward else None
-    return float(value), dx
 
 
 def _layer_model(layer: Layer, seed: int) -> Sequential:
@@ -101,17 +62,11 @@ class GradcheckReport:
         return self.ok
 
     def __str__(self) -> str:
-        head = f"{'tensor':<14}{'checked':>8}{'max abs err':>14}{'max rel err':>14}  result"
-        rows = [head]
+        rows = [f"{'tensor':<14}{'checked':>8}{'max abs err':>14}{'max rel err':>14}  result"]
         for e in self.entries:
-            verdict = (
-                "ok" if e.ok
-                else f"FAIL at {e.worst_index}: {e.analytic:.6g} vs {e.numeric:.6g}"
-            )
-            rows.append(
-                f"{e.name:<14}{e.checked:>8}{e.max_abs_error:>14.3e}"
-                f"{e.max_rel_error:>14.3e}  {verdict}"
-            )
+            fail = f"FAIL at {e.worst_index}: {e.analytic:.6g} vs {e.numeric:.6g}"
+            rows.append(f"{e.name:<14}{e.checked:>8}{e.max_abs_error:>14.3e}"
+                        f"{e.max_rel_error:>14.3e}  {'ok' if e.ok else fail}")
         return "\n".join(rows)
 
 
@@ -135,19 +90,15 @@ def central_difference(
     return numeric
 
 
-def _indices(shape: tuple[int, ...], limit: int | None, rng: np.random.Generator) -> list:
-    size = int(np.prod(shape))
-    flat = np.arange(size) if limit is None or limit >= size else rng.choice(size, limit, False)
-    return [tuple(int(v) for v in np.unravel_index(i, shape)) for i in np.sort(flat)]
-
-
 def _check_entries(
     report: GradcheckReport, name: str, analytic: np.ndarray, f: Callable[[], float],
     array: Array, limit: int | None, rng: np.random.Generator,
 ) -> None:
     """Append to ``report`` the comparison of ``analytic`` with the central differences of
     ``f`` over ``array`` (every entry, or a random subset of ``limit``)."""
-    idx = _indices(tuple(array.shape), limit, rng)
+    size = int(array.size)
+    picked = np.arange(size) if limit is None or limit >= size else rng.choice(size, limit, False)
+    idx = [tuple(int(v) for v in np.unravel_index(i, array.shape)) for i in np.sort(picked)]
     n = central_difference(f, array, idx, report.eps)
     a = np.array([analytic[i] for i in idx])
     abs_err = np.abs(a - n)
@@ -175,26 +126,32 @@ def _check_model(
             f"gradcheck needs a float64 model (finite differences in float32 are too "
             f"coarse); got {model.dtype.name}: build it with dtype='float64'"
         )
-    batch = _model_batch(model, x, y, loss)
-    xb = batch[0]
-    projection = None
+    backend = model.backend
+    xb = model.prepare_input(model.to_device(x))
     if loss is None:
         out_shape = (xb.shape[0], model.output_width(xb.shape[1]))
-        projection = model.backend.asarray(rng.standard_normal(out_shape))
+        projection = backend.asarray(rng.standard_normal(out_shape))
+    else:
+        batch = model.prepare_batch(xb, backend.asarray(y), loss)
+        xb, target = batch.x, batch.y
 
-    _, input_grad = _model_loss(
-        model, batch, projection, backward=True, need_input_grad=check_input
-    )
-    analytic = {k: model.backend.to_numpy(v).copy() for k, v in model.gradients().items()}
+    def value_and_grad() -> tuple[float, Array]:
+        """(L, ∂L/∂out): L = loss(model(x), y), or Σ model(x) ⊙ R without a loss."""
+        out = model.forward_batch(xb)
+        if loss is None:
+            return float(backend.xp.vdot(out, projection)), projection
+        grad = backend.xp.empty_like(out)
+        return float(loss.write_value_and_grad(backend, out, target, grad)), grad
+
+    input_grad = model.backward_batch(value_and_grad()[1], check_input)
+    analytic = {k: backend.to_numpy(v).copy() for k, v in model.gradients().items()}
     tensors = dict(model.parameters())
     if check_input:
-        analytic["input"] = model.backend.to_numpy(input_grad).copy()
+        analytic["input"] = backend.to_numpy(input_grad).copy()
         tensors["input"] = xb
     for name, tensor in tensors.items():
-        _check_entries(
-            report, name, analytic[name], lambda: _model_loss(model, batch, projection)[0],
-            tensor, max_checks, rng,
-        )
+        _check_entries(report, name, analytic[name], lambda: value_and_grad()[0], tensor,
+                       max_checks, rng)
 
 
 def _check_loss(
@@ -204,11 +161,8 @@ def _check_loss(
     pred = np.array(pred, dtype=np.float64) if not hasattr(pred, "dtype") else pred.copy()
     if pred.dtype != np.float64:
         raise DTypeError(f"gradcheck of a loss needs float64 predictions, got {pred.dtype}")
-    _, analytic = loss.value_and_gradient(pred, target)
-    analytic = np.asarray(analytic.get() if hasattr(analytic, "get") else analytic)
-    _check_entries(
-        report, loss.name, analytic, lambda: loss(pred, target), pred, max_checks, rng
-    )
+    analytic = backend_of(pred).to_numpy(loss.value_and_gradient(pred, target)[1])
+    _check_entries(report, loss.name, analytic, lambda: loss(pred, target), pred, max_checks, rng)
 
 
 def graph_gradcheck(
@@ -251,8 +205,7 @@ def graph_gradcheck(
     backend = out.backend
     projection = None
     if out.size != 1:
-        with backend.activate():
-            projection = backend.asarray(rng.standard_normal(out.shape), dtype=out.dtype)
+        projection = backend.asarray(rng.standard_normal(out.shape), dtype=out.dtype)
 
     def value() -> float:
         y = as_tensor(f(*tensors), tensors[0]).data
@@ -304,35 +257,30 @@ def gradcheck(
     Returns:
         A :class:`GradcheckReport`, truthy when every checked entry passed.
     """
-    rng = np.random.default_rng(seed)
-    if callable(target) and not isinstance(target, (Loss, Layer, Sequential)):
-        if loss is not None:
-            raise ConfigError("gradcheck of a graph function takes no loss: return a scalar")
-        inputs = [v for v in (x, y) if v is not None]
-        return graph_gradcheck(
-            target, *inputs, eps=eps, atol=atol, rtol=rtol,
-            max_checks_per_tensor=max_checks_per_tensor, seed=seed,
-            raise_exception=raise_exception,
-        )
-    report = GradcheckReport(eps=eps, atol=atol, rtol=rtol)
-    if isinstance(target, Loss):
-        if y is None:
-            raise ConfigError("gradcheck of a loss needs the target y")
-        _check_loss(target, x, y, report, max_checks=max_checks_per_tensor, rng=rng)
-    else:
-        if isinstance(target, Layer):
-            target = _layer_model(target, seed)
-        if not isinstance(target, Sequential):
+    if isinstance(target, Layer):
+        target = _layer_model(target, seed)
+    if not isinstance(target, (Loss, Sequential)):
+        if not callable(target):
             raise ConfigError(
                 f"gradcheck takes a Sequential, a Layer or a Loss, got {type(target).__name__}"
             )
-        resolved = None if loss is None else get_loss(loss)
-        if resolved is not None and y is None:
-            raise ConfigError("gradcheck with a loss needs the target y")
-        _check_model(
-            target, x, y, resolved, report, max_checks=max_checks_per_tensor,
-            check_input=check_input, rng=rng,
+        if loss is not None:
+            raise ConfigError("gradcheck of a graph function takes no loss: return a scalar")
+        return graph_gradcheck(
+            target, *(v for v in (x, y) if v is not None), eps=eps, atol=atol, rtol=rtol,
+            max_checks_per_tensor=max_checks_per_tensor, seed=seed,
+            raise_exception=raise_exception,
         )
+    rng = np.random.default_rng(seed)
+    report = GradcheckReport(eps=eps, atol=atol, rtol=rtol)
+    resolved = target if isinstance(target, Loss) else None if loss is None else get_loss(loss)
+    if resolved is not None and y is None:
+        raise ConfigError(f"gradcheck with a loss ({resolved.name}) needs the target y")
+    if isinstance(target, Loss):
+        _check_loss(target, x, y, report, max_checks=max_checks_per_tensor, rng=rng)
+    else:
+        _check_model(target, x, y, resolved, report, max_checks=max_checks_per_tensor,
+                     check_input=check_input, rng=rng)
     if raise_exception and not report.ok:
         raise GradcheckError("gradient check failed:\n" + str(report))
     return report

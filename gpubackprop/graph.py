@@ -2,37 +2,17 @@
 
 A :class:`Tensor` wraps an array (NumPy on the CPU, CuPy on a GPU) and remembers
 the :class:`Gate` that produced it and the gate's inputs. Every operation on
-tensors is one gate, applied eagerly: the forward value is computed at once and
-the gate keeps what its backward needs (the seed notes' ``MultiplyGate`` keeps
-x and y). ``loss.backward()`` then visits the graph in reverse topological order
-and applies the chain rule at every node::
+tensors is one gate, applied eagerly; ``loss.backward()`` visits the graph in
+reverse topological order, applies the chain rule at every node and sums over
+every gate that reads a tensor (fan-out)::
 
     ∂L/∂input = ∂L/∂output · ∂output/∂input     (downstream = upstream × local)
 
-summing over every gate that reads a tensor (fan-out). The three gates of the
-seed notes show the patterns:
-
-* add ``z = x + y`` is a *distributor*: ∂L/∂x = ∂L/∂y = ∂L/∂z;
-* max ``z = max(x, y)`` is a *router*: ∂L/∂z goes to the larger input only;
-* mul ``z = x · y`` is a *switcher*: ∂L/∂x = y · ∂L/∂z, ∂L/∂y = x · ∂L/∂z.
-
-**The shape rule.** A gradient has the shape of its variable: ``t.grad.shape ==
-t.shape`` for every tensor. Broadcasting gates sum the upstream gradient over the
-broadcast axes, and the engine checks every gradient a gate returns.
-
-**Backward twice.** Gates keep their saved arrays, so ``backward()`` may be
-called again on the same graph; each call *adds* its gradients into ``.grad``
-(as in PyTorch). Call :func:`zero_grad` (or ``t.zero_grad()``) between calls to
-start from zero.
-
-**Layers are coarse gates.** ``layer(t)`` applies a :class:`~gpubackprop.Dense`
-(or any layer) as one gate whose backward is the layer's own fused backward;
-see :class:`LayerGate`. This module is the adapter: ``Layer.__call__`` and
-``Layer.parameter_tensors`` are doors into it (graph sits above layers).
-
-**Dtypes.** Results follow NumPy's promotion rules, with Python scalars *weak*:
-``t32 * 0.5`` stays float32, ``t32 + t64`` is float64. A gradient always has the
-dtype of its tensor.
+A gradient has the shape and dtype of its variable; a second ``backward()`` adds
+into ``.grad`` (call :func:`zero_grad` between passes); a layer called on a Tensor
+is one coarse gate (:class:`LayerGate`: ``Layer.__call__`` and
+``Layer.parameter_tensors`` are the layer's doors into this module). The gates,
+broadcasting, dtypes and layers in graphs are explained in ``docs/graph.md``.
 """
 
 from __future__ import annotations
@@ -54,10 +34,513 @@ from .losses import SoftmaxCrossEntropy
 if TYPE_CHECKING:
     from .layers import Layer
 
-_PY_SCALARS = (bool, int, float)
+
+# --- gates --------------------------------------------------------------------------------
+class Gate:
+    """One node of a graph: a forward on arrays and its backward, as in the seed notes.
+
+    Subclasses set :attr:`name` and define :meth:`forward` (save what backward
+    needs on ``self``) and :meth:`backward`. Calling a gate on tensors applies it:
+    ``MyGate()(x, y)`` returns the output Tensor. A gate object is one node, used
+    once; create a new one for every application.
+    """
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+
+    @property
+    def xp(self) -> ModuleType:
+        """The array module of the inputs' device (NumPy or CuPy)."""
+        assert self.backend is not None
+        return self.backend.xp
+
+    def describe(self) -> str:
+        """How pictures and errors name this node (e.g. ``"sum(axis=0)"``)."""
+        return self.name
+
+    def forward(self, *inputs: Array) -> Array:
+        """z = f(inputs) on arrays; keep on ``self`` what :meth:`backward` needs."""
+        raise NotImplementedError
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        """∂L/∂input_i = ∂L/∂z · ∂z/∂input_i for each i with ``needs[i]`` (else None).
+
+        ``grad`` (∂L/∂z, read-only) has the output's shape and dtype; each returned
+        gradient must have its input's shape.
+        """
+        raise NotImplementedError
+
+    def __call__(self, *inputs: Any) -> Tensor:
+        """Apply the gate: z = forward(inputs), recorded in the graph.
+
+        Arrays and Python scalars among the inputs are wrapped as constants on the
+        first Tensor's device; all inputs must live on one device (DeviceError).
+        """
+        if self.backend is not None:
+            raise ConfigError(
+                f"the {self.describe()} gate object was already applied; a gate is one node "
+                "of the graph: create a new one for each use"
+            )
+        like = next((v for v in inputs if isinstance(v, Tensor)), None)
+        tensors = tuple(as_tensor(v, like) for v in inputs)
+        backend = _check_devices(self.describe(), tensors)
+        self.backend = backend
+        with backend.activate():
+            out = self.forward(*(t.data for t in tensors))
+        return Tensor._from_gate(out, backend, self, tensors)
+
+
+def _unbroadcast(xp: ModuleType, g: Array, shape: tuple[int, ...]) -> Array:
+    """Σ of g over the axes broadcasting added or stretched, so the result has ``shape``.
+
+    If x of shape ``shape`` was broadcast to g.shape in the forward, every copy
+    of an element contributed to L, so ∂L/∂x sums the copies' gradients.
+    """
+    if tuple(g.shape) == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+    )
+    return xp.sum(g, axis=axes, keepdims=True).reshape(shape)
+
+
+class _FunctionGate(Gate):
+    """z = xp.function(inputs) (elementwise ones broadcast as NumPy does); keeps inputs and z.
+
+    A subclass names the array module's ``function`` and gives :meth:`partial`; the
+    backward sums each partial over the broadcast axes back to its input's shape.
+    """
+
+    function = ""
+
+    def forward(self, *inputs: Array) -> Array:
+        self.inputs = inputs
+        try:
+            self.out = getattr(self.xp, self.function)(*inputs)
+        except ValueError:
+            shapes = " and ".join(str(tuple(x.shape)) for x in inputs)
+            raise ShapeError(
+                f"{self.name}: shapes {shapes} do not broadcast "
+                "(NumPy rules: trailing axes must be equal or 1)"
+            ) from None
+        return self.out
+
+    def partial(self, i: int, grad: Array) -> Array:
+        """∂L/∂z · ∂z/∂input_i, before the sum over the broadcast axes."""
+        raise NotImplementedError
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return [_unbroadcast(self.xp, self.partial(i, grad), tuple(x.shape)) if need else None
+                for i, (x, need) in enumerate(zip(self.inputs, needs, strict=True))]
+
+
+class AddGate(_FunctionGate):
+    """z = a + b, the distributor: ∂L/∂a = ∂L/∂b = ∂L/∂z (summed to each shape)."""
+
+    name = "add"
+    function = "add"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad
+
+
+class SubGate(_FunctionGate):
+    """z = a − b: ∂L/∂a = ∂L/∂z, ∂L/∂b = −∂L/∂z (summed to each shape)."""
+
+    name = "sub"
+    function = "subtract"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad if i == 0 else -grad
+
+
+class MulGate(_FunctionGate):
+    """z = a · b, the switcher: ∂L/∂a = b · ∂L/∂z, ∂L/∂b = a · ∂L/∂z."""
+
+    name = "mul"
+    function = "multiply"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad * self.inputs[1 - i]
+
+
+class DivGate(_FunctionGate):
+    """z = a / b: ∂L/∂a = ∂L/∂z / b, ∂L/∂b = −∂L/∂z · a / b²."""
+
+    name = "div"
+    function = "true_divide"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        a, b = self.inputs
+        return grad / b if i == 0 else -grad * a / (b * b)
+
+
+class MaximumGate(_FunctionGate):
+    """z = max(a, b) elementwise, the router: ∂L/∂z goes to the larger input.
+
+    ∂L/∂a = ∂L/∂z · [a ≥ b], ∂L/∂b = ∂L/∂z · [a < b]: on a tie the whole gradient
+    goes to ``a`` (the first argument), so it is routed, never split.
+    """
+
+    name = "max"
+    function = "maximum"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        a_wins = self.inputs[0] >= self.inputs[1]
+        return self.xp.where(a_wins, grad, 0) if i == 0 else self.xp.where(a_wins, 0, grad)
+
+
+class NegGate(_FunctionGate):
+    """z = −x: ∂L/∂x = −∂L/∂z."""
+
+    name = "neg"
+    function = "negative"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        return -grad
+
+
+class ExpGate(_FunctionGate):
+    """y = eˣ: ∂L/∂x = ∂L/∂y · y."""
+
+    name = "exp"
+    function = "exp"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad * self.out
+
+
+class LogGate(_FunctionGate):
+    """y = ln x: ∂L/∂x = ∂L/∂y / x."""
+
+    name = "log"
+    function = "log"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad / self.inputs[0]
+
+
+
+class PowGate(Gate):
+    """z = xᵖ for a Python number p: ∂L/∂x = ∂L/∂z · p xᵖ⁻¹."""
+
+    name = "pow"
+
+    def __init__(self, exponent: float) -> None:
+        super().__init__()
+        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)):
+            raise ConfigError(
+                f"** takes a Python number as the exponent, got {type(exponent).__name__}"
+            )
+        self.exponent = exponent
+
+    def describe(self) -> str:
+        return f"** {self.exponent}"
+
+    def forward(self, x: Array) -> Array:
+        self.x = x
+        return x**self.exponent
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        p = self.exponent
+        return (grad * (p * self.x ** (p - 1)),)
+
+
+class MatMulGate(Gate):
+    """Z = A B (NumPy's matmul): ∂L/∂A = ∂L/∂Z Bᵀ, ∂L/∂B = Aᵀ ∂L/∂Z.
+
+    A 1-D A is a row (1, n) and a 1-D B a column (n, 1), with that axis dropped
+    from Z, as in NumPy; batch axes broadcast, and their gradients are summed back.
+    """
+
+    name = "matmul"
+
+    def forward(self, a: Array, b: Array) -> Array:
+        sa, sb = tuple(a.shape), tuple(b.shape)
+        if not sa or not sb:
+            raise ShapeError(
+                f"matmul: both operands need at least one axis, got shapes {sa} and {sb} "
+                "(use * to scale by a scalar)"
+            )
+        k_b = sb[0] if len(sb) == 1 else sb[-2]
+        if sa[-1] != k_b:
+            raise ShapeError(
+                f"matmul: shapes {sa} and {sb} do not align: the first has {sa[-1]} columns, "
+                f"the second {k_b} rows"
+            )
+        try:
+            out = self.xp.matmul(a, b)
+        except ValueError:
+            raise ShapeError(f"matmul: the batch axes of shapes {sa} and {sb} do not broadcast"
+                             ) from None
+        self.a, self.b = a, b
+        return out
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        xp = self.xp
+        a = self.a[None, :] if self.a.ndim == 1 else self.a
+        b = self.b[:, None] if self.b.ndim == 1 else self.b
+        g = grad[..., None] if self.b.ndim == 1 else grad  # restore the dropped axes
+        if self.a.ndim == 1:
+            g = g[..., None, :]
+        da = xp.matmul(g, xp.swapaxes(b, -1, -2)) if needs[0] else None
+        db = xp.matmul(xp.swapaxes(a, -1, -2), g) if needs[1] else None
+        return [None if d is None else _unbroadcast(xp, d, m.shape).reshape(given.shape)
+                for d, m, given in ((da, a, self.a), (db, b, self.b))]
+
+
+class TransposeGate(_FunctionGate):
+    """Z = Xᵀ (all axes reversed): ∂L/∂X = (∂L/∂Z)ᵀ."""
+
+    name = "T"
+    function = "transpose"
+
+    def partial(self, i: int, grad: Array) -> Array:
+        return grad.T
+
+
+class ReshapeGate(Gate):
+    """Z = reshape(X, shape): ∂L/∂X = reshape(∂L/∂Z, X.shape)."""
+
+    name = "reshape"
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def describe(self) -> str:
+        return f"reshape{self.shape}"
+
+    def forward(self, x: Array) -> Array:
+        self.in_shape = tuple(x.shape)
+        try:
+            return x.reshape(self.shape)
+        except ValueError:
+            raise ShapeError(
+                f"reshape: cannot reshape shape {self.in_shape} ({x.size} elements) "
+                f"into {self.shape}"
+            ) from None
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return (grad.reshape(self.in_shape),)
+
+
+def _normalize_axes(axis: int | Sequence[int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Sorted non-negative axes (every axis for None); ShapeError for an axis out of range."""
+    ndim = len(shape)
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = set()
+    for a in axes:
+        if not -ndim <= int(a) < ndim:
+            raise ShapeError(f"axis {a} is out of range for a tensor of shape {shape}")
+        out.add(int(a) % ndim)
+    return tuple(sorted(out))
+
+
+class SumGate(Gate):
+    """y = Σ_axis x: every x summed into y gets ∂L/∂y, so ∂L/∂x = broadcast(∂L/∂y, x.shape)."""
+
+    name = "sum"
+
+    def __init__(self, axis: int | Sequence[int] | None, keepdims: bool) -> None:
+        super().__init__()
+        self.axis = axis
+        self.keepdims = bool(keepdims)
+
+    def describe(self) -> str:
+        return self.name if self.axis is None else f"{self.name}(axis={self.axis})"
+
+    def forward(self, x: Array) -> Array:
+        self.in_shape = tuple(x.shape)
+        self.axes = _normalize_axes(self.axis, self.in_shape)
+        self.count = math.prod(self.in_shape[a] for a in self.axes)
+        return getattr(x, self.name)(axis=self.axes, keepdims=self.keepdims)  # x.sum / x.mean
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        kept = tuple(1 if i in self.axes else n for i, n in enumerate(self.in_shape))
+        return (self.xp.broadcast_to(grad.reshape(kept), self.in_shape),)
+
+
+class MeanGate(SumGate):
+    """y = (1/n) Σ_axis x, n = number of elements summed: ∂L/∂x = broadcast(∂L/∂y) / n."""
+
+    name = "mean"
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        (g,) = super().backward(grad, needs)
+        return (g / self.count,)
+
+
+class ActivationGate(Gate):
+    """y = f(x) for an activation of the table in :mod:`gpubackprop.activations`.
+
+    One fused gate: ∂L/∂x = ∂L/∂y ⊙ f′, with f′ from the output where it can
+    (σ′ = y(1 − y), tanh′ = 1 − y², relu′ = [y > 0]), the same functions the
+    Dense layer uses.
+    """
+
+    def __init__(self, activation: str) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {activation!r}")
+        self.spec = ACTIVATIONS[activation]
+        self.name = activation
+
+    def forward(self, x: Array) -> Array:
+        z = x.astype(np.result_type(x.dtype, 1.0), copy=False)
+        y = self.xp.empty_like(z)
+        self.spec.forward(self.xp, z, y)
+        self.saved = z if self.spec.needs_input else y
+        return y
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        out = self.xp.empty_like(self.saved)
+        return (self.spec.backward(self.xp, grad, self.saved, out),)
+
+
+class SoftmaxCrossEntropyGate(Gate):
+    """L = 1/B Σ_b (logsumexp(z_b) − z_b[y_b]), the gate of :func:`softmax_cross_entropy`.
+
+    ∂L/∂z = (softmax(z) − onehot(y)) / B is written by the fused loss op in the
+    forward pass and scaled by the upstream ∂L_total/∂L in the backward.
+    """
+
+    name = "softmax_cross_entropy"
+
+    def forward(self, logits: Array, targets: Array) -> Array:
+        if logits.dtype not in (np.float32, np.float64):
+            raise DTypeError(
+                f"softmax_cross_entropy: logits must be float32 or float64, got {logits.dtype}"
+            )
+        assert self.backend is not None
+        loss = SoftmaxCrossEntropy()
+        logits = self.xp.ascontiguousarray(logits)
+        targets = loss.prepare_target(self.backend, tuple(logits.shape), logits.dtype, targets)
+        self.dlogits = self.xp.empty_like(logits)
+        value = loss.write_value_and_grad(self.backend, logits, targets, self.dlogits)
+        # a copy: the GPU op returns a cached buffer that the next loss overwrites
+        return self.xp.array(value, dtype=logits.dtype)
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        return (grad * self.dlogits, None)
+
+
+class LayerGate(Gate):
+    """A whole layer as one coarse gate: y = layer(x; W, b), backward = the layer's own.
+
+    Inputs are x and the layer's parameter tensors (:func:`parameter_tensors`). The
+    gate keeps its own copies of the output and of ``layer.backward_state()`` (the
+    layer's next call overwrites them) and restores them before ``layer.backward``;
+    it hands copies of ``layer.grads`` (dW = Δ_Zᵀ x, db = Δ_Zᵀ 1) to the engine,
+    which adds them up, so a layer used k times gets the sum of its k contributions.
+    """
+
+    def __init__(self, layer: Layer, param_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.layer = layer
+        self.param_names = param_names
+        self.name = type(layer).__name__
+
+    def describe(self) -> str:
+        return self.layer.describe()
+
+    def forward(self, x: Array, *params: Array) -> Array:
+        layer = self.layer
+        if x.ndim != 2 or (layer.input_features is not None and x.shape[1] != layer.input_features):
+            width = "n" if layer.input_features is None else layer.input_features
+            raise ShapeError(
+                f"{layer.label}: expected an input of shape (batch, {width}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.dtype != layer.dtype:
+            assert layer.dtype is not None
+            raise DTypeError(
+                f"{layer.label}: its parameters are {layer.dtype.name} but the input tensor "
+                f"is {x.dtype}; build the layer with the input's dtype"
+            )
+        x = self.xp.ascontiguousarray(x)
+        out = layer.forward(x)
+        result = out.copy()
+        self.state = {
+            name: _own(value, x, out, result) for name, value in layer.backward_state().items()
+        }
+        return result
+
+    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
+        layer = self.layer
+        layer.restore_backward_state(self.state)
+        dx = layer.backward(self.xp.ascontiguousarray(grad, dtype=layer.dtype), needs[0])
+        return (None if dx is None else dx.copy(),
+                *(layer.grads[name].copy() for name in self.param_names))
+
+
+def _own(value: Any, x: Array, out: Array, result: Array) -> Any:
+    """A layer's saved ``value`` as this gate call keeps it (the layer's next call overwrites
+    its buffers): the output as the gate's copy ``result``, x as it is, a work buffer copied."""
+    if value is out:
+        return result
+    if value is x or not (isinstance(value, np.ndarray) or is_cupy_array(value)):
+        return value
+    return value.copy()
+
+
+#: each layer's parameter tensors, made once (weak keys: a dropped layer takes them along)
+_PARAMETER_TENSORS: weakref.WeakKeyDictionary[Layer, dict[str, Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def parameter_tensors(layer: Layer) -> dict[str, Tensor]:
+    """Name -> Tensor over ``layer``'s live parameter view (what ``layer.parameter_tensors()``
+    returns): the same objects every time, so after ``backward()`` each ``.grad`` holds
+    ∂L/∂param summed over every call of the layer in the graph."""
+    if layer.backend is None:
+        raise ConfigError(
+            f"{layer.label} has no parameters yet: call layer.build(device, dtype, seed) "
+            "or apply it to a Tensor first"
+        )
+    tensors = _PARAMETER_TENSORS.get(layer)
+    if tensors is None:
+        tensors = {
+            name: Tensor(view, requires_grad=True, name=name) for name, view in layer.params.items()
+        }
+        _PARAMETER_TENSORS[layer] = tensors
+    return dict(tensors)
+
+
+def layer_gate(layer: Layer, x: Any) -> Tensor:
+    """``layer(x)`` as a graph gate (what ``Layer.__call__`` runs); see :class:`LayerGate`.
+
+    y = layer.forward(x); ∂L/∂x, ∂L/∂W, ∂L/∂b from ``layer.backward``. A layer
+    with no parameters yet (not in a model, never built) is first built on x's
+    device and dtype with an unseeded initialisation; call
+    ``layer.build(device, dtype, seed)`` beforehand for a reproducible one.
+    """
+    x = as_tensor(x)
+    if layer.backend is None:
+        if x.dtype not in (np.float32, np.float64):
+            raise DTypeError(
+                f"{layer.label}: a layer is built with its input's dtype, which must be "
+                f"float32 or float64, got {x.dtype}"
+            )
+        layer.build(device=x.device, dtype=x.dtype)
+    params = parameter_tensors(layer)
+    return LayerGate(layer, tuple(params))(x, *params.values())
 
 
 # --- tensors ------------------------------------------------------------------------------
+def _binary(gate: type[Gate], reflected: bool = False) -> Callable[[Tensor, Any], Tensor]:
+    """The operator ``self ∘ other`` (``other ∘ self`` if ``reflected``) as a new ``gate``."""
+    if reflected:
+        return lambda self, other: gate()(other, self)
+    return lambda self, other: gate()(self, other)
+
+
 class Tensor:
     """An array in a computational graph: its value, its gradient and its history.
 
@@ -170,12 +653,8 @@ class Tensor:
         """Backprop from this tensor: add ∂L/∂t into ``t.grad`` for every t that requires it.
 
         L is this tensor when it has one element (then ∂L/∂L = 1); otherwise pass
-        ``grad`` = ∂L/∂self (the shape of self), i.e. L = Σ grad ⊙ self. Gates are
-        visited in reverse topological order (iteratively: no recursion limit), and
-        a tensor read by several gates receives the sum of their gradients.
-
-        Calling it again adds the same gradients once more (buffers are kept);
-        call :func:`zero_grad` first to recompute from zero.
+        ``grad`` = ∂L/∂self (the shape of self), i.e. L = Σ grad ⊙ self. Calling it
+        again adds the same gradients once more; call :func:`zero_grad` to start from zero.
         """
         if not self.requires_grad:
             raise ConfigError(
@@ -186,8 +665,12 @@ class Tensor:
         order = topological_order(self, grad_only=True)
         grads = _backprop(self, seed, order)
         with self.backend.activate():
-            for node in order:
-                node._add_grad(grads[id(node)])
+            for node in order:  # the first time: grad = a fresh C-contiguous copy
+                g = grads[id(node)]
+                if node.grad is None:
+                    node.grad = node.backend.xp.array(g, dtype=node.dtype, order="C")
+                else:
+                    node.grad += g
 
     def _seed(self, grad: Any) -> Array:
         """∂L/∂self: ones for a one-element tensor, else the ``grad`` argument, checked."""
@@ -209,54 +692,28 @@ class Tensor:
                 )
             return xp.asarray(seed.data, dtype=self.dtype)
 
-    def _add_grad(self, g: Array) -> None:
-        """grad += g (the first time: grad = a fresh C-contiguous copy of g)."""
-        if self.grad is None:
-            self.grad = self.backend.xp.array(g, dtype=self.dtype, order="C")
-        else:
-            self.grad += g
-
     def zero_grad(self) -> None:
         """grad ← 0 in place (nothing to do before the first backward, when grad is None)."""
         if self.grad is not None:
             self.grad[...] = 0
 
-    # --- gates as operators ---------------------------------------------------------------
-    def __add__(self, other: Any) -> Tensor:
-        return AddGate()(self, other)
-
-    def __radd__(self, other: Any) -> Tensor:
-        return AddGate()(other, self)
-
-    def __sub__(self, other: Any) -> Tensor:
-        return SubGate()(self, other)
-
-    def __rsub__(self, other: Any) -> Tensor:
-        return SubGate()(other, self)
-
-    def __mul__(self, other: Any) -> Tensor:
-        return MulGate()(self, other)
-
-    def __rmul__(self, other: Any) -> Tensor:
-        return MulGate()(other, self)
-
-    def __truediv__(self, other: Any) -> Tensor:
-        return DivGate()(self, other)
-
-    def __rtruediv__(self, other: Any) -> Tensor:
-        return DivGate()(other, self)
+    # --- gates as operators: a new gate object per use -----------------------------------
+    __add__ = _binary(AddGate)
+    __radd__ = _binary(AddGate, reflected=True)
+    __sub__ = _binary(SubGate)
+    __rsub__ = _binary(SubGate, reflected=True)
+    __mul__ = _binary(MulGate)
+    __rmul__ = _binary(MulGate, reflected=True)
+    __truediv__ = _binary(DivGate)
+    __rtruediv__ = _binary(DivGate, reflected=True)
+    __matmul__ = _binary(MatMulGate)
+    __rmatmul__ = _binary(MatMulGate, reflected=True)
 
     def __neg__(self) -> Tensor:
         return NegGate()(self)
 
     def __pow__(self, exponent: float) -> Tensor:
         return PowGate(exponent)(self)
-
-    def __matmul__(self, other: Any) -> Tensor:
-        return MatMulGate()(self, other)
-
-    def __rmatmul__(self, other: Any) -> Tensor:
-        return MatMulGate()(other, self)
 
     @property
     def T(self) -> Tensor:
@@ -265,9 +722,7 @@ class Tensor:
 
     def reshape(self, *shape: int | Sequence[int]) -> Tensor:
         """The same elements in a new shape; ∂L/∂x = reshape(∂L/∂y, x.shape)."""
-        single = len(shape) == 1 and not isinstance(shape[0], (int, np.integer))
-        dims = shape[0] if single else shape
-        return ReshapeGate(tuple(int(s) for s in dims))(self)
+        return ReshapeGate(tuple(int(s) for s in np.ravel(shape)))(self)  # (3, 4) or ((3, 4),)
 
     def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
         """y = Σ_axis x; ∂L/∂x = ∂L/∂y broadcast back over the summed axes."""
@@ -308,7 +763,8 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
     """
     if isinstance(value, Tensor):
         return value
-    if like is not None and isinstance(value, _PY_SCALARS) and not isinstance(value, np.generic):
+    scalar = isinstance(value, (bool, int, float)) and not isinstance(value, np.generic)
+    if like is not None and scalar:
         dtype = np.result_type(like.dtype, value)
         with like.backend.activate():
             return Tensor(like.backend.xp.asarray(value, dtype=dtype))
@@ -326,553 +782,6 @@ def _check_devices(what: str, tensors: Sequence[Tensor]) -> Backend:
                 "first (e.g. cupy.asarray / cupy.asnumpy)"
             )
     return backend
-
-
-# --- gates --------------------------------------------------------------------------------
-class Gate:
-    """One node of a graph: a forward on arrays and its backward, as in the seed notes.
-
-    Subclasses set :attr:`name` and define :meth:`forward` (save what backward
-    needs on ``self``) and :meth:`backward`. Calling a gate on tensors applies it:
-    ``MyGate()(x, y)`` returns the output Tensor. A gate object is one node, used
-    once; create a new one for every application.
-    """
-
-    name = "gate"
-
-    def __init__(self) -> None:
-        self.backend: Backend | None = None
-
-    @property
-    def xp(self) -> ModuleType:
-        """The array module of the inputs' device (NumPy or CuPy)."""
-        assert self.backend is not None
-        return self.backend.xp
-
-    def describe(self) -> str:
-        """How pictures and errors name this node (e.g. ``"sum(axis=0)"``)."""
-        return self.name
-
-    def forward(self, *inputs: Array) -> Array:
-        """z = f(inputs) on arrays; keep on ``self`` what :meth:`backward` needs."""
-        raise NotImplementedError
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        """∂L/∂input_i = ∂L/∂z · ∂z/∂input_i for each i with ``needs[i]`` (else None).
-
-        ``grad`` (∂L/∂z, read-only) has the output's shape and dtype; each returned
-        gradient must have its input's shape.
-        """
-        raise NotImplementedError
-
-    def __call__(self, *inputs: Any) -> Tensor:
-        """Apply the gate: z = forward(inputs), recorded in the graph.
-
-        Arrays and Python scalars among the inputs are wrapped as constants on the
-        first Tensor's device; all inputs must live on one device (DeviceError).
-        """
-        if self.backend is not None:
-            raise ConfigError(
-                f"the {self.describe()} gate object was already applied; a gate is one node "
-                "of the graph: create a new one for each use"
-            )
-        like = next((v for v in inputs if isinstance(v, Tensor)), None)
-        tensors = tuple(as_tensor(v, like) for v in inputs)
-        backend = _check_devices(self.describe(), tensors)
-        self.backend = backend
-        with backend.activate():
-            out = self.forward(*(t.data for t in tensors))
-        return Tensor._from_gate(out, backend, self, tensors)
-
-
-def _broadcast_shape(what: str, a: Array, b: Array) -> tuple[int, ...]:
-    """The broadcast shape of a and b; ShapeError naming both shapes if there is none."""
-    try:
-        return tuple(np.broadcast_shapes(a.shape, b.shape))
-    except ValueError:
-        raise ShapeError(
-            f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} do not broadcast "
-            "(NumPy rules: trailing axes must be equal or 1)"
-        ) from None
-
-
-def _unbroadcast(xp: ModuleType, g: Array, shape: tuple[int, ...]) -> Array:
-    """Σ of g over the axes broadcasting added or stretched, so the result has ``shape``.
-
-    If x of shape ``shape`` was broadcast to g.shape in the forward, every copy
-    of an element contributed to L, so ∂L/∂x sums the copies' gradients.
-    """
-    if tuple(g.shape) == shape:
-        return g
-    lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
-    )
-    return xp.sum(g, axis=axes, keepdims=True).reshape(shape)
-
-
-class _BinaryGate(Gate):
-    """A broadcasting elementwise gate z = a ∘ b; keeps the input shapes."""
-
-    def forward(self, a: Array, b: Array) -> Array:
-        _broadcast_shape(self.name, a, b)
-        self.shapes = (tuple(a.shape), tuple(b.shape))
-        return self.compute(a, b)
-
-    def compute(self, a: Array, b: Array) -> Array:
-        raise NotImplementedError
-
-
-class AddGate(_BinaryGate):
-    """z = a + b, the distributor: ∂L/∂a = ∂L/∂b = ∂L/∂z (summed to each shape)."""
-
-    name = "add"
-
-    def compute(self, a: Array, b: Array) -> Array:
-        return a + b
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return [_unbroadcast(self.xp, grad, s) if n else None
-                for s, n in zip(self.shapes, needs, strict=True)]
-
-
-class SubGate(_BinaryGate):
-    """z = a − b: ∂L/∂a = ∂L/∂z, ∂L/∂b = −∂L/∂z (summed to each shape)."""
-
-    name = "sub"
-
-    def compute(self, a: Array, b: Array) -> Array:
-        return a - b
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        sa, sb = self.shapes
-        return (_unbroadcast(self.xp, grad, sa) if needs[0] else None,
-                _unbroadcast(self.xp, -grad, sb) if needs[1] else None)
-
-
-class MulGate(_BinaryGate):
-    """z = a · b, the switcher: ∂L/∂a = b · ∂L/∂z, ∂L/∂b = a · ∂L/∂z."""
-
-    name = "mul"
-
-    def compute(self, a: Array, b: Array) -> Array:
-        self.a, self.b = a, b
-        return a * b
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        sa, sb = self.shapes
-        return (_unbroadcast(self.xp, grad * self.b, sa) if needs[0] else None,
-                _unbroadcast(self.xp, grad * self.a, sb) if needs[1] else None)
-
-
-class DivGate(_BinaryGate):
-    """z = a / b: ∂L/∂a = ∂L/∂z / b, ∂L/∂b = −∂L/∂z · a / b²."""
-
-    name = "div"
-
-    def compute(self, a: Array, b: Array) -> Array:
-        self.a, self.b = a, b
-        return a / b
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        sa, sb = self.shapes
-        return (_unbroadcast(self.xp, grad / self.b, sa) if needs[0] else None,
-                _unbroadcast(self.xp, -grad * self.a / (self.b * self.b), sb)
-                if needs[1] else None)
-
-
-class MaximumGate(_BinaryGate):
-    """z = max(a, b) elementwise, the router: ∂L/∂z goes to the larger input.
-
-    ∂L/∂a = ∂L/∂z · [a ≥ b], ∂L/∂b = ∂L/∂z · [a < b]: on a tie the whole gradient
-    goes to ``a`` (the first argument), so it is routed, never split.
-    """
-
-    name = "max"
-
-    def compute(self, a: Array, b: Array) -> Array:
-        self.a_wins = a >= b
-        return self.xp.maximum(a, b)
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        sa, sb = self.shapes
-        where = self.xp.where
-        return (_unbroadcast(self.xp, where(self.a_wins, grad, 0), sa) if needs[0] else None,
-                _unbroadcast(self.xp, where(self.a_wins, 0, grad), sb) if needs[1] else None)
-
-
-class NegGate(Gate):
-    """z = −x: ∂L/∂x = −∂L/∂z."""
-
-    name = "neg"
-
-    def forward(self, x: Array) -> Array:
-        return -x
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (-grad,)
-
-
-class PowGate(Gate):
-    """z = xᵖ for a Python number p: ∂L/∂x = ∂L/∂z · p xᵖ⁻¹."""
-
-    name = "pow"
-
-    def __init__(self, exponent: float) -> None:
-        super().__init__()
-        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)):
-            raise ConfigError(
-                f"** takes a Python number as the exponent, got {type(exponent).__name__}"
-            )
-        self.exponent = exponent
-
-    def describe(self) -> str:
-        return f"** {self.exponent}"
-
-    def forward(self, x: Array) -> Array:
-        self.x = x
-        return x**self.exponent
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        p = self.exponent
-        return (grad * (p * self.x ** (p - 1)),)
-
-
-class MatMulGate(Gate):
-    """Z = A B (NumPy's matmul): ∂L/∂A = ∂L/∂Z Bᵀ, ∂L/∂B = Aᵀ ∂L/∂Z.
-
-    A 1-D A is a row (1, n) and a 1-D B a column (n, 1), with that axis dropped
-    from Z, as in NumPy; batch axes broadcast, and their gradients are summed back.
-    """
-
-    name = "matmul"
-
-    def forward(self, a: Array, b: Array) -> Array:
-        sa, sb = tuple(a.shape), tuple(b.shape)
-        if not sa or not sb:
-            raise ShapeError(
-                f"matmul: both operands need at least one axis, got shapes {sa} and {sb} "
-                "(use * to scale by a scalar)"
-            )
-        k_b = sb[0] if len(sb) == 1 else sb[-2]
-        if sa[-1] != k_b:
-            raise ShapeError(
-                f"matmul: shapes {sa} and {sb} do not align: the first has {sa[-1]} columns, "
-                f"the second {k_b} rows"
-            )
-        try:
-            out = self.xp.matmul(a, b)
-        except ValueError:
-            raise ShapeError(f"matmul: the batch axes of shapes {sa} and {sb} do not broadcast"
-                             ) from None
-        self.a, self.b = a, b
-        return out
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        xp = self.xp
-        a = self.a[None, :] if self.a.ndim == 1 else self.a
-        b = self.b[:, None] if self.b.ndim == 1 else self.b
-        g = grad[..., None] if self.b.ndim == 1 else grad  # restore the dropped axes
-        if self.a.ndim == 1:
-            g = g[..., None, :]
-        da = db = None
-        if needs[0]:
-            da = _unbroadcast(xp, xp.matmul(g, xp.swapaxes(b, -1, -2)), a.shape)
-            da = da.reshape(self.a.shape)
-        if needs[1]:
-            db = _unbroadcast(xp, xp.matmul(xp.swapaxes(a, -1, -2), g), b.shape)
-            db = db.reshape(self.b.shape)
-        return (da, db)
-
-
-class TransposeGate(Gate):
-    """Z = Xᵀ (all axes reversed): ∂L/∂X = (∂L/∂Z)ᵀ."""
-
-    name = "T"
-
-    def forward(self, x: Array) -> Array:
-        return x.T
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (grad.T,)
-
-
-class ReshapeGate(Gate):
-    """Z = reshape(X, shape): ∂L/∂X = reshape(∂L/∂Z, X.shape)."""
-
-    name = "reshape"
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.shape = shape
-
-    def describe(self) -> str:
-        return f"reshape{self.shape}"
-
-    def forward(self, x: Array) -> Array:
-        self.in_shape = tuple(x.shape)
-        try:
-            return x.reshape(self.shape)
-        except ValueError:
-            raise ShapeError(
-                f"reshape: cannot reshape shape {self.in_shape} ({x.size} elements) "
-                f"into {self.shape}"
-            ) from None
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (grad.reshape(self.in_shape),)
-
-
-def _normalize_axes(axis: int | Sequence[int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Sorted non-negative axes (every axis for None); ShapeError for an axis out of range."""
-    ndim = len(shape)
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = set()
-    for a in axes:
-        if not -ndim <= int(a) < ndim:
-            raise ShapeError(f"axis {a} is out of range for a tensor of shape {shape}")
-        out.add(int(a) % ndim)
-    return tuple(sorted(out))
-
-
-class SumGate(Gate):
-    """y = Σ_axis x: every x summed into y gets ∂L/∂y, so ∂L/∂x = broadcast(∂L/∂y, x.shape)."""
-
-    name = "sum"
-
-    def __init__(self, axis: int | Sequence[int] | None, keepdims: bool) -> None:
-        super().__init__()
-        self.axis = axis
-        self.keepdims = bool(keepdims)
-
-    def describe(self) -> str:
-        return self.name if self.axis is None else f"{self.name}(axis={self.axis})"
-
-    def forward(self, x: Array) -> Array:
-        self.in_shape = tuple(x.shape)
-        self.axes = _normalize_axes(self.axis, self.in_shape)
-        self.count = math.prod(self.in_shape[a] for a in self.axes)
-        return self.reduce(x)
-
-    def reduce(self, x: Array) -> Array:
-        return x.sum(axis=self.axes, keepdims=self.keepdims)
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        kept = tuple(1 if i in self.axes else n for i, n in enumerate(self.in_shape))
-        return (self.xp.broadcast_to(grad.reshape(kept), self.in_shape),)
-
-
-class MeanGate(SumGate):
-    """y = (1/n) Σ_axis x, n = number of elements summed: ∂L/∂x = broadcast(∂L/∂y) / n."""
-
-    name = "mean"
-
-    def reduce(self, x: Array) -> Array:
-        return x.mean(axis=self.axes, keepdims=self.keepdims)
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        (g,) = super().backward(grad, needs)
-        return (g / self.count,)
-
-
-class ExpGate(Gate):
-    """y = eˣ: ∂L/∂x = ∂L/∂y · y (the output is kept, not the input)."""
-
-    name = "exp"
-
-    def forward(self, x: Array) -> Array:
-        self.y = self.xp.exp(x)
-        return self.y
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (grad * self.y,)
-
-
-class LogGate(Gate):
-    """y = ln x: ∂L/∂x = ∂L/∂y / x."""
-
-    name = "log"
-
-    def forward(self, x: Array) -> Array:
-        self.x = x
-        return self.xp.log(x)
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (grad / self.x,)
-
-
-class ActivationGate(Gate):
-    """y = f(x) for an activation of the table in :mod:`gpubackprop.activations`.
-
-    One fused gate: ∂L/∂x = ∂L/∂y ⊙ f′, with f′ from the output where it can
-    (σ′ = y(1 − y), tanh′ = 1 − y², relu′ = [y > 0]), the same functions the
-    Dense layer uses.
-    """
-
-    def __init__(self, activation: str) -> None:
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {activation!r}")
-        self.spec = ACTIVATIONS[activation]
-        self.name = activation
-
-    def forward(self, x: Array) -> Array:
-        z = x.astype(np.result_type(x.dtype, 1.0), copy=False)
-        y = self.xp.empty_like(z)
-        self.spec.forward(self.xp, z, y)
-        self.saved = z if self.spec.needs_input else y
-        return y
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        out = self.xp.empty_like(self.saved)
-        return (self.spec.backward(self.xp, grad, self.saved, out),)
-
-
-class SoftmaxCrossEntropyGate(Gate):
-    """L = 1/B Σ_b (logsumexp(z_b) − z_b[y_b]), one fused gate over logits z (B, C).
-
-    ∂L/∂z = (softmax(z) − onehot(y)) / B, written by the backend's fused loss op in
-    the forward pass and scaled by the upstream ∂L_total/∂L in the backward.
-    Targets: integer labels (B,) or rows of probabilities (B, C); no gradient flows
-    to them.
-    """
-
-    name = "softmax_cross_entropy"
-
-    def forward(self, logits: Array, targets: Array) -> Array:
-        if logits.dtype not in (np.float32, np.float64):
-            raise DTypeError(
-                f"softmax_cross_entropy: logits must be float32 or float64, got {logits.dtype}"
-            )
-        assert self.backend is not None
-        loss = SoftmaxCrossEntropy()
-        logits = self.xp.ascontiguousarray(logits)
-        targets = loss.prepare_target(self.backend, tuple(logits.shape), logits.dtype, targets)
-        self.dlogits = self.xp.empty_like(logits)
-        value = loss.write_value_and_grad(self.backend, logits, targets, self.dlogits)
-        # a copy: the GPU op returns a cached buffer that the next loss overwrites
-        return self.xp.array(value, dtype=logits.dtype)
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        return (grad * self.dlogits, None)
-
-
-class LayerGate(Gate):
-    """A whole layer as one coarse gate: y = layer(x; W, b), backward = the layer's own.
-
-    Inputs are x and the layer's parameter tensors (:func:`parameter_tensors`).
-    The forward is ``layer.forward``; the gate keeps its own copy of the output and
-    of the work buffers in ``layer.backward_state()`` (the layer's next call
-    overwrites them), so one layer may appear several times in a graph. The
-    backward restores that call's state and runs the layer's fused backward,
-    ``layer.backward(Δ, need_input_grad)``, which writes dW = Δ_Zᵀ x and
-    db = Δ_Zᵀ 1 into ``layer.grads`` (overwriting); the gate hands copies to the
-    engine, which *adds* them into the parameter tensors' ``.grad``, so a layer
-    used k times gets the sum of its k contributions.
-    """
-
-    def __init__(self, layer: Layer, param_names: tuple[str, ...]) -> None:
-        super().__init__()
-        self.layer = layer
-        self.param_names = param_names
-        self.name = type(layer).__name__
-
-    def describe(self) -> str:
-        return self.layer.describe()
-
-    def forward(self, x: Array, *params: Array) -> Array:
-        layer = self.layer
-        if x.ndim != 2 or (layer.input_features is not None and x.shape[1] != layer.input_features):
-            width = "n" if layer.input_features is None else layer.input_features
-            raise ShapeError(
-                f"{layer.label}: expected an input of shape (batch, {width}), "
-                f"got shape {tuple(x.shape)}"
-            )
-        if x.dtype != layer.dtype:
-            assert layer.dtype is not None
-            raise DTypeError(
-                f"{layer.label}: its parameters are {layer.dtype.name} but the input tensor "
-                f"is {x.dtype}; build the layer with the input's dtype"
-            )
-        x = self.xp.ascontiguousarray(x)
-        out = layer.forward(x)
-        result = out.copy()
-        self.state = {
-            name: _own(value, x, out, result) for name, value in layer.backward_state().items()
-        }
-        return result
-
-    def backward(self, grad: Array, needs: tuple[bool, ...]) -> Sequence[Array | None]:
-        layer = self.layer
-        layer.restore_backward_state(self.state)
-        dx = layer.backward(self.xp.ascontiguousarray(grad, dtype=layer.dtype), needs[0])
-        return (None if dx is None else dx.copy(),
-                *(layer.grads[name].copy() for name in self.param_names))
-
-
-def _own(value: Any, x: Array, out: Array, result: Array) -> Any:
-    """A layer's saved ``value`` as one gate call keeps it: the next call may overwrite it.
-
-    The output buffer becomes the gate's own copy ``result``; the input x is the
-    graph's (never written); any other array (a work buffer) is copied.
-    """
-    if value is out:
-        return result
-    if value is x or not (isinstance(value, np.ndarray) or is_cupy_array(value)):
-        return value
-    return value.copy()
-
-
-#: each layer's parameter tensors, made once (weak keys: a dropped layer takes them along)
-_PARAMETER_TENSORS: weakref.WeakKeyDictionary[Layer, dict[str, Tensor]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def parameter_tensors(layer: Layer) -> dict[str, Tensor]:
-    """Name -> Tensor over ``layer``'s live parameter view (requires grad).
-
-    What ``layer.parameter_tensors()`` returns (the layer's door to this function).
-
-    After ``backward()`` each tensor's ``.grad`` holds ∂L/∂param summed over every
-    call of the layer in the graph (while ``layer.grads`` holds only the last
-    call's, as the layer engine overwrites it). The same Tensor objects are
-    returned every time, so their gradients accumulate like any tensor's.
-    """
-    if layer.backend is None:
-        raise ConfigError(
-            f"{layer.label} has no parameters yet: call layer.build(device, dtype, seed) "
-            "or apply it to a Tensor first"
-        )
-    tensors = _PARAMETER_TENSORS.get(layer)
-    if tensors is None:
-        tensors = {
-            name: Tensor(view, requires_grad=True, name=name) for name, view in layer.params.items()
-        }
-        _PARAMETER_TENSORS[layer] = tensors
-    return dict(tensors)
-
-
-def layer_gate(layer: Layer, x: Any) -> Tensor:
-    """``layer(x)`` as a graph gate (what ``Layer.__call__`` runs); see :class:`LayerGate`.
-
-    y = layer.forward(x); ∂L/∂x, ∂L/∂W, ∂L/∂b from ``layer.backward``. A layer
-    with no parameters yet (not in a model, never built) is first built on x's
-    device and dtype with an unseeded initialisation; call
-    ``layer.build(device, dtype, seed)`` beforehand for a reproducible one.
-    """
-    x = as_tensor(x)
-    if layer.backend is None:
-        if x.dtype not in (np.float32, np.float64):
-            raise DTypeError(
-                f"{layer.label}: a layer is built with its input's dtype, which must be "
-                f"float32 or float64, got {x.dtype}"
-            )
-        layer.build(device=x.device, dtype=x.dtype)
-    params = parameter_tensors(layer)
-    return LayerGate(layer, tuple(params))(x, *params.values())
 
 
 # --- functions ----------------------------------------------------------------------------
@@ -991,8 +900,7 @@ def jacobian(f: Callable[[Tensor], Any], x: Any) -> Array:
     (y.size, x.size). ``x`` is an array or Tensor (its values are used in a new
     leaf); ``f`` maps a Tensor to a Tensor. The result is an array on x's device.
     """
-    source = x.data if isinstance(x, Tensor) else as_tensor(x).data
-    leaf = Tensor(source, requires_grad=True)
+    leaf = Tensor(as_tensor(x).data, requires_grad=True)
     y = as_tensor(f(leaf), leaf)
     xp = leaf.backend.xp
     with leaf.backend.activate():
@@ -1010,32 +918,9 @@ def jacobian(f: Callable[[Tensor], Any], x: Any) -> Array:
 
 
 __all__ = [
-    "ActivationGate",
-    "AddGate",
-    "DivGate",
-    "ExpGate",
-    "Gate",
-    "LayerGate",
-    "LogGate",
-    "MatMulGate",
-    "MaximumGate",
-    "MeanGate",
-    "MulGate",
-    "NegGate",
-    "PowGate",
-    "ReshapeGate",
-    "SoftmaxCrossEntropyGate",
-    "SubGate",
-    "SumGate",
-    "Tensor",
-    "TransposeGate",
-    "as_tensor",
-    "gradients",
-    "jacobian",
-    "layer_gate",
-    "maximum",
-    "parameter_tensors",
-    "softmax_cross_entropy",
-    "topological_order",
-    "zero_grad",
+    "ActivationGate", "AddGate", "DivGate", "ExpGate", "Gate", "LayerGate", "LogGate",
+    "MatMulGate", "MaximumGate", "MeanGate", "MulGate", "NegGate", "PowGate", "ReshapeGate",
+    "SoftmaxCrossEntropyGate", "SubGate", "SumGate", "Tensor", "TransposeGate", "as_tensor",
+    "gradients", "jacobian", "layer_gate", "maximum", "parameter_tensors", "softmax_cross_entropy",
+    "topological_order", "zero_grad",
 ]

@@ -1,16 +1,5 @@
-"""Pictures of computational graphs: Graphviz DOT text, and PNG/SVG/PDF through ``dot``.
-
-:func:`to_dot` writes the graph that produced a tensor, one box per tensor, in
-forward (topological) order from left to right: the gate that made it (or the
-leaf's name), its shape and dtype, and — for small tensors — its value and, after
-``backward()``, its gradient. An edge ``a -> z`` means "z's gate reads a"; gates
-with several inputs number their edges 0, 1, … in argument order (a − b, a / b,
-A @ B). Leaves that require grad are blue, constants grey, the output gold.
-
-:func:`render` runs Graphviz's ``dot`` program on that text. Graphviz is not a
-Python package; where ``dot`` is missing, :class:`GraphvizError` says how to
-install it.
-"""
+"""Pictures of computational graphs: Graphviz DOT text (:func:`to_dot`), and PNG/SVG/PDF
+through Graphviz's ``dot`` program (:func:`render`; Graphviz is not a Python package)."""
 
 from __future__ import annotations
 
@@ -60,12 +49,14 @@ def _label(t: Tensor, max_values: int, precision: int) -> str:
 
 
 def to_dot(tensor: Tensor, *, max_values: int = 6, precision: int = 4) -> str:
-    """Graphviz DOT text of the graph that produced ``tensor``.
+    """Graphviz DOT text of the graph that produced ``tensor``, drawn left to right.
 
     One node per tensor (``t0``, ``t1``, … in topological order, ``tensor`` last)
     labelled with its gate (or leaf name), shape and dtype, plus its value and
     gradient where it has at most ``max_values`` elements (``precision`` digits);
-    one edge ``input -> output`` per gate input, so #edges = Σ_gates #inputs.
+    one edge ``input -> output`` per gate input, so #edges = Σ_gates #inputs, numbered
+    0, 1, … in argument order where a gate has several (a − b, A @ B). Leaves that
+    require grad are blue, constants grey, the output gold.
     """
     order = topological_order(tensor)
     ids = {id(t): f"t{i}" for i, t in enumerate(order)}
