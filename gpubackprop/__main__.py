@@ -19,9 +19,9 @@ import runpy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from .cli_types import int_at_least, positive_float
-from .errors import GpuBackpropError
+from .cli_types import add_training_options, int_at_least, run_command
 from .version import __version__
 
 #: The source checkout's benchmark folder (absent in an installed wheel).
@@ -53,44 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
             "Needs the demo extra: pip install 'gpubackprop[demo]'."
         ),
     )
-    demo_parser.add_argument(
-        "--device",
-        default="auto",
-        help="'cpu', 'cuda', 'cuda:N' or 'auto' (default: the GPU if available)",
+    add_training_options(
+        demo_parser,
+        lr=demo.DEFAULT_LR,
+        lr_help="Adam's initial learning rate",
+        seed_help="seeds the test split, the weights and the shuffling",
+        quiet_help="no progress bars: only the device and the results",
     )
-    demo_parser.add_argument(
-        "--epochs",
-        type=int_at_least(1),
-        default=demo.DEFAULT_EPOCHS,
-        help="training epochs (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--batch-size",
-        type=int_at_least(1),
-        default=demo.DEFAULT_BATCH_SIZE,
-        help="rows per step (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--lr",
-        type=positive_float,
-        default=demo.DEFAULT_LR,
-        help="Adam's initial learning rate (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--seed",
-        type=int_at_least(0),
-        default=0,
-        help="seeds the test split, the weights and the shuffling (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path(demo.DEFAULT_OUT),
-        help="where to save the PNG (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--quiet", action="store_true", help="no progress bars: only the device and the results"
-    )
+    demo_parser.add_argument("--epochs", type=int_at_least(1), default=demo.DEFAULT_EPOCHS,
+                             help="training epochs (default: %(default)s)")
+    demo_parser.add_argument("--batch-size", type=int_at_least(1),
+                             default=demo.DEFAULT_BATCH_SIZE,
+                             help="rows per step (default: %(default)s)")
+    demo_parser.add_argument("--out", type=Path, default=Path(demo.DEFAULT_OUT),
+                             help="where to save the PNG (default: %(default)s)")
 
     commands.add_parser(
         "info",
@@ -122,21 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _as_script(script: Path, argv: list[str]) -> Iterator[None]:
-    """Run with ``sys.argv`` and ``sys.path[0]`` as ``python <script> <argv>`` sets them."""
+def _as_script(script: Path, argv: list[str]) -> Iterator[dict[str, Any]]:
+    """The namespace of ``script`` run as ``python <script> <argv>`` would import it,
+    with ``sys.argv`` and ``sys.path[0]`` set so until the block ends."""
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(script), *argv]
     sys.path.insert(0, str(script.parent))
     try:
-        yield
+        yield runpy.run_path(str(script), run_name="gpubackprop_bench")
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
-
-
-def _load_script(script: Path, argv: list[str]) -> dict[str, object]:
-    """The namespace of ``script`` run as ``python <script> <argv>`` would import it."""
-    with _as_script(script, argv):
-        return runpy.run_path(str(script), run_name="gpubackprop_bench")
 
 
 def bench_help() -> str:
@@ -146,8 +117,8 @@ def bench_help() -> str:
         ("gpu", "GPU benchmark (the default; bench/gpu_step.py):"),
         ("cpu", "CPU benchmark (--cpu first; bench/cpu_step.py):"),
     ):
-        namespace = _load_script(BENCH_DIR / BENCH_SCRIPTS[kind], [])
-        parser = namespace["build_parser"](BENCH_PROGS[kind])  # type: ignore[operator]
+        with _as_script(BENCH_DIR / BENCH_SCRIPTS[kind], []) as namespace:
+            parser = namespace["build_parser"](BENCH_PROGS[kind])
         parts.append(f"{title}\n{parser.format_help()}")
     return "\n".join(parts)
 
@@ -176,8 +147,7 @@ def run_bench(argv: list[str]) -> int:
     if any(flag in argv for flag in HELP_FLAGS):
         print(bench_help())
         return 0
-    with _as_script(script, argv):
-        namespace = runpy.run_path(str(script), run_name="gpubackprop_bench")
+    with _as_script(script, argv) as namespace:
         result = namespace["main"](argv)
     return 0 if result is None else int(result)
 
@@ -194,27 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         return charrnn_main(extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        if args.command == "info":
-            from .info import print_info
+    if args.command == "info":
+        from .info import print_info
 
-            print_info()
-        else:
-            from .demo import run_demo
+        return run_command("info", print_info)
+    from .demo import run_demo
 
-            run_demo(
-                device=args.device,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                seed=args.seed,
-                out=args.out,
-                quiet=args.quiet,
-            )
-    except GpuBackpropError as exc:
-        print(f"gpubackprop {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    return run_command("demo", run_demo, **options)
 
 
 if __name__ == "__main__":

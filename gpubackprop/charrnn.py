@@ -46,8 +46,8 @@ import numpy as np
 from .arrays import Array
 from .backend import Backend
 from .checks import check_int
-from .cli_types import int_at_least, positive_float
-from .errors import ConfigError, DTypeError, GpuBackpropError, LabelError, ShapeError
+from .cli_types import add_training_options, int_at_least, run_command
+from .errors import ConfigError, DTypeError, LabelError, ShapeError
 from .optim import Adam
 from .params import FlatParameters, allocate_flat, he_or_xavier
 from .progress import ProgressBar
@@ -488,32 +488,6 @@ def _show_sample(model: CharRNN, start: str, rng: np.random.Generator) -> str:
 
 
 # --- command line --------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``charrnn`` options to ``parser`` (a subcommand's parser, say)."""
-    parser.add_argument("--text", type=Path, default=None,
-                        help="UTF-8 text file to train on (default: a short story shipped "
-                             "with gpubackprop)")
-    parser.add_argument("--device", default="auto",
-                        help="'cpu', 'cuda', 'cuda:N' or 'auto' (default: %(default)s)")
-    parser.add_argument("--steps", type=int_at_least(1), default=DEFAULT_STEPS,
-                        help="training steps, one window each (default: %(default)s)")
-    parser.add_argument("--hidden", type=int_at_least(1), default=DEFAULT_HIDDEN,
-                        help="hidden state width (default: %(default)s)")
-    parser.add_argument("--seq-len", type=int_at_least(1), default=DEFAULT_SEQ_LEN,
-                        help="characters per truncated-BPTT window (default: %(default)s)")
-    parser.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH,
-                        help="parallel streams per step (default: %(default)s)")
-    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
-                        help="Adam's learning rate (default: %(default)s)")
-    parser.add_argument("--seed", type=int_at_least(0), default=0,
-                        help="seeds the weights and the samples (default: %(default)s)")
-    parser.add_argument("--sample-every", type=int_at_least(0), default=DEFAULT_SAMPLE_EVERY,
-                        help="print the loss and a sample every K steps; 0: only at the end "
-                             "(default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bars or samples along the way: only the results")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``charrnn`` command's argument parser."""
     parser = argparse.ArgumentParser(
@@ -523,34 +497,42 @@ def build_parser() -> argparse.ArgumentParser:
             "clipping) on a text; print the loss as it goes and samples of generated text."
         ),
     )
-    add_arguments(parser)
+    parser.add_argument("--text", type=Path, default=None,
+                        help="UTF-8 text file to train on (default: a short story shipped "
+                             "with gpubackprop)")
+    add_training_options(
+        parser,
+        lr=DEFAULT_LR,
+        lr_help="Adam's learning rate",
+        seed_help="seeds the weights and the samples",
+        quiet_help="no progress bars or samples along the way: only the results",
+    )
+    parser.add_argument("--steps", type=int_at_least(1), default=DEFAULT_STEPS,
+                        help="training steps, one window each (default: %(default)s)")
+    parser.add_argument("--hidden", type=int_at_least(1), default=DEFAULT_HIDDEN,
+                        help="hidden state width (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int_at_least(1), default=DEFAULT_SEQ_LEN,
+                        help="characters per truncated-BPTT window (default: %(default)s)")
+    parser.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH,
+                        help="parallel streams per step (default: %(default)s)")
+    parser.add_argument("--sample-every", type=int_at_least(0), default=DEFAULT_SAMPLE_EVERY,
+                        help="print the loss and a sample every K steps; 0: only at the end "
+                             "(default: %(default)s)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gpubackprop charrnn [options]``: parse, train, return the exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        text = None if args.text is None else args.text.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"gpubackprop charrnn: error: cannot read {args.text}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        run_charrnn(
-            text,
-            device=args.device,
-            steps=args.steps,
-            hidden=args.hidden,
-            seq_len=args.seq_len,
-            batch=args.batch,
-            lr=args.lr,
-            seed=args.seed,
-            sample_every=args.sample_every,
-            quiet=args.quiet,
-            name=None if args.text is None else str(args.text),
-        )
-    except GpuBackpropError as exc:
-        print(f"gpubackprop charrnn: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("charrnn", _run_args, args)
 
+
+def _run_args(args: argparse.Namespace) -> None:
+    """:func:`run_charrnn` on the parsed options (``--text``: the file to read)."""
+    options = vars(args)
+    path = options.pop("text")
+    try:
+        text = None if path is None else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    run_charrnn(text, name=None if path is None else str(path), **options)

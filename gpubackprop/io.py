@@ -52,7 +52,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 import numpy as np
 import safetensors.numpy
@@ -96,14 +96,7 @@ _OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)
 }
 _BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
-    cls.__name__: cls
-    for cls in (
-        np.random.PCG64,
-        np.random.PCG64DXSM,
-        np.random.MT19937,
-        np.random.Philox,
-        np.random.SFC64,
-    )
+    name: getattr(np.random, name) for name in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 }
 
 
@@ -136,7 +129,7 @@ def save(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) 
     metadata = {
         "format": _FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "gpubackprop_version": _package_version(),
+        "gpubackprop_version": __version__,
         "dtype": model.dtype.name,
         "architecture": _dumps(
             {
@@ -167,10 +160,6 @@ def _int_or_none(seed: object) -> int | None:
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         return int(seed)
     return None
-
-
-def _package_version() -> str:
-    return __version__
 
 
 def _dumps(value: object) -> str:
@@ -219,7 +208,8 @@ def _optimizer_record(
             f"the {name} optimizer holds state for {size} parameters but the model has "
             f"{model.num_parameters}; pass the optimizer that trains this model"
         )
-    arrays = {k: v for k, v in state["state"].items() if v is not None}
+    stored = cast(dict[str, Any], state["state"])  # state_dict() documents its value types
+    arrays = {k: v for k, v in stored.items() if v is not None}
     for key, value in arrays.items():
         if value.dtype != model.dtype:
             raise CheckpointError(
@@ -291,15 +281,8 @@ class _File(NamedTuple):
 
 
 def _read(path: str) -> _File:
-    """Read and validate ``path``.
-
-    Our own cheap checks come first, on the header alone: magic bytes, the header
-    length against the limit and the file size, strict JSON, each tensor's record
-    (dtype, and shape and byte range bounded by the file's size) and the metadata.
-    Only then does the ``safetensors`` library open the file: it checks the layout
-    (tensors in order, no overlaps or gaps, the data covered exactly) and reads the
-    arrays; last comes the SHA-256.
-    """
+    """Read and validate ``path`` as :func:`load` lists: our cheap checks of the header
+    first, then the ``safetensors`` library's of the layout as it reads, then the SHA-256."""
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         head = file.read(8)
@@ -466,7 +449,7 @@ def _metadata(header: dict[str, Any]) -> dict[str, str]:
     if version != str(FORMAT_VERSION):
         raise CheckpointError(
             f"unsupported format version {_short(version)}; this gpubackprop "
-            f"({_package_version()}) reads version {FORMAT_VERSION}"
+            f"({__version__}) reads version {FORMAT_VERSION}"
         )
     missing = sorted(_REQUIRED_METADATA - set(metadata))
     unknown = sorted(set(metadata) - _REQUIRED_METADATA - _OPTIONAL_METADATA)
@@ -602,15 +585,6 @@ def _optimizer_spec(file: _File) -> _OptimizerSpec | None:
     return _OptimizerSpec(cls, hyper, steps, size, tuple(state))
 
 
-def _build_optimizer(spec: _OptimizerSpec) -> Optimizer:
-    """A new optimizer from the record's hyperparameters (CheckpointError if refused)."""
-    try:
-        optimizer = spec.cls(**spec.hyperparameters)
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"optimizer {spec.cls.__name__}: {exc}") from exc
-    return optimizer
-
-
 def _check_hyperparameter_names(spec: _OptimizerSpec, optimizer: Optimizer) -> None:
     expected = set(optimizer.hyperparameters())
     if set(spec.hyperparameters) != expected:
@@ -705,12 +679,15 @@ def _commit(
 
 
 @contextlib.contextmanager
-def _naming(path: str) -> Iterator[None]:
-    """Prefix every CheckpointError raised inside with the file's path."""
+def _reading(path: PathLike) -> Iterator[tuple[_File, np.dtype, dict[str, Any]]]:
+    """The validated file, its dtype and architecture; every CheckpointError raised
+    here or inside the block is prefixed with the file's path."""
+    name = os.fspath(path)
     try:
-        yield
+        file = _read(name)
+        yield file, _dtype(file), _architecture(file)
     except CheckpointError as exc:
-        exc.args = (f"{path}: {exc}",)
+        exc.args = (f"{name}: {exc}",)
         raise
 
 
@@ -737,11 +714,7 @@ def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
     cannot be read.
     """
     backend = get_backend(device)
-    name = os.fspath(path)
-    with _naming(name):
-        file = _read(name)
-        dtype = _dtype(file)
-        arch = _architecture(file)
+    with _reading(path) as (file, dtype, arch):
         layers = [_layer_from_spec(i, spec) for i, spec in enumerate(arch["layers"])]
         if not layers:
             raise CheckpointError("architecture has no layers")
@@ -753,7 +726,10 @@ def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
         spec = _optimizer_spec(file)
         optimizer = None
         if spec is not None:
-            optimizer = _build_optimizer(spec)
+            try:
+                optimizer = spec.cls(**spec.hyperparameters)
+            except (ConfigError, TypeError) as exc:
+                raise CheckpointError(f"optimizer {spec.cls.__name__}: {exc}") from exc
             _check_hyperparameter_names(spec, optimizer)
         _compare(file, dtype, expected, spec, [])
         rng = _rng(file)
@@ -784,11 +760,7 @@ def load_state(model: Sequential, path: PathLike, optimizer: Optimizer | None = 
     """
     if optimizer is not None:
         check_optimizer(optimizer)
-    name = os.fspath(path)
-    with _naming(name):
-        file = _read(name)
-        dtype = _dtype(file)
-        arch = _architecture(file)
+    with _reading(path) as (file, dtype, arch):
         ours = [_layer_spec(layer) for layer in model.layers]
         theirs = arch["layers"]
         layer_problems = [
