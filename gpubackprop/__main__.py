@@ -1,14 +1,9 @@
 """The command line: ``python -m gpubackprop {demo,info,charrnn,bench}`` (also ``gpubackprop ...``).
 
-* ``demo``: train an MLP on scikit-learn's handwritten digits, print the
-  progress and test accuracy, save the learning curves (:mod:`gpubackprop.demo`).
-* ``info``: versions, CUDA and the devices seen (:mod:`gpubackprop.info`).
-* ``charrnn``: train a character-level RNN by backprop through time on a text
-  and sample from it (:mod:`gpubackprop.charrnn`).
-* ``bench``: the GPU training-step benchmark, ``bench/gpu_step.py`` of the
-  source checkout (on a machine without a GPU it says so and exits 0);
-  ``bench --cpu`` runs ``bench/cpu_step.py``. Remaining arguments are passed on;
-  ``bench --help`` (or ``-h``, with or without ``--cpu``) prints one help for both.
+``demo``, ``info`` and ``charrnn`` run :mod:`gpubackprop.demo`, :mod:`gpubackprop.info`
+and :mod:`gpubackprop.charrnn`; ``bench`` runs the source checkout's ``bench/gpu_step.py``
+(``--cpu``: ``bench/cpu_step.py``) with the remaining arguments, and ``bench --help``
+prints one help for both.
 """
 
 from __future__ import annotations

@@ -7,24 +7,18 @@ each next character::
     y_t = h_t Whyᵀ + b_y                                  (logits over the vocabulary)
     L   = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}]
 
-A one-hot x_t times Wxhᵀ is column c_t of Wxh, so the input projection is a
-gather of Wxh's columns rather than a matmul with a one-hot matrix. Backward is
-the char-RNN of the seed notes (the lecture notes the project grew from, see
-README.md), batch-major::
+A one-hot x_t times Wxhᵀ is column c_t of Wxh, so the input projection is a gather,
+not a matmul. Backward is the seed notes' char-RNN (README.md), batch-major::
 
     dy     = (softmax(y) − onehot(target)) / (B·T)        (the loss op writes this)
     dWhy   = Σ dyᵀ h          db_y = Σ dyᵀ 1             ∂L/∂h_t = dy_t Why
     ... then the RNN's BPTT (see :mod:`gpubackprop.rnn`) for dWhh, db_h and dhraw,
     dWxh   = Σ dhrawᵀ onehot(c)                          (column c gets the rows of c)
 
-The last sum is a GEMM with a one-hot matrix, not a scatter-add, so it is
-deterministic on the GPU too (no float atomics).
-
-``python -m gpubackprop charrnn`` (:func:`main`) trains one on a text with
-truncated BPTT: the text is cut into B parallel streams, each read in windows of
-T characters; the hidden state is carried from one window to the next (detached)
-and reset at the start of each pass. Adam and gradient-norm clipping do the
-updates. By default it trains on a short original story shipped with the package.
+The last sum is a GEMM with a one-hot matrix, not a scatter-add: deterministic on
+the GPU too (no float atomics). ``python -m gpubackprop charrnn`` (:func:`main`)
+trains one with truncated BPTT (:func:`run_charrnn`), by default on a short
+original story shipped with the package.
 """
 
 from __future__ import annotations
@@ -34,7 +28,6 @@ import math
 import numbers
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,11 +40,11 @@ from .arrays import Array
 from .backend import Backend
 from .checks import check_int
 from .cli_types import add_training_options, int_at_least, run_command
-from .errors import ConfigError, DTypeError, LabelError, ShapeError
+from .errors import ConfigError, LabelError, ShapeError
 from .optim import Adam
-from .params import FlatParameters, allocate_flat, he_or_xavier
+from .params import allocate_flat, he_or_xavier
 from .progress import ProgressBar
-from .rnn import RNN, clip_grad_norm
+from .rnn import RNN, NamedParameters, checked_array, clip_grad_norm
 
 #: The text :func:`run_charrnn` trains on by default (in ``gpubackprop/data/``).
 DEFAULT_TEXT = "lighthouse.txt"
@@ -75,22 +68,16 @@ def default_text() -> str:
     return resources.files("gpubackprop").joinpath("data", DEFAULT_TEXT).read_text("utf-8")
 
 
-class CharRNN(FlatParameters):
+class CharRNN(NamedParameters):
     """Next-character model: one-hot input, a tanh :class:`RNN`, a linear readout.
 
-    Args:
-        vocab_size: number of distinct characters V.
-        hidden_size: width of the hidden state.
-        device, dtype, seed: as for :class:`~gpubackprop.RNN` (the seed fixes every
-            initial weight, RNN and readout).
-        chars: the vocabulary as a string, index i ↔ ``chars[i]`` (needed by
-            :meth:`encode`, :meth:`decode` and :meth:`sample`).
+    ``vocab_size`` V distinct characters; ``device``, ``dtype``, ``seed`` as for
+    :class:`~gpubackprop.RNN` (the seed fixes every initial weight); ``chars``: the
+    vocabulary, index i ↔ ``chars[i]`` (for :meth:`encode`, :meth:`decode`, :meth:`sample`).
 
-    Every parameter lives in ONE flat buffer (``flat_params``; gradients in
-    ``flat_grads``), laid out as the RNN's ``Wxh`` (hidden, V), ``Whh``, ``bh``
-    followed by the readout's ``Why`` (V, hidden) and ``by`` (V,); ``self.rnn``
-    works on views of the first part, so one optimizer step updates everything.
-    The readout starts Xavier uniform, limit √(6/(hidden+V)), with b_y = 0.
+    ONE flat buffer (``flat_params``, ``flat_grads``) holds the RNN's ``Wxh`` (hidden,
+    V), ``Whh``, ``bh`` (``self.rnn`` works on views of them), then the readout's
+    ``Why`` (V, hidden), Xavier uniform, and ``by`` (V,) = 0.
     """
 
     def __init__(
@@ -136,14 +123,6 @@ class CharRNN(FlatParameters):
             f"dtype={self.dtype.name!r})  # {self.num_parameters:,} parameters"
         )
 
-    def parameters(self) -> OrderedDict[str, Array]:
-        """``"Wxh"``, ``"Whh"``, ``"bh"``, ``"Why"``, ``"by"`` -> live views of flat_params."""
-        return OrderedDict(self.params)
-
-    def gradients(self) -> OrderedDict[str, Array]:
-        """The same names -> live views of flat_grads (filled by :meth:`loss_and_grad`)."""
-        return OrderedDict(self.grads)
-
     # --- text <-> indices -----------------------------------------------------------------
     def _need_chars(self, what: str) -> str:
         if self.chars is None:
@@ -170,13 +149,9 @@ class CharRNN(FlatParameters):
     # --- passes ----------------------------------------------------------------------------
     def _indices(self, x: Any, what: str) -> Array:
         """Validate a (B, T) array of character indices on the model's device."""
-        if not self.backend.is_gpu and isinstance(x, (list, tuple)):
-            x = np.asarray(x)
-        self.backend.check_array(x, f"{self.describe()}: {what}")
-        if x.dtype.kind not in "iu":
-            raise DTypeError(
-                f"{self.describe()}: {what} must be integer character indices, got {x.dtype}"
-            )
+        x = checked_array(
+            self.backend, x, f"{self.describe()}: {what}", "iu", "integer character indices"
+        )
         if x.ndim != 2 or x.size == 0:
             hint = " (one sequence? use x[None])" if x.ndim == 1 else ""
             raise ShapeError(
@@ -257,17 +232,10 @@ class CharRNN(FlatParameters):
     def loss_and_grad(self, inputs: Any, targets: Any, h0: Any = None) -> tuple[float, Array]:
         """Forward, loss and backward through time on one window.
 
-        L = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}]; the gradients follow
-        the module docstring (dy = (softmax − onehot)/(B·T), then BPTT).
-
-        Args:
-            inputs: character indices (B, T), integers in [0, V).
-            targets: the next characters (B, T).
-            h0: the state to start from (B, hidden), e.g. the previous window's h_T;
-                None starts from zeros.
-
-        Fills :meth:`gradients` (overwriting) and returns ``(L, h_T)``: the loss
-        as a float (mean over batch and time) and h_T as a new array.
+        L = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}], gradients as in the
+        module docstring, for ``inputs`` and the next characters ``targets`` (B, T) in
+        [0, V), from ``h0`` (B, hidden; None: zeros), e.g. the last window's h_T.
+        Fills :meth:`gradients` (overwriting); returns ``(L, h_T)``, h_T a new array.
         """
         with self.backend.activate():
             ws, value = self._loss(inputs, targets, h0)
@@ -385,16 +353,12 @@ def run_charrnn(
 ) -> CharRNNResult:
     """Train a :class:`CharRNN` on ``text`` (default: :func:`default_text`) and report.
 
-    Each step takes the next window of every stream (:func:`text_streams`), starts
-    from the state the previous window ended in (zeros at the start of a pass;
-    each pass starts at a random offset below ``seq_len``, so that window
-    boundaries fall elsewhere every time),
-    computes the loss and BPTT gradients, clips them to norm :data:`CLIP_NORM` and
-    takes an Adam step. Prints a progress bar with the mean loss for every
-    ``sample_every`` steps and a sample after each (0: one bar, one sample at the
-    end; ``quiet``: no bars and no samples along the way). At the end the loss
-    per character over one pass of the whole text is measured and compared with
-    :data:`TARGET_FRACTION` · ln V.
+    Each step takes the next window of every stream (:func:`text_streams`) from the
+    state the last one ended in (zeros as a pass starts, at a random offset below
+    ``seq_len`` so window boundaries move), clips the BPTT gradients to norm
+    :data:`CLIP_NORM` and takes an Adam step. A progress bar with the mean loss and a
+    sample every ``sample_every`` steps (0: at the end; ``quiet``: neither); at the
+    end the loss over one pass of the text, against :data:`TARGET_FRACTION` · ln V.
     """
     out = file if file is not None else sys.stdout
     if text is None:

@@ -114,13 +114,10 @@ class Checkpoint(NamedTuple):
 def save(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) -> None:
     """Write ``model`` (and ``optimizer``'s state) to ``path`` as a checkpoint, atomically.
 
-    The file is written to a temporary file in the same folder, flushed, fsynced
-    and renamed over ``path``: a save that fails part way leaves the previous file
-    (if any) as it was and no temporary file behind. The new file gets the
-    permissions of an ordinary new file (0o666 less the umask).
-
-    Raises CheckpointError for a layer type or optimizer that checkpoints cannot
-    hold, or an optimizer whose state belongs to a model of another size or dtype.
+    Through a fsynced temporary file in the same folder renamed over ``path``: a save
+    that fails part way leaves the previous file as it was and no temporary file.
+    Raises CheckpointError for a layer type or optimizer checkpoints cannot hold, or
+    an optimizer whose state belongs to a model of another size or dtype.
     """
     host: dict[str, np.ndarray] = {
         f"model.{name}": _to_host(model.backend, view)
@@ -233,7 +230,8 @@ def _write_payload(file: IO[bytes], payload: bytes) -> None:
 
 
 def _write_atomic(path: str, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a fsynced temporary file and os.replace."""
+    """Write ``payload`` to ``path`` through a fsynced temporary file and os.replace; the
+    file gets the permissions of an ordinary new file (0o666 less the umask)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
@@ -695,23 +693,18 @@ def _reading(path: PathLike) -> Iterator[tuple[_File, np.dtype, dict[str, Any]]]
 def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
     """Rebuild the model (and optimizer, if one was saved) from a checkpoint.
 
-    Returns a :class:`Checkpoint` ``(model, optimizer)``; ``optimizer`` is None when
-    the file holds none. The model is a new :class:`Sequential` on ``device`` (any
-    device: a checkpoint saved on a GPU loads on the CPU and the reverse) with the
-    saved architecture, precision, dtype, seed, parameters and random-generator
-    state; the optimizer is a new one of the saved type with its hyper-parameters,
-    step count and state on the same device.
+    Returns a :class:`Checkpoint` ``(model, optimizer)`` (None when the file holds no
+    optimizer): a new :class:`Sequential` on ``device`` (any device, whatever the
+    saving one) with the saved architecture, precision, dtype, seed, parameters and
+    generator state, and a new optimizer of the saved type and state.
 
-    Everything is validated before anything is allocated: the file's magic bytes
-    (pickles, .npy and zip files are named and refused), the header length against
-    the 100 MiB limit and the file size, the JSON header, every tensor's dtype
-    (F32/F64), shape and byte range (inside the file, consistent with shape ×
-    itemsize), the format version, the layout (not overlapping, covering the data
-    exactly: checked by the safetensors library as it reads the tensors), the
-    SHA-256 checksum, the architecture, optimizer and generator records, and that
-    the tensors are exactly those the architecture needs. Raises CheckpointError
-    naming the problem; DeviceError for an unavailable device; OSError when the file
-    cannot be read.
+    Everything is validated before anything is allocated: magic bytes (pickles, .npy
+    and zip files are named and refused), the header length (100 MiB limit, file
+    size), the JSON header, each tensor's dtype (F32/F64), shape and byte range, the
+    format version, the layout (by the safetensors library), the SHA-256, the
+    architecture, optimizer and generator records, and that the tensors are exactly
+    those the architecture needs. Raises CheckpointError naming the problem,
+    DeviceError for an unavailable device, OSError when the file cannot be read.
     """
     backend = get_backend(device)
     with _reading(path) as (file, dtype, arch):
@@ -746,17 +739,13 @@ def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
 def load_state(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) -> None:
     """Load a checkpoint into an existing ``model`` (and ``optimizer``), in place.
 
-    The model must have the saved architecture (layer types, widths, activations,
-    biases) and dtype; its parameters, on its own device, and its random generator
-    take the saved values (the model keeps its own precision). With ``optimizer``, the
-    checkpoint must hold state of the same optimizer type, which replaces the
-    optimizer's hyper-parameters, step count and state; without one, any saved
-    optimizer state is validated and ignored.
-
-    The file is validated as in :func:`load`, and against the model (the error lists
-    missing, unexpected and mismatched-shape tensors and mismatched layers), before
-    anything is copied: when it raises CheckpointError, neither the model nor the
-    optimizer has changed.
+    The model must have the saved architecture and dtype; its parameters (on its own
+    device) and random generator take the saved values; it keeps its precision. With
+    ``optimizer``, the checkpoint must hold state of that optimizer type, which replaces
+    its hyper-parameters, step count and state; without, saved state is validated and
+    ignored. The file is validated as in :func:`load` and against the model (missing,
+    unexpected and mismatched tensors and layers are listed) before anything is
+    copied: after a CheckpointError neither the model nor the optimizer has changed.
     """
     if optimizer is not None:
         check_optimizer(optimizer)
