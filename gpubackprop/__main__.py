@@ -21,9 +21,13 @@ from .version import __version__
 
 #: The source checkout's benchmark folder (absent in an installed wheel).
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
-BENCH_SCRIPTS = {"gpu": "gpu_step.py", "cpu": "cpu_step.py"}
-#: each benchmark's usage name in the help of ``gpubackprop bench``
-BENCH_PROGS = {"gpu": "gpubackprop bench", "cpu": "gpubackprop bench --cpu"}
+#: kind -> the benchmark's script, its usage name and its title in ``gpubackprop bench --help``
+BENCHMARKS = {
+    "gpu": ("gpu_step.py", "gpubackprop bench", "GPU benchmark (the default; bench/gpu_step.py):"),
+    "cpu": (
+        "cpu_step.py", "gpubackprop bench --cpu", "CPU benchmark (--cpu first; bench/cpu_step.py):"
+    ),
+}
 HELP_FLAGS = ("-h", "--help")
 
 
@@ -73,21 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
 
+    # no description: their --help goes to the charrnn parser and the benchmark scripts
     commands.add_parser(
         "charrnn",
         help="train a character-level RNN by backprop through time and sample from it",
-        description="Train a char-level RNN language model (try: gpubackprop charrnn --help).",
-        add_help=False,  # --help goes to the charrnn parser
+        add_help=False,
     )
     commands.add_parser(
         "bench",
         help="benchmark one training step on the GPU (--cpu: on the CPU) against PyTorch",
-        description=(
-            "Run bench/gpu_step.py (or, with --cpu first, bench/cpu_step.py) from the source "
-            "checkout with the remaining arguments (try: gpubackprop bench --help, which "
-            "lists both benchmarks' options). Benchmarks are not part of an installed wheel."
-        ),
-        add_help=False,  # --help goes to the benchmark script
+        add_help=False,
     )
     return parser
 
@@ -108,12 +107,9 @@ def _as_script(script: Path, argv: list[str]) -> Iterator[dict[str, Any]]:
 def bench_help() -> str:
     """One help for both benchmarks: the GPU one's options, then the CPU one's (``--cpu``)."""
     parts = []
-    for kind, title in (
-        ("gpu", "GPU benchmark (the default; bench/gpu_step.py):"),
-        ("cpu", "CPU benchmark (--cpu first; bench/cpu_step.py):"),
-    ):
-        with _as_script(BENCH_DIR / BENCH_SCRIPTS[kind], []) as namespace:
-            parser = namespace["build_parser"](BENCH_PROGS[kind])
+    for script, prog, title in BENCHMARKS.values():
+        with _as_script(BENCH_DIR / script, []) as namespace:
+            parser = namespace["build_parser"](prog)
         parts.append(f"{title}\n{parser.format_help()}")
     return "\n".join(parts)
 
@@ -127,7 +123,7 @@ def run_bench(argv: list[str]) -> int:
     kind = "gpu"
     if argv[:1] == ["--cpu"]:
         kind, argv = "cpu", argv[1:]
-    script = BENCH_DIR / BENCH_SCRIPTS[kind]
+    script = BENCH_DIR / BENCHMARKS[kind][0]
     if not BENCH_DIR.is_dir():
         print(
             f"gpubackprop bench: no {BENCH_DIR}: the benchmarks live in the source "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import numbers
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ import numpy as np
 
 from .arrays import Array
 from .backend import Backend
-from .checks import check_int
+from .checks import check_int, check_real
 from .cli_types import add_training_options, int_at_least, run_command
 from .errors import ConfigError, LabelError, ShapeError
 from .optim import Adam
@@ -109,9 +108,7 @@ class CharRNN(NamedParameters):
         n_rnn = self.rnn.num_parameters
         self.rnn.move_into(self.flat_params[:n_rnn], self.flat_grads[:n_rnn])
         with self.backend.activate():
-            self.params["Why"][...] = self.backend.asarray(
-                he_or_xavier(rng, "xavier", v, h).astype(self.dtype)
-            )
+            self.params["Why"][...] = self.backend.asarray(he_or_xavier(rng, "xavier", v, h))
 
     # --- description -------------------------------------------------------------------
     def describe(self) -> str:
@@ -173,17 +170,11 @@ class CharRNN(NamedParameters):
         if h0 is not None:
             h0 = self.rnn.check_state(h0, batch, "h0")
         n, v, d = batch * steps, self.vocab_size, self.dtype
-        ws = self.rnn.recurrence_buffers(
-            batch,
-            steps,
-            {
-                "idx": ((n,), np.int64),
-                "targets": ((n,), np.int64),
-                "logits": ((n, v), d),
-                "dlogits": ((n, v), d),
-                "onehot": ((n, v), d),
-            },
-        )
+        extra: dict[str, tuple[tuple[int, ...], Any]] = {
+            name: ((n, v), d) for name in ("logits", "dlogits", "onehot")
+        }
+        extra |= {"idx": ((n,), np.int64), "targets": ((n,), np.int64)}
+        ws = self.rnn.recurrence_buffers(batch, steps, extra)
         xp, ops = self.backend.xp, self.backend.ops
         ws["idx"].reshape(steps, batch)[...] = inputs.T
         us = ws["U"].reshape(n, self.hidden_size)
@@ -196,10 +187,8 @@ class CharRNN(NamedParameters):
         return ws
 
     def forward(self, inputs: Any, h0: Any = None) -> tuple[Array, Array]:
-        """Logits (B, T, V) for ``inputs`` (B, T) and the last state h_T (B, hidden).
-
-        Both are new arrays on the model's device; pass h_T as the next ``h0``.
-        """
+        """Logits (B, T, V) for ``inputs`` (B, T) and the last state h_T (B, hidden), both
+        new arrays on the model's device; pass h_T as the next ``h0``."""
         inputs = self._indices(inputs, "inputs")
         batch, steps = inputs.shape
         with self.backend.activate():
@@ -268,9 +257,7 @@ class CharRNN(NamedParameters):
         back in; lower temperatures give likelier, more repetitive text.
         """
         n = check_int(f"{self.describe()}.sample: n", n, minimum=0)
-        if isinstance(temperature, bool) or not (
-            isinstance(temperature, numbers.Real) and 0 < temperature < math.inf
-        ):
+        if check_real(f"{self.describe()}.sample: temperature", temperature) <= 0:
             raise ConfigError(
                 f"{self.describe()}.sample: temperature must be positive, got {temperature!r}"
             )
@@ -380,11 +367,8 @@ def run_charrnn(
     print(
         f"char-RNN on {name or 'the text'}: {len(text):,} characters, vocabulary "
         f"{len(chars)} (ln V = {math.log(len(chars)):.3f}; target < "
-        f"{TARGET_FRACTION:g}·ln V = {target_loss:.3f} nats/char)",
-        file=out,
-    )
-    print(f"device: {model.device} ({model.backend.reason})", file=out)
-    print(
+        f"{TARGET_FRACTION:g}·ln V = {target_loss:.3f} nats/char)\n"
+        f"device: {model.device} ({model.backend.reason})\n"
         f"{model!r}; batch {batch} x seq-len {seq_len}, {windows} windows per pass, "
         f"{steps} steps, Adam lr {lr:g}, clip {CLIP_NORM:g}",
         file=out,

@@ -40,12 +40,7 @@ def positive_float(text: str) -> float:
 
 
 def add_training_options(
-    parser: argparse.ArgumentParser,
-    *,
-    lr: float,
-    lr_help: str,
-    seed_help: str,
-    quiet_help: str,
+    parser: argparse.ArgumentParser, *, lr: float, lr_help: str, seed_help: str, quiet_help: str
 ) -> None:
     """Add ``--device``, ``--lr``, ``--seed`` and ``--quiet``, the options every trainer has."""
     parser.add_argument("--device", default="auto",

@@ -86,20 +86,17 @@ def plot_history(history: History, path: Path, title: str) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    h = history.history
     epochs = np.arange(1, history.epochs + 1)
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, h["loss"], "o-", ms=3, label="train (mean over the epoch)")
-    loss_ax.plot(epochs, h["val_loss"], "s-", ms=3, label="held-out test")
-    loss_ax.set(
-        title="Loss", xlabel="epoch", ylabel="softmax cross-entropy (log scale)", yscale="log"
+    panels = (
+        ("loss", "Loss", "softmax cross-entropy (log scale)", "log"),
+        ("accuracy", "Accuracy", "accuracy", "linear"),
     )
-    acc_ax.plot(epochs, h["accuracy"], "o-", ms=3, label="train (over the epoch)")
-    acc_ax.plot(epochs, h["val_accuracy"], "s-", ms=3, label="held-out test")
-    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
-    for ax in (loss_ax, acc_ax):
+    for ax, (key, title, ylabel, yscale) in zip(fig.subplots(1, 2), panels, strict=True):
+        ax.plot(epochs, history.history[key], "o-", ms=3, label="train (over the epoch)")
+        ax.plot(epochs, history.history[f"val_{key}"], "s-", ms=3, label="held-out test")
+        ax.set(title=title, xlabel="epoch", ylabel=ylabel, yscale=yscale)
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle(title)

@@ -7,11 +7,9 @@
     model.load_state("run.safetensors", optimizer=opt)   # into existing objects
 
 A checkpoint is a `safetensors <https://github.com/huggingface/safetensors>`_ file
-(an 8-byte little-endian header length, a JSON header, then the raw little-endian
-tensor bytes), so ``safetensors.safe_open(path, "np")`` or ``"pt"`` reads its
-tensors. Nothing is ever unpickled: the loader checks the header itself, then the
-safetensors library (which holds raw bytes only) checks the layout and reads the
-tensors.
+(an 8-byte little-endian header length, a JSON header, the raw little-endian tensor
+bytes): ``safetensors.safe_open(path, "np")`` or ``"pt"`` reads it. Nothing is ever
+unpickled: the loader checks the header, then the safetensors library the layout.
 
 Tensors (all of the model's dtype, ``F32`` or ``F64``):
 
@@ -529,18 +527,13 @@ class _OptimizerSpec:
 
     def state_dict(self, file: _File, backend: Backend) -> dict[str, object]:
         """The :meth:`Optimizer.load_state_dict` snapshot, arrays on ``backend``."""
-        names = self.cls.state_names
+        stored = {name: backend.asarray(file.tensors[f"optimizer.{name}"]) for name in self.state}
         return {
             "type": self.cls.__name__,
             **self.hyperparameters,
             "step_count": self.step_count,
             "num_params": self.num_params,
-            "state": {
-                name: backend.asarray(file.tensors[f"optimizer.{name}"])
-                if name in self.state
-                else None
-                for name in names
-            },
+            "state": {name: stored.get(name) for name in self.cls.state_names},
         }
 
 

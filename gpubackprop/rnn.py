@@ -182,25 +182,16 @@ class RNN(NamedParameters):
         caller's own buffers, name -> (shape, dtype); they are part of the cache key.
         """
         h, d = self.hidden_size, self.dtype
-        shapes = {
-            "U": ((steps, batch, h), d),
-            "H": ((steps + 1, batch, h), d),
-            "dH": ((steps, batch, h), d),
-            "dhraw": ((steps, batch, h), d),
-            "dh": ((batch, h), d),
-            "dhnext": ((batch, h), d),
-            **extra,
-        }
-        return self._workspaces.get((batch, steps, *sorted(extra)), shapes)
+        shapes: dict[str, tuple[tuple[int, ...], Any]] = {"H": ((steps + 1, batch, h), d)}
+        shapes |= {name: ((steps, batch, h), d) for name in ("U", "dH", "dhraw")}
+        shapes |= {name: ((batch, h), d) for name in ("dh", "dhnext")}
+        return self._workspaces.get((batch, steps, *sorted(extra)), {**shapes, **extra})
 
     def run_forward(self, ws: dict[str, Array], h0: Array | None) -> None:
         """H[t+1] = f(H[t] Whhᵀ + U[t]) for t = 0 .. T−1, with H[0] = h0 (or 0)."""
         xp, ops, act = self.backend.xp, self.backend.ops, self.activation
         hs, us, whh = ws["H"], ws["U"], self.params["Whh"]
-        if h0 is None:
-            hs[0].fill(0)
-        else:
-            hs[0][...] = h0
+        hs[0][...] = 0 if h0 is None else h0
         for t in range(us.shape[0]):
             z = hs[t + 1]
             ops.matmul(hs[t], whh, out=z, trans_b=True)
@@ -217,10 +208,7 @@ class RNN(NamedParameters):
         xp, ops, act = self.backend.xp, self.backend.ops, self.activation
         hs, d_hs, dhraw = ws["H"], ws["dH"], ws["dhraw"]
         dh, dhnext, whh = ws["dh"], ws["dhnext"], self.params["Whh"]
-        if dh_last is None:
-            dhnext.fill(0)
-        else:
-            dhnext[...] = dh_last
+        dhnext[...] = 0 if dh_last is None else dh_last
         steps, batch, hidden = dhraw.shape
         for t in range(steps - 1, -1, -1):
             xp.add(d_hs[t], dhnext, out=dh)
@@ -250,9 +238,8 @@ class RNN(NamedParameters):
     def forward(self, x: Any, h0: Any = None) -> tuple[Array, Array]:
         """Run the sequences ``x`` (B, T, input_size) from ``h0`` (B, hidden) or zeros.
 
-        Returns ``(H, h_T)``: every hidden state H (B, T, hidden), H[:, t] = h_{t+1},
-        and the last one h_T (B, hidden), both new arrays. Pass h_T as the next
-        window's ``h0`` to carry the state (detached: see the module docstring).
+        Returns new arrays ``(H, h_T)``: every hidden state H (B, T, hidden), H[:, t] =
+        h_{t+1}, and h_T (B, hidden), the next window's ``h0`` (detached: module docstring).
         """
         x = self._float_array(x, "x")
         if x.ndim != 3 or x.shape[2] != self.input_size:
@@ -286,13 +273,10 @@ class RNN(NamedParameters):
     def backward(self, grad_h: Any, grad_h_last: Any = None) -> Array:
         """Backprop through time for the last :meth:`forward`.
 
-        Args:
-            grad_h: ∂L/∂H, shape (B, T, hidden) like forward's H.
-            grad_h_last: an extra ∂L/∂h_T (B, hidden), e.g. from a loss on the final
-                state, or None.
-
-        Writes dWxh, dWhh and db_h into the gradient buffer (overwriting), sets
-        :attr:`grad_h0` = ∂L/∂h0, and returns ∂L/∂x (B, T, input_size) as a new array.
+        ``grad_h`` is ∂L/∂H (B, T, hidden), like forward's H; ``grad_h_last`` an extra
+        ∂L/∂h_T (B, hidden), e.g. from a loss on the final state, or None. Writes dWxh,
+        dWhh and db_h (overwriting), sets :attr:`grad_h0` = ∂L/∂h0 and returns ∂L/∂x
+        (B, T, input_size) as a new array.
         """
         if self._last is None:
             raise ShapeError(f"{self.describe()}: backward called before forward")
