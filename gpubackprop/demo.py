@@ -89,12 +89,12 @@ def plot_history(history: History, path: Path, title: str) -> Path:
     epochs = np.arange(1, history.epochs + 1)
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
-    panels = (
-        ("loss", "Loss", "softmax cross-entropy (log scale)", "log"),
-        ("accuracy", "Accuracy", "accuracy", "linear"),
+    panels = (  # key, title, y label, y scale, the train curve's label
+        ("loss", "Loss", "softmax cross-entropy (log scale)", "log", "train (mean over the epoch)"),
+        ("accuracy", "Accuracy", "accuracy", "linear", "train (over the epoch)"),
     )
-    for ax, (key, title, ylabel, yscale) in zip(fig.subplots(1, 2), panels, strict=True):
-        ax.plot(epochs, history.history[key], "o-", ms=3, label="train (over the epoch)")
+    for ax, (key, title, ylabel, yscale, train) in zip(fig.subplots(1, 2), panels, strict=True):
+        ax.plot(epochs, history.history[key], "o-", ms=3, label=train)
         ax.plot(epochs, history.history[f"val_{key}"], "s-", ms=3, label="held-out test")
         ax.set(title=title, xlabel="epoch", ylabel=ylabel, yscale=yscale)
         ax.grid(True, alpha=0.3)
