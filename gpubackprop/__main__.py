@@ -1,14 +1,9 @@
 """The command line: ``python -m gpubackprop {demo,info,charrnn,bench}`` (also ``gpubackprop ...``).
 
-* ``demo``: train an MLP on scikit-learn's handwritten digits, print the
-  progress and test accuracy, save the learning curves (:mod:`gpubackprop.demo`).
-* ``info``: versions, CUDA and the devices seen (:mod:`gpubackprop.info`).
-* ``charrnn``: train a character-level RNN by backprop through time on a text
-  and sample from it (:mod:`gpubackprop.charrnn`).
-* ``bench``: the GPU training-step benchmark, ``bench/gpu_step.py`` of the
-  source checkout (on a machine without a GPU it says so and exits 0);
-  ``bench --cpu`` runs ``bench/cpu_step.py``. Remaining arguments are passed on;
-  ``bench --help`` (or ``-h``, with or without ``--cpu``) prints one help for both.
+``demo``, ``info`` and ``charrnn`` run :mod:`gpubackprop.demo`, :mod:`gpubackprop.info`
+and :mod:`gpubackprop.charrnn`; ``bench`` runs the source checkout's ``bench/gpu_step.py``
+(``--cpu``: ``bench/cpu_step.py``) with the remaining arguments, and ``bench --help``
+prints one help for both.
 """
 
 from __future__ import annotations
@@ -19,16 +14,20 @@ import runpy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from .cli_types import int_at_least, positive_float
-from .errors import GpuBackpropError
+from .cli_types import add_training_options, int_at_least, run_command
 from .version import __version__
 
 #: The source checkout's benchmark folder (absent in an installed wheel).
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
-BENCH_SCRIPTS = {"gpu": "gpu_step.py", "cpu": "cpu_step.py"}
-#: each benchmark's usage name in the help of ``gpubackprop bench``
-BENCH_PROGS = {"gpu": "gpubackprop bench", "cpu": "gpubackprop bench --cpu"}
+#: kind -> the benchmark's script, its usage name and its title in ``gpubackprop bench --help``
+BENCHMARKS = {
+    "gpu": ("gpu_step.py", "gpubackprop bench", "GPU benchmark (the default; bench/gpu_step.py):"),
+    "cpu": (
+        "cpu_step.py", "gpubackprop bench --cpu", "CPU benchmark (--cpu first; bench/cpu_step.py):"
+    ),
+}
 HELP_FLAGS = ("-h", "--help")
 
 
@@ -53,44 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
             "Needs the demo extra: pip install 'gpubackprop[demo]'."
         ),
     )
-    demo_parser.add_argument(
-        "--device",
-        default="auto",
-        help="'cpu', 'cuda', 'cuda:N' or 'auto' (default: the GPU if available)",
+    add_training_options(
+        demo_parser,
+        lr=demo.DEFAULT_LR,
+        lr_help="Adam's initial learning rate",
+        seed_help="seeds the test split, the weights and the shuffling",
+        quiet_help="no progress bars: only the device and the results",
     )
-    demo_parser.add_argument(
-        "--epochs",
-        type=int_at_least(1),
-        default=demo.DEFAULT_EPOCHS,
-        help="training epochs (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--batch-size",
-        type=int_at_least(1),
-        default=demo.DEFAULT_BATCH_SIZE,
-        help="rows per step (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--lr",
-        type=positive_float,
-        default=demo.DEFAULT_LR,
-        help="Adam's initial learning rate (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--seed",
-        type=int_at_least(0),
-        default=0,
-        help="seeds the test split, the weights and the shuffling (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path(demo.DEFAULT_OUT),
-        help="where to save the PNG (default: %(default)s)",
-    )
-    demo_parser.add_argument(
-        "--quiet", action="store_true", help="no progress bars: only the device and the results"
-    )
+    demo_parser.add_argument("--epochs", type=int_at_least(1), default=demo.DEFAULT_EPOCHS,
+                             help="training epochs (default: %(default)s)")
+    demo_parser.add_argument("--batch-size", type=int_at_least(1),
+                             default=demo.DEFAULT_BATCH_SIZE,
+                             help="rows per step (default: %(default)s)")
+    demo_parser.add_argument("--out", type=Path, default=Path(demo.DEFAULT_OUT),
+                             help="where to save the PNG (default: %(default)s)")
 
     commands.add_parser(
         "info",
@@ -102,52 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
 
+    # no description: their --help goes to the charrnn parser and the benchmark scripts
     commands.add_parser(
         "charrnn",
         help="train a character-level RNN by backprop through time and sample from it",
-        description="Train a char-level RNN language model (try: gpubackprop charrnn --help).",
-        add_help=False,  # --help goes to the charrnn parser
+        add_help=False,
     )
     commands.add_parser(
         "bench",
         help="benchmark one training step on the GPU (--cpu: on the CPU) against PyTorch",
-        description=(
-            "Run bench/gpu_step.py (or, with --cpu first, bench/cpu_step.py) from the source "
-            "checkout with the remaining arguments (try: gpubackprop bench --help, which "
-            "lists both benchmarks' options). Benchmarks are not part of an installed wheel."
-        ),
-        add_help=False,  # --help goes to the benchmark script
+        add_help=False,
     )
     return parser
 
 
 @contextlib.contextmanager
-def _as_script(script: Path, argv: list[str]) -> Iterator[None]:
-    """Run with ``sys.argv`` and ``sys.path[0]`` as ``python <script> <argv>`` sets them."""
+def _as_script(script: Path, argv: list[str]) -> Iterator[dict[str, Any]]:
+    """The namespace of ``script`` run as ``python <script> <argv>`` would import it,
+    with ``sys.argv`` and ``sys.path[0]`` set so until the block ends."""
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(script), *argv]
     sys.path.insert(0, str(script.parent))
     try:
-        yield
+        yield runpy.run_path(str(script), run_name="gpubackprop_bench")
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
-
-
-def _load_script(script: Path, argv: list[str]) -> dict[str, object]:
-    """The namespace of ``script`` run as ``python <script> <argv>`` would import it."""
-    with _as_script(script, argv):
-        return runpy.run_path(str(script), run_name="gpubackprop_bench")
 
 
 def bench_help() -> str:
     """One help for both benchmarks: the GPU one's options, then the CPU one's (``--cpu``)."""
     parts = []
-    for kind, title in (
-        ("gpu", "GPU benchmark (the default; bench/gpu_step.py):"),
-        ("cpu", "CPU benchmark (--cpu first; bench/cpu_step.py):"),
-    ):
-        namespace = _load_script(BENCH_DIR / BENCH_SCRIPTS[kind], [])
-        parser = namespace["build_parser"](BENCH_PROGS[kind])  # type: ignore[operator]
+    for script, prog, title in BENCHMARKS.values():
+        with _as_script(BENCH_DIR / script, []) as namespace:
+            parser = namespace["build_parser"](prog)
         parts.append(f"{title}\n{parser.format_help()}")
     return "\n".join(parts)
 
@@ -161,7 +123,7 @@ def run_bench(argv: list[str]) -> int:
     kind = "gpu"
     if argv[:1] == ["--cpu"]:
         kind, argv = "cpu", argv[1:]
-    script = BENCH_DIR / BENCH_SCRIPTS[kind]
+    script = BENCH_DIR / BENCHMARKS[kind][0]
     if not BENCH_DIR.is_dir():
         print(
             f"gpubackprop bench: no {BENCH_DIR}: the benchmarks live in the source "
@@ -176,8 +138,7 @@ def run_bench(argv: list[str]) -> int:
     if any(flag in argv for flag in HELP_FLAGS):
         print(bench_help())
         return 0
-    with _as_script(script, argv):
-        namespace = runpy.run_path(str(script), run_name="gpubackprop_bench")
+    with _as_script(script, argv) as namespace:
         result = namespace["main"](argv)
     return 0 if result is None else int(result)
 
@@ -194,27 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         return charrnn_main(extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        if args.command == "info":
-            from .info import print_info
+    if args.command == "info":
+        from .info import print_info
 
-            print_info()
-        else:
-            from .demo import run_demo
+        return run_command("info", print_info)
+    from .demo import run_demo
 
-            run_demo(
-                device=args.device,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                seed=args.seed,
-                out=args.out,
-                quiet=args.quiet,
-            )
-    except GpuBackpropError as exc:
-        print(f"gpubackprop {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    return run_command("demo", run_demo, **options)
 
 
 if __name__ == "__main__":

@@ -7,34 +7,26 @@ each next character::
     y_t = h_t Whyᵀ + b_y                                  (logits over the vocabulary)
     L   = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}]
 
-A one-hot x_t times Wxhᵀ is column c_t of Wxh, so the input projection is a
-gather of Wxh's columns rather than a matmul with a one-hot matrix. Backward is
-the char-RNN of the seed notes (the lecture notes the project grew from, see
-README.md), batch-major::
+A one-hot x_t times Wxhᵀ is column c_t of Wxh, so the input projection is a gather,
+not a matmul. Backward is the seed notes' char-RNN (README.md), batch-major::
 
     dy     = (softmax(y) − onehot(target)) / (B·T)        (the loss op writes this)
     dWhy   = Σ dyᵀ h          db_y = Σ dyᵀ 1             ∂L/∂h_t = dy_t Why
     ... then the RNN's BPTT (see :mod:`gpubackprop.rnn`) for dWhh, db_h and dhraw,
     dWxh   = Σ dhrawᵀ onehot(c)                          (column c gets the rows of c)
 
-The last sum is a GEMM with a one-hot matrix, not a scatter-add, so it is
-deterministic on the GPU too (no float atomics).
-
-``python -m gpubackprop charrnn`` (:func:`main`) trains one on a text with
-truncated BPTT: the text is cut into B parallel streams, each read in windows of
-T characters; the hidden state is carried from one window to the next (detached)
-and reset at the start of each pass. Adam and gradient-norm clipping do the
-updates. By default it trains on a short original story shipped with the package.
+The last sum is a GEMM with a one-hot matrix, not a scatter-add: deterministic on
+the GPU too (no float atomics). ``python -m gpubackprop charrnn`` (:func:`main`)
+trains one with truncated BPTT (:func:`run_charrnn`), by default on a short
+original story shipped with the package.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import numbers
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -45,13 +37,13 @@ import numpy as np
 
 from .arrays import Array
 from .backend import Backend
-from .checks import check_int
-from .cli_types import int_at_least, positive_float
-from .errors import ConfigError, DTypeError, GpuBackpropError, LabelError, ShapeError
+from .checks import check_int, check_real
+from .cli_types import add_training_options, int_at_least, run_command
+from .errors import ConfigError, LabelError, ShapeError
 from .optim import Adam
-from .params import FlatParameters, allocate_flat, he_or_xavier
+from .params import allocate_flat, he_or_xavier
 from .progress import ProgressBar
-from .rnn import RNN, clip_grad_norm
+from .rnn import RNN, NamedParameters, checked_array, clip_grad_norm
 
 #: The text :func:`run_charrnn` trains on by default (in ``gpubackprop/data/``).
 DEFAULT_TEXT = "lighthouse.txt"
@@ -75,22 +67,16 @@ def default_text() -> str:
     return resources.files("gpubackprop").joinpath("data", DEFAULT_TEXT).read_text("utf-8")
 
 
-class CharRNN(FlatParameters):
+class CharRNN(NamedParameters):
     """Next-character model: one-hot input, a tanh :class:`RNN`, a linear readout.
 
-    Args:
-        vocab_size: number of distinct characters V.
-        hidden_size: width of the hidden state.
-        device, dtype, seed: as for :class:`~gpubackprop.RNN` (the seed fixes every
-            initial weight, RNN and readout).
-        chars: the vocabulary as a string, index i ↔ ``chars[i]`` (needed by
-            :meth:`encode`, :meth:`decode` and :meth:`sample`).
+    ``vocab_size`` V distinct characters; ``device``, ``dtype``, ``seed`` as for
+    :class:`~gpubackprop.RNN` (the seed fixes every initial weight); ``chars``: the
+    vocabulary, index i ↔ ``chars[i]`` (for :meth:`encode`, :meth:`decode`, :meth:`sample`).
 
-    Every parameter lives in ONE flat buffer (``flat_params``; gradients in
-    ``flat_grads``), laid out as the RNN's ``Wxh`` (hidden, V), ``Whh``, ``bh``
-    followed by the readout's ``Why`` (V, hidden) and ``by`` (V,); ``self.rnn``
-    works on views of the first part, so one optimizer step updates everything.
-    The readout starts Xavier uniform, limit √(6/(hidden+V)), with b_y = 0.
+    ONE flat buffer (``flat_params``, ``flat_grads``) holds the RNN's ``Wxh`` (hidden,
+    V), ``Whh``, ``bh`` (``self.rnn`` works on views of them), then the readout's
+    ``Why`` (V, hidden), Xavier uniform, and ``by`` (V,) = 0.
     """
 
     def __init__(
@@ -122,9 +108,7 @@ class CharRNN(FlatParameters):
         n_rnn = self.rnn.num_parameters
         self.rnn.move_into(self.flat_params[:n_rnn], self.flat_grads[:n_rnn])
         with self.backend.activate():
-            self.params["Why"][...] = self.backend.asarray(
-                he_or_xavier(rng, "xavier", v, h).astype(self.dtype)
-            )
+            self.params["Why"][...] = self.backend.asarray(he_or_xavier(rng, "xavier", v, h))
 
     # --- description -------------------------------------------------------------------
     def describe(self) -> str:
@@ -135,14 +119,6 @@ class CharRNN(FlatParameters):
             f"CharRNN({self.vocab_size}, {self.hidden_size}, device={self.device!r}, "
             f"dtype={self.dtype.name!r})  # {self.num_parameters:,} parameters"
         )
-
-    def parameters(self) -> OrderedDict[str, Array]:
-        """``"Wxh"``, ``"Whh"``, ``"bh"``, ``"Why"``, ``"by"`` -> live views of flat_params."""
-        return OrderedDict(self.params)
-
-    def gradients(self) -> OrderedDict[str, Array]:
-        """The same names -> live views of flat_grads (filled by :meth:`loss_and_grad`)."""
-        return OrderedDict(self.grads)
 
     # --- text <-> indices -----------------------------------------------------------------
     def _need_chars(self, what: str) -> str:
@@ -170,13 +146,9 @@ class CharRNN(FlatParameters):
     # --- passes ----------------------------------------------------------------------------
     def _indices(self, x: Any, what: str) -> Array:
         """Validate a (B, T) array of character indices on the model's device."""
-        if not self.backend.is_gpu and isinstance(x, (list, tuple)):
-            x = np.asarray(x)
-        self.backend.check_array(x, f"{self.describe()}: {what}")
-        if x.dtype.kind not in "iu":
-            raise DTypeError(
-                f"{self.describe()}: {what} must be integer character indices, got {x.dtype}"
-            )
+        x = checked_array(
+            self.backend, x, f"{self.describe()}: {what}", "iu", "integer character indices"
+        )
         if x.ndim != 2 or x.size == 0:
             hint = " (one sequence? use x[None])" if x.ndim == 1 else ""
             raise ShapeError(
@@ -198,17 +170,11 @@ class CharRNN(FlatParameters):
         if h0 is not None:
             h0 = self.rnn.check_state(h0, batch, "h0")
         n, v, d = batch * steps, self.vocab_size, self.dtype
-        ws = self.rnn.recurrence_buffers(
-            batch,
-            steps,
-            {
-                "idx": ((n,), np.int64),
-                "targets": ((n,), np.int64),
-                "logits": ((n, v), d),
-                "dlogits": ((n, v), d),
-                "onehot": ((n, v), d),
-            },
-        )
+        extra: dict[str, tuple[tuple[int, ...], Any]] = {
+            name: ((n, v), d) for name in ("logits", "dlogits", "onehot")
+        }
+        extra |= {"idx": ((n,), np.int64), "targets": ((n,), np.int64)}
+        ws = self.rnn.recurrence_buffers(batch, steps, extra)
         xp, ops = self.backend.xp, self.backend.ops
         ws["idx"].reshape(steps, batch)[...] = inputs.T
         us = ws["U"].reshape(n, self.hidden_size)
@@ -221,10 +187,8 @@ class CharRNN(FlatParameters):
         return ws
 
     def forward(self, inputs: Any, h0: Any = None) -> tuple[Array, Array]:
-        """Logits (B, T, V) for ``inputs`` (B, T) and the last state h_T (B, hidden).
-
-        Both are new arrays on the model's device; pass h_T as the next ``h0``.
-        """
+        """Logits (B, T, V) for ``inputs`` (B, T) and the last state h_T (B, hidden), both
+        new arrays on the model's device; pass h_T as the next ``h0``."""
         inputs = self._indices(inputs, "inputs")
         batch, steps = inputs.shape
         with self.backend.activate():
@@ -257,17 +221,10 @@ class CharRNN(FlatParameters):
     def loss_and_grad(self, inputs: Any, targets: Any, h0: Any = None) -> tuple[float, Array]:
         """Forward, loss and backward through time on one window.
 
-        L = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}]; the gradients follow
-        the module docstring (dy = (softmax − onehot)/(B·T), then BPTT).
-
-        Args:
-            inputs: character indices (B, T), integers in [0, V).
-            targets: the next characters (B, T).
-            h0: the state to start from (B, hidden), e.g. the previous window's h_T;
-                None starts from zeros.
-
-        Fills :meth:`gradients` (overwriting) and returns ``(L, h_T)``: the loss
-        as a float (mean over batch and time) and h_T as a new array.
+        L = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}], gradients as in the
+        module docstring, for ``inputs`` and the next characters ``targets`` (B, T) in
+        [0, V), from ``h0`` (B, hidden; None: zeros), e.g. the last window's h_T.
+        Fills :meth:`gradients` (overwriting); returns ``(L, h_T)``, h_T a new array.
         """
         with self.backend.activate():
             ws, value = self._loss(inputs, targets, h0)
@@ -300,9 +257,7 @@ class CharRNN(FlatParameters):
         back in; lower temperatures give likelier, more repetitive text.
         """
         n = check_int(f"{self.describe()}.sample: n", n, minimum=0)
-        if isinstance(temperature, bool) or not (
-            isinstance(temperature, numbers.Real) and 0 < temperature < math.inf
-        ):
+        if check_real(f"{self.describe()}.sample: temperature", temperature) <= 0:
             raise ConfigError(
                 f"{self.describe()}.sample: temperature must be positive, got {temperature!r}"
             )
@@ -385,16 +340,12 @@ def run_charrnn(
 ) -> CharRNNResult:
     """Train a :class:`CharRNN` on ``text`` (default: :func:`default_text`) and report.
 
-    Each step takes the next window of every stream (:func:`text_streams`), starts
-    from the state the previous window ended in (zeros at the start of a pass;
-    each pass starts at a random offset below ``seq_len``, so that window
-    boundaries fall elsewhere every time),
-    computes the loss and BPTT gradients, clips them to norm :data:`CLIP_NORM` and
-    takes an Adam step. Prints a progress bar with the mean loss for every
-    ``sample_every`` steps and a sample after each (0: one bar, one sample at the
-    end; ``quiet``: no bars and no samples along the way). At the end the loss
-    per character over one pass of the whole text is measured and compared with
-    :data:`TARGET_FRACTION` · ln V.
+    Each step takes the next window of every stream (:func:`text_streams`) from the
+    state the last one ended in (zeros as a pass starts, at a random offset below
+    ``seq_len`` so window boundaries move), clips the BPTT gradients to norm
+    :data:`CLIP_NORM` and takes an Adam step. A progress bar with the mean loss and a
+    sample every ``sample_every`` steps (0: at the end; ``quiet``: neither); at the
+    end the loss over one pass of the text, against :data:`TARGET_FRACTION` · ln V.
     """
     out = file if file is not None else sys.stdout
     if text is None:
@@ -416,11 +367,8 @@ def run_charrnn(
     print(
         f"char-RNN on {name or 'the text'}: {len(text):,} characters, vocabulary "
         f"{len(chars)} (ln V = {math.log(len(chars)):.3f}; target < "
-        f"{TARGET_FRACTION:g}·ln V = {target_loss:.3f} nats/char)",
-        file=out,
-    )
-    print(f"device: {model.device} ({model.backend.reason})", file=out)
-    print(
+        f"{TARGET_FRACTION:g}·ln V = {target_loss:.3f} nats/char)\n"
+        f"device: {model.device} ({model.backend.reason})\n"
         f"{model!r}; batch {batch} x seq-len {seq_len}, {windows} windows per pass, "
         f"{steps} steps, Adam lr {lr:g}, clip {CLIP_NORM:g}",
         file=out,
@@ -488,32 +436,6 @@ def _show_sample(model: CharRNN, start: str, rng: np.random.Generator) -> str:
 
 
 # --- command line --------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``charrnn`` options to ``parser`` (a subcommand's parser, say)."""
-    parser.add_argument("--text", type=Path, default=None,
-                        help="UTF-8 text file to train on (default: a short story shipped "
-                             "with gpubackprop)")
-    parser.add_argument("--device", default="auto",
-                        help="'cpu', 'cuda', 'cuda:N' or 'auto' (default: %(default)s)")
-    parser.add_argument("--steps", type=int_at_least(1), default=DEFAULT_STEPS,
-                        help="training steps, one window each (default: %(default)s)")
-    parser.add_argument("--hidden", type=int_at_least(1), default=DEFAULT_HIDDEN,
-                        help="hidden state width (default: %(default)s)")
-    parser.add_argument("--seq-len", type=int_at_least(1), default=DEFAULT_SEQ_LEN,
-                        help="characters per truncated-BPTT window (default: %(default)s)")
-    parser.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH,
-                        help="parallel streams per step (default: %(default)s)")
-    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
-                        help="Adam's learning rate (default: %(default)s)")
-    parser.add_argument("--seed", type=int_at_least(0), default=0,
-                        help="seeds the weights and the samples (default: %(default)s)")
-    parser.add_argument("--sample-every", type=int_at_least(0), default=DEFAULT_SAMPLE_EVERY,
-                        help="print the loss and a sample every K steps; 0: only at the end "
-                             "(default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bars or samples along the way: only the results")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``charrnn`` command's argument parser."""
     parser = argparse.ArgumentParser(
@@ -523,34 +445,42 @@ def build_parser() -> argparse.ArgumentParser:
             "clipping) on a text; print the loss as it goes and samples of generated text."
         ),
     )
-    add_arguments(parser)
+    parser.add_argument("--text", type=Path, default=None,
+                        help="UTF-8 text file to train on (default: a short story shipped "
+                             "with gpubackprop)")
+    add_training_options(
+        parser,
+        lr=DEFAULT_LR,
+        lr_help="Adam's learning rate",
+        seed_help="seeds the weights and the samples",
+        quiet_help="no progress bars or samples along the way: only the results",
+    )
+    parser.add_argument("--steps", type=int_at_least(1), default=DEFAULT_STEPS,
+                        help="training steps, one window each (default: %(default)s)")
+    parser.add_argument("--hidden", type=int_at_least(1), default=DEFAULT_HIDDEN,
+                        help="hidden state width (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int_at_least(1), default=DEFAULT_SEQ_LEN,
+                        help="characters per truncated-BPTT window (default: %(default)s)")
+    parser.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH,
+                        help="parallel streams per step (default: %(default)s)")
+    parser.add_argument("--sample-every", type=int_at_least(0), default=DEFAULT_SAMPLE_EVERY,
+                        help="print the loss and a sample every K steps; 0: only at the end "
+                             "(default: %(default)s)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gpubackprop charrnn [options]``: parse, train, return the exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        text = None if args.text is None else args.text.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"gpubackprop charrnn: error: cannot read {args.text}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        run_charrnn(
-            text,
-            device=args.device,
-            steps=args.steps,
-            hidden=args.hidden,
-            seq_len=args.seq_len,
-            batch=args.batch,
-            lr=args.lr,
-            seed=args.seed,
-            sample_every=args.sample_every,
-            quiet=args.quiet,
-            name=None if args.text is None else str(args.text),
-        )
-    except GpuBackpropError as exc:
-        print(f"gpubackprop charrnn: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("charrnn", _run_args, args)
 
+
+def _run_args(args: argparse.Namespace) -> None:
+    """:func:`run_charrnn` on the parsed options (``--text``: the file to read)."""
+    options = vars(args)
+    path = options.pop("text")
+    try:
+        text = None if path is None else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    run_charrnn(text, name=None if path is None else str(path), **options)

@@ -1,9 +1,7 @@
-"""``python -m gpubackprop info``: versions, the CUDA stack, and the devices seen.
+"""``python -m gpubackprop info``: what a bug report needs in one screen.
 
-What a bug report needs in one screen: gpubackprop, Python, NumPy, SciPy and
-CuPy versions (or why CuPy does not import), the CUDA runtime and driver and
-the GPU names where CuPy works, the devices gpubackprop can use, and which one
-``device="auto"`` picks and why.
+Versions (and why CuPy does not import, if it does not), the CUDA runtime, driver
+and GPUs, the devices gpubackprop can use, and which one ``device="auto"`` picks and why.
 """
 
 from __future__ import annotations

@@ -7,11 +7,9 @@
     model.load_state("run.safetensors", optimizer=opt)   # into existing objects
 
 A checkpoint is a `safetensors <https://github.com/huggingface/safetensors>`_ file
-(an 8-byte little-endian header length, a JSON header, then the raw little-endian
-tensor bytes), so ``safetensors.safe_open(path, "np")`` or ``"pt"`` reads its
-tensors. Nothing is ever unpickled: the loader checks the header itself, then the
-safetensors library (which holds raw bytes only) checks the layout and reads the
-tensors.
+(an 8-byte little-endian header length, a JSON header, the raw little-endian tensor
+bytes): ``safetensors.safe_open(path, "np")`` or ``"pt"`` reads it. Nothing is ever
+unpickled: the loader checks the header, then the safetensors library the layout.
 
 Tensors (all of the model's dtype, ``F32`` or ``F64``):
 
@@ -52,7 +50,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 import numpy as np
 import safetensors.numpy
@@ -96,14 +94,7 @@ _OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)
 }
 _BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
-    cls.__name__: cls
-    for cls in (
-        np.random.PCG64,
-        np.random.PCG64DXSM,
-        np.random.MT19937,
-        np.random.Philox,
-        np.random.SFC64,
-    )
+    name: getattr(np.random, name) for name in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 }
 
 
@@ -121,13 +112,10 @@ class Checkpoint(NamedTuple):
 def save(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) -> None:
     """Write ``model`` (and ``optimizer``'s state) to ``path`` as a checkpoint, atomically.
 
-    The file is written to a temporary file in the same folder, flushed, fsynced
-    and renamed over ``path``: a save that fails part way leaves the previous file
-    (if any) as it was and no temporary file behind. The new file gets the
-    permissions of an ordinary new file (0o666 less the umask).
-
-    Raises CheckpointError for a layer type or optimizer that checkpoints cannot
-    hold, or an optimizer whose state belongs to a model of another size or dtype.
+    Through a fsynced temporary file in the same folder renamed over ``path``: a save
+    that fails part way leaves the previous file as it was and no temporary file.
+    Raises CheckpointError for a layer type or optimizer checkpoints cannot hold, or
+    an optimizer whose state belongs to a model of another size or dtype.
     """
     host: dict[str, np.ndarray] = {
         f"model.{name}": _to_host(model.backend, view)
@@ -136,7 +124,7 @@ def save(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) 
     metadata = {
         "format": _FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "gpubackprop_version": _package_version(),
+        "gpubackprop_version": __version__,
         "dtype": model.dtype.name,
         "architecture": _dumps(
             {
@@ -167,10 +155,6 @@ def _int_or_none(seed: object) -> int | None:
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         return int(seed)
     return None
-
-
-def _package_version() -> str:
-    return __version__
 
 
 def _dumps(value: object) -> str:
@@ -219,7 +203,8 @@ def _optimizer_record(
             f"the {name} optimizer holds state for {size} parameters but the model has "
             f"{model.num_parameters}; pass the optimizer that trains this model"
         )
-    arrays = {k: v for k, v in state["state"].items() if v is not None}
+    stored = cast(dict[str, Any], state["state"])  # state_dict() documents its value types
+    arrays = {k: v for k, v in stored.items() if v is not None}
     for key, value in arrays.items():
         if value.dtype != model.dtype:
             raise CheckpointError(
@@ -243,7 +228,8 @@ def _write_payload(file: IO[bytes], payload: bytes) -> None:
 
 
 def _write_atomic(path: str, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a fsynced temporary file and os.replace."""
+    """Write ``payload`` to ``path`` through a fsynced temporary file and os.replace; the
+    file gets the permissions of an ordinary new file (0o666 less the umask)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
@@ -291,15 +277,8 @@ class _File(NamedTuple):
 
 
 def _read(path: str) -> _File:
-    """Read and validate ``path``.
-
-    Our own cheap checks come first, on the header alone: magic bytes, the header
-    length against the limit and the file size, strict JSON, each tensor's record
-    (dtype, and shape and byte range bounded by the file's size) and the metadata.
-    Only then does the ``safetensors`` library open the file: it checks the layout
-    (tensors in order, no overlaps or gaps, the data covered exactly) and reads the
-    arrays; last comes the SHA-256.
-    """
+    """Read and validate ``path`` as :func:`load` lists: our cheap checks of the header
+    first, then the ``safetensors`` library's of the layout as it reads, then the SHA-256."""
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         head = file.read(8)
@@ -466,7 +445,7 @@ def _metadata(header: dict[str, Any]) -> dict[str, str]:
     if version != str(FORMAT_VERSION):
         raise CheckpointError(
             f"unsupported format version {_short(version)}; this gpubackprop "
-            f"({_package_version()}) reads version {FORMAT_VERSION}"
+            f"({__version__}) reads version {FORMAT_VERSION}"
         )
     missing = sorted(_REQUIRED_METADATA - set(metadata))
     unknown = sorted(set(metadata) - _REQUIRED_METADATA - _OPTIONAL_METADATA)
@@ -548,18 +527,13 @@ class _OptimizerSpec:
 
     def state_dict(self, file: _File, backend: Backend) -> dict[str, object]:
         """The :meth:`Optimizer.load_state_dict` snapshot, arrays on ``backend``."""
-        names = self.cls.state_names
+        stored = {name: backend.asarray(file.tensors[f"optimizer.{name}"]) for name in self.state}
         return {
             "type": self.cls.__name__,
             **self.hyperparameters,
             "step_count": self.step_count,
             "num_params": self.num_params,
-            "state": {
-                name: backend.asarray(file.tensors[f"optimizer.{name}"])
-                if name in self.state
-                else None
-                for name in names
-            },
+            "state": {name: stored.get(name) for name in self.cls.state_names},
         }
 
 
@@ -600,15 +574,6 @@ def _optimizer_spec(file: _File) -> _OptimizerSpec | None:
             f"the first step), got {_short(state)}"
         )
     return _OptimizerSpec(cls, hyper, steps, size, tuple(state))
-
-
-def _build_optimizer(spec: _OptimizerSpec) -> Optimizer:
-    """A new optimizer from the record's hyperparameters (CheckpointError if refused)."""
-    try:
-        optimizer = spec.cls(**spec.hyperparameters)
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"optimizer {spec.cls.__name__}: {exc}") from exc
-    return optimizer
 
 
 def _check_hyperparameter_names(spec: _OptimizerSpec, optimizer: Optimizer) -> None:
@@ -705,12 +670,15 @@ def _commit(
 
 
 @contextlib.contextmanager
-def _naming(path: str) -> Iterator[None]:
-    """Prefix every CheckpointError raised inside with the file's path."""
+def _reading(path: PathLike) -> Iterator[tuple[_File, np.dtype, dict[str, Any]]]:
+    """The validated file, its dtype and architecture; every CheckpointError raised
+    here or inside the block is prefixed with the file's path."""
+    name = os.fspath(path)
     try:
-        yield
+        file = _read(name)
+        yield file, _dtype(file), _architecture(file)
     except CheckpointError as exc:
-        exc.args = (f"{path}: {exc}",)
+        exc.args = (f"{name}: {exc}",)
         raise
 
 
@@ -718,30 +686,21 @@ def _naming(path: str) -> Iterator[None]:
 def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
     """Rebuild the model (and optimizer, if one was saved) from a checkpoint.
 
-    Returns a :class:`Checkpoint` ``(model, optimizer)``; ``optimizer`` is None when
-    the file holds none. The model is a new :class:`Sequential` on ``device`` (any
-    device: a checkpoint saved on a GPU loads on the CPU and the reverse) with the
-    saved architecture, precision, dtype, seed, parameters and random-generator
-    state; the optimizer is a new one of the saved type with its hyper-parameters,
-    step count and state on the same device.
+    Returns a :class:`Checkpoint` ``(model, optimizer)`` (None when the file holds no
+    optimizer): a new :class:`Sequential` on ``device`` (any device, whatever the
+    saving one) with the saved architecture, precision, dtype, seed, parameters and
+    generator state, and a new optimizer of the saved type and state.
 
-    Everything is validated before anything is allocated: the file's magic bytes
-    (pickles, .npy and zip files are named and refused), the header length against
-    the 100 MiB limit and the file size, the JSON header, every tensor's dtype
-    (F32/F64), shape and byte range (inside the file, consistent with shape ×
-    itemsize), the format version, the layout (not overlapping, covering the data
-    exactly: checked by the safetensors library as it reads the tensors), the
-    SHA-256 checksum, the architecture, optimizer and generator records, and that
-    the tensors are exactly those the architecture needs. Raises CheckpointError
-    naming the problem; DeviceError for an unavailable device; OSError when the file
-    cannot be read.
+    Everything is validated before anything is allocated: magic bytes (pickles, .npy
+    and zip files are named and refused), the header length (100 MiB limit, file
+    size), the JSON header, each tensor's dtype (F32/F64), shape and byte range, the
+    format version, the layout (by the safetensors library), the SHA-256, the
+    architecture, optimizer and generator records, and that the tensors are exactly
+    those the architecture needs. Raises CheckpointError naming the problem,
+    DeviceError for an unavailable device, OSError when the file cannot be read.
     """
     backend = get_backend(device)
-    name = os.fspath(path)
-    with _naming(name):
-        file = _read(name)
-        dtype = _dtype(file)
-        arch = _architecture(file)
+    with _reading(path) as (file, dtype, arch):
         layers = [_layer_from_spec(i, spec) for i, spec in enumerate(arch["layers"])]
         if not layers:
             raise CheckpointError("architecture has no layers")
@@ -753,7 +712,10 @@ def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
         spec = _optimizer_spec(file)
         optimizer = None
         if spec is not None:
-            optimizer = _build_optimizer(spec)
+            try:
+                optimizer = spec.cls(**spec.hyperparameters)
+            except (ConfigError, TypeError) as exc:
+                raise CheckpointError(f"optimizer {spec.cls.__name__}: {exc}") from exc
             _check_hyperparameter_names(spec, optimizer)
         _compare(file, dtype, expected, spec, [])
         rng = _rng(file)
@@ -770,25 +732,17 @@ def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
 def load_state(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) -> None:
     """Load a checkpoint into an existing ``model`` (and ``optimizer``), in place.
 
-    The model must have the saved architecture (layer types, widths, activations,
-    biases) and dtype; its parameters, on its own device, and its random generator
-    take the saved values (the model keeps its own precision). With ``optimizer``, the
-    checkpoint must hold state of the same optimizer type, which replaces the
-    optimizer's hyper-parameters, step count and state; without one, any saved
-    optimizer state is validated and ignored.
-
-    The file is validated as in :func:`load`, and against the model (the error lists
-    missing, unexpected and mismatched-shape tensors and mismatched layers), before
-    anything is copied: when it raises CheckpointError, neither the model nor the
-    optimizer has changed.
+    The model must have the saved architecture and dtype; its parameters (on its own
+    device) and random generator take the saved values; it keeps its precision. With
+    ``optimizer``, the checkpoint must hold state of that optimizer type, which replaces
+    its hyper-parameters, step count and state; without, saved state is validated and
+    ignored. The file is validated as in :func:`load` and against the model (missing,
+    unexpected and mismatched tensors and layers are listed) before anything is
+    copied: after a CheckpointError neither the model nor the optimizer has changed.
     """
     if optimizer is not None:
         check_optimizer(optimizer)
-    name = os.fspath(path)
-    with _naming(name):
-        file = _read(name)
-        dtype = _dtype(file)
-        arch = _architecture(file)
+    with _reading(path) as (file, dtype, arch):
         ours = [_layer_spec(layer) for layer in model.layers]
         theirs = arch["layers"]
         layer_problems = [

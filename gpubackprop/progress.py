@@ -43,9 +43,7 @@ class ProgressBar:
 
     def __init__(self, total: int, prefix: str = "", file: TextIO | None = None) -> None:
         self.total = max(int(total), 1)
-        self.prefix = prefix
         self.file = file if file is not None else sys.stdout
-        self.count = 0
         widget = _IN_NOTEBOOK and file is None
         self.interactive = widget or bool(getattr(self.file, "isatty", lambda: False)())
         bar = "{bar}" if widget else f"[{{bar:{self.width}}}]"
@@ -62,7 +60,6 @@ class ProgressBar:
 
         Compute ``status`` only when :meth:`due`: on the GPU reading a loss syncs.
         """
-        self.count = count
         self._bar.status = status or ""
         self._bar.update(count - self._bar.n)  # tqdm redraws when `interval` has passed
 
@@ -73,7 +70,6 @@ class ProgressBar:
 
     def close(self, status: str) -> None:
         """Finish the bar with a final status line."""
-        self.count = self.total
         self._bar.status = status
         self._bar.n = self.total
         if not self.interactive:

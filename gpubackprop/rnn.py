@@ -4,11 +4,9 @@
 
     h_t = f(x_t Wxhᵀ + h_{t−1} Whhᵀ + b_h)        t = 1 .. T,  h_0 given (or 0)
 
-with x_t of shape (B, input_size), h_t of shape (B, hidden), Wxh (hidden, input),
-Whh (hidden, hidden) and f = tanh or relu. Backward is backprop through time with
-the ``dhnext`` recurrence of the seed notes (the lecture notes the project grew
-from, see README.md), batch-major (the notes use column vectors,
-so their ``Whhᵀ dhraw`` is our ``dhraw Whh``), from t = T down to 1::
+with x_t (B, input), h_t (B, hidden), Wxh (hidden, input), Whh (hidden, hidden),
+f = tanh or relu. Backward is BPTT with the seed notes' ``dhnext`` recurrence
+(README.md), batch-major (their ``Whhᵀ dhraw`` is our ``dhraw Whh``), t = T .. 1::
 
     dh     = ∂L/∂h_t + dhnext                    (dhnext = ∂L/∂h_T, or 0, at t = T)
     dhraw  = dh ⊙ f′                             (tanh: 1 − h_t²;  relu: [h_t > 0])
@@ -18,25 +16,20 @@ and the parameter gradients are the sums of the per-step terms::
 
     dWxh = Σ_t dhraw_tᵀ x_t      dWhh = Σ_t dhraw_tᵀ h_{t−1}      db_h = Σ_t dhraw_tᵀ 1
 
-Only the dhnext recurrence is sequential. The per-step terms are summed by single
-GEMMs over all T·B rows after the loop (Σ_t Aᵀ_t B_t = [A_1; …; A_T]ᵀ [B_1; …; B_T]),
-and the input projections x_t Wxhᵀ of every step are one GEMM before it. Work
-buffers are stored time-major, (T, B, n), so each step's slice is a contiguous
-(B, n) matrix (what cuBLAS needs); they are allocated once per (B, T) and reused,
-so the time loops allocate nothing.
+Only the dhnext recurrence is sequential: the per-step terms are summed by one GEMM
+over all T·B rows after the loop (Σ_t Aᵀ_t B_t = [A_1; …; A_T]ᵀ [B_1; …; B_T]), and
+every step's x_t Wxhᵀ is one GEMM before it. Work buffers are time-major, (T, B, n),
+so each step's slice is a contiguous (B, n) matrix for cuBLAS; they are allocated
+once per (B, T), so the time loops allocate nothing.
 
-Truncated BPTT: to carry the hidden state across windows of a long sequence, pass
-the previous window's ``h_T`` as the next window's ``h0``. ``forward`` returns h_T
-as a new array holding values only, so it is *detached*: the next window's backward
-stops at its h0 and never reaches into the previous window.
-
+Truncated BPTT: pass the previous window's ``h_T`` as the next ``h0``. ``forward``
+returns h_T as a new array, so it is *detached*: backward stops at h0.
 :func:`clip_grad_norm` rescales gradients whose global L2 norm is too large.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -46,7 +39,7 @@ import numpy as np
 from .activations import get_activation
 from .arrays import Array
 from .backend import Backend, backend_of, get_backend, is_cupy_array
-from .checks import check_int
+from .checks import check_int, check_real
 from .errors import ConfigError, DTypeError, ShapeError
 from .params import (
     FlatParameters,
@@ -63,9 +56,34 @@ from .params import (
 NONLINEARITIES = ("tanh", "relu")
 
 
+def checked_array(backend: Backend, x: Any, what: str, kinds: str, expected: str) -> Array:
+    """``x`` (a list or tuple too, on the CPU) as an array of ``backend``'s device whose
+    dtype kind is in ``kinds``: DeviceError, or DTypeError "<what> must be <expected>"."""
+    if not backend.is_gpu and isinstance(x, (list, tuple)):
+        x = np.asarray(x)
+    backend.check_array(x, what)
+    if x.dtype.kind not in kinds:
+        raise DTypeError(f"{what} must be {expected}, got {x.dtype}")
+    return x
 
 
-class RNN(FlatParameters):
+class NamedParameters(FlatParameters):
+    """An owner of flat buffers whose ``params`` / ``grads`` name live views into them."""
+
+    flat_grads: Array
+    params: dict[str, Array]
+    grads: dict[str, Array]
+
+    def parameters(self) -> OrderedDict[str, Array]:
+        """Parameter name -> live view of ``flat_params``, in buffer order."""
+        return OrderedDict(self.params)
+
+    def gradients(self) -> OrderedDict[str, Array]:
+        """The same names -> live views of ``flat_grads``."""
+        return OrderedDict(self.grads)
+
+
+class RNN(NamedParameters):
     """A vanilla RNN over a batch of sequences: h_t = f(x_t Wxhᵀ + h_{t−1} Whhᵀ + b_h).
 
     Args:
@@ -77,16 +95,13 @@ class RNN(FlatParameters):
         seed: seeds the initialisation (an int, a NumPy Generator to draw from, or
             None); the same seed gives the same weights on every device.
 
-    Parameters live in one flat buffer ``flat_params`` (gradients in ``flat_grads``),
-    so ``optimizer.step(rnn.flat_params, rnn.flat_grads)`` updates everything;
-    :meth:`parameters` / :meth:`gradients` are named live views ``"Wxh"`` (hidden,
-    input), ``"Whh"`` (hidden, hidden) and ``"bh"`` (hidden,).
+    ``optimizer.step(rnn.flat_params, rnn.flat_grads)`` updates every parameter;
+    :meth:`parameters` / :meth:`gradients` name the views ``"Wxh"``, ``"Whh"``, ``"bh"``.
 
     Initialisation: Wxh Xavier uniform, limit √(6/(input+hidden)), for tanh and He
-    normal, std √(2/input), for relu; Whh a random orthogonal matrix (the Q of a
-    Gaussian matrix's QR, column signs fixed so it is uniformly distributed), whose
-    singular values of 1 keep ‖h_{t−1} Whhᵀ‖ = ‖h_{t−1}‖ so signals and gradients
-    neither explode nor vanish through the linear part of the recurrence; b_h = 0.
+    normal, std √(2/input), for relu; Whh a uniformly random orthogonal matrix (QR of
+    a Gaussian, column signs fixed): singular values of 1 keep ‖h_{t−1} Whhᵀ‖ =
+    ‖h_{t−1}‖, so signals neither explode nor vanish through it; b_h = 0.
     """
 
     def __init__(
@@ -136,14 +151,6 @@ class RNN(FlatParameters):
         h = self.hidden_size
         return [("Wxh", (h, self.input_size)), ("Whh", (h, h)), ("bh", (h,))]
 
-    def parameters(self) -> OrderedDict[str, Array]:
-        """``"Wxh"``, ``"Whh"``, ``"bh"`` -> live views of the flat parameter buffer."""
-        return OrderedDict(self.params)
-
-    def gradients(self) -> OrderedDict[str, Array]:
-        """The same names -> live views of the flat gradient buffer."""
-        return OrderedDict(self.grads)
-
     # --- parameters ------------------------------------------------------------------
     def _init_params(self, rng: np.random.Generator, host: dict[str, np.ndarray]) -> None:
         h = self.hidden_size
@@ -175,25 +182,16 @@ class RNN(FlatParameters):
         caller's own buffers, name -> (shape, dtype); they are part of the cache key.
         """
         h, d = self.hidden_size, self.dtype
-        shapes = {
-            "U": ((steps, batch, h), d),
-            "H": ((steps + 1, batch, h), d),
-            "dH": ((steps, batch, h), d),
-            "dhraw": ((steps, batch, h), d),
-            "dh": ((batch, h), d),
-            "dhnext": ((batch, h), d),
-            **extra,
-        }
-        return self._workspaces.get((batch, steps, *sorted(extra)), shapes)
+        shapes: dict[str, tuple[tuple[int, ...], Any]] = {"H": ((steps + 1, batch, h), d)}
+        shapes |= {name: ((steps, batch, h), d) for name in ("U", "dH", "dhraw")}
+        shapes |= {name: ((batch, h), d) for name in ("dh", "dhnext")}
+        return self._workspaces.get((batch, steps, *sorted(extra)), {**shapes, **extra})
 
     def run_forward(self, ws: dict[str, Array], h0: Array | None) -> None:
         """H[t+1] = f(H[t] Whhᵀ + U[t]) for t = 0 .. T−1, with H[0] = h0 (or 0)."""
         xp, ops, act = self.backend.xp, self.backend.ops, self.activation
         hs, us, whh = ws["H"], ws["U"], self.params["Whh"]
-        if h0 is None:
-            hs[0].fill(0)
-        else:
-            hs[0][...] = h0
+        hs[0][...] = 0 if h0 is None else h0
         for t in range(us.shape[0]):
             z = hs[t + 1]
             ops.matmul(hs[t], whh, out=z, trans_b=True)
@@ -210,10 +208,7 @@ class RNN(FlatParameters):
         xp, ops, act = self.backend.xp, self.backend.ops, self.activation
         hs, d_hs, dhraw = ws["H"], ws["dH"], ws["dhraw"]
         dh, dhnext, whh = ws["dh"], ws["dhnext"], self.params["Whh"]
-        if dh_last is None:
-            dhnext.fill(0)
-        else:
-            dhnext[...] = dh_last
+        dhnext[...] = 0 if dh_last is None else dh_last
         steps, batch, hidden = dhraw.shape
         for t in range(steps - 1, -1, -1):
             xp.add(d_hs[t], dhnext, out=dh)
@@ -227,13 +222,7 @@ class RNN(FlatParameters):
 
     # --- input checks ------------------------------------------------------------------
     def _float_array(self, x: Any, what: str) -> Array:
-        """``x`` as an array of this device in the model's dtype (DeviceError/DTypeError)."""
-        if not self.backend.is_gpu and isinstance(x, (list, tuple)):
-            x = np.asarray(x)
-        self.backend.check_array(x, f"{self.describe()}: {what}")
-        if x.dtype.kind not in "biuf":
-            raise DTypeError(f"{self.describe()}: {what} must be real numbers, got {x.dtype}")
-        return x
+        return checked_array(self.backend, x, f"{self.describe()}: {what}", "biuf", "real numbers")
 
     def check_state(self, h: Any, batch: int, what: str) -> Array:
         """A (batch, hidden) state such as h0 or dh_T, validated."""
@@ -249,9 +238,8 @@ class RNN(FlatParameters):
     def forward(self, x: Any, h0: Any = None) -> tuple[Array, Array]:
         """Run the sequences ``x`` (B, T, input_size) from ``h0`` (B, hidden) or zeros.
 
-        Returns ``(H, h_T)``: every hidden state H (B, T, hidden), H[:, t] = h_{t+1},
-        and the last one h_T (B, hidden), both new arrays. Pass h_T as the next
-        window's ``h0`` to carry the state (detached: see the module docstring).
+        Returns new arrays ``(H, h_T)``: every hidden state H (B, T, hidden), H[:, t] =
+        h_{t+1}, and h_T (B, hidden), the next window's ``h0`` (detached: module docstring).
         """
         x = self._float_array(x, "x")
         if x.ndim != 3 or x.shape[2] != self.input_size:
@@ -285,13 +273,10 @@ class RNN(FlatParameters):
     def backward(self, grad_h: Any, grad_h_last: Any = None) -> Array:
         """Backprop through time for the last :meth:`forward`.
 
-        Args:
-            grad_h: ∂L/∂H, shape (B, T, hidden) like forward's H.
-            grad_h_last: an extra ∂L/∂h_T (B, hidden), e.g. from a loss on the final
-                state, or None.
-
-        Writes dWxh, dWhh and db_h into the gradient buffer (overwriting), sets
-        :attr:`grad_h0` = ∂L/∂h0, and returns ∂L/∂x (B, T, input_size) as a new array.
+        ``grad_h`` is ∂L/∂H (B, T, hidden), like forward's H; ``grad_h_last`` an extra
+        ∂L/∂h_T (B, hidden), e.g. from a loss on the final state, or None. Writes dWxh,
+        dWhh and db_h (overwriting), sets :attr:`grad_h0` = ∂L/∂h0 and returns ∂L/∂x
+        (B, T, input_size) as a new array.
         """
         if self._last is None:
             raise ShapeError(f"{self.describe()}: backward called before forward")
@@ -321,28 +306,17 @@ class RNN(FlatParameters):
 def clip_grad_norm(grads: Any, max_norm: float) -> float:
     """Scale gradients in place so that their global L2 norm is at most ``max_norm``.
 
-    ``grads`` is one array (e.g. a model's ``flat_grads``) or a list / dict of
-    arrays, all NumPy or all CuPy. With the global norm
-
-        ‖g‖ = √(Σ_arrays Σ_i g_i²)
-
-    (``ops.global_norm``, the optimizers' ``max_grad_norm`` measures the same)
-    every array is multiplied by max_norm / (‖g‖ + 1e-6) when ‖g‖ > max_norm
-    (PyTorch's ``clip_grad_norm_``) and left alone otherwise. A non-finite norm
-    (inf or NaN gradients) is returned as it is and nothing is scaled.
-
-    Returns the norm *before* clipping, as a float.
+    ``grads`` is one array (e.g. ``flat_grads``) or a list / dict of arrays, all NumPy
+    or all CuPy. With ‖g‖ = √(Σ_arrays Σ_i g_i²) (``ops.global_norm``, as the
+    optimizers' ``max_grad_norm``), every array is multiplied by max_norm / (‖g‖ + 1e-6)
+    when ‖g‖ > max_norm (PyTorch's ``clip_grad_norm_``). A non-finite norm scales
+    nothing. Returns the norm *before* clipping, as a float.
     """
-    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
-        raise ConfigError(f"clip_grad_norm: max_norm must be a real number, got {max_norm!r}")
-    if not (max_norm > 0 and math.isfinite(max_norm)):
-        raise ConfigError(f"clip_grad_norm: max_norm must be positive and finite, got {max_norm}")
+    if check_real("clip_grad_norm: max_norm", max_norm) <= 0:
+        raise ConfigError(f"clip_grad_norm: max_norm must be positive, got {max_norm}")
     if isinstance(grads, Mapping):
-        arrays = list(grads.values())
-    elif isinstance(grads, (list, tuple)):
-        arrays = list(grads)
-    else:
-        arrays = [grads]
+        grads = list(grads.values())
+    arrays = list(grads) if isinstance(grads, (list, tuple)) else [grads]
     for i, g in enumerate(arrays):
         if not (isinstance(g, np.ndarray) or is_cupy_array(g)) or g.dtype.kind != "f":
             raise DTypeError(
@@ -357,4 +331,4 @@ def clip_grad_norm(grads: Any, max_norm: float) -> float:
     return norm
 
 
-__all__ = ["NONLINEARITIES", "RNN", "clip_grad_norm"]
+__all__ = ["NONLINEARITIES", "RNN", "NamedParameters", "checked_array", "clip_grad_norm"]
