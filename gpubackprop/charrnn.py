@@ -64,7 +64,7 @@ TARGET_FRACTION = 0.6
 
 def default_text() -> str:
     """The training text shipped with the package (an original, public-domain story)."""
-    return resources.files("gpubackprop").joinpath("data", DEFAULT_TEXT).read_text("utf-8")
+    return (resources.files("gpubackprop") / "data" / DEFAULT_TEXT).read_text("utf-8")
 
 
 class CharRNN(NamedParameters):
