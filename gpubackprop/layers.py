@@ -16,7 +16,7 @@ shape (out, in), Δ already carrying the loss's 1/B)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -124,8 +124,11 @@ class Layer:
         self.workspaces = Workspaces(backend, lambda: self.label)
 
     # --- work buffers ------------------------------------------------------------
-    def _workspace(self, batch: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Array]:
-        """Buffers for this batch size, allocated on first use and then reused."""
+    def _workspace(
+        self, batch: int, shapes: Callable[[], Mapping[str, tuple[int, ...]]]
+    ) -> dict[str, Array]:
+        """Buffers for this batch size, allocated on first use (``shapes()`` names
+        them) and then reused."""
         assert self.workspaces is not None
         return self.workspaces.get(batch, shapes, self.dtype)
 
@@ -280,27 +283,28 @@ class Dense(Layer):
             host["bias"][...] = 0.0
 
     def _buffers(self, batch: int) -> dict[str, Array]:
-        shapes: dict[str, tuple[int, ...]] = {
-            "out": (batch, self.out_features), "dx": (batch, self.in_features)
-        }
-        if not self.activation.is_identity:
-            shapes["dz"] = (batch, self.out_features)
-            if self.activation.needs_input:
-                shapes["z"] = (batch, self.out_features)
+        def shapes() -> dict[str, tuple[int, ...]]:
+            out = (batch, self.out_features)
+            named = {"out": out, "dx": (batch, self.in_features)}
+            if not self.activation.is_identity:
+                named["dz"] = out
+                if self.activation.needs_input:
+                    named["z"] = out
+            return named
+
         return self._workspace(batch, shapes)
 
     def forward(self, x: Array) -> Array:
         assert self.backend is not None
+        batch = x.shape[0]
+        ws = self._buffers(batch)
+        act, out = self.activation, ws["out"]
+        z = ws["z"] if act.needs_input else out
         ops = self.backend.ops
-        ws = self._buffers(x.shape[0])
-        act = self.activation
-        z = ws["z"] if act.needs_input else ws["out"]
         ops.matmul(x, self.params["weight"], out=z, trans_b=True)
-        ops.bias_activation_forward(act, z, self.params.get("bias"), ws["out"])
-        self._input = x
-        self._saved = z
-        self._batch = x.shape[0]
-        return ws["out"]
+        ops.bias_activation_forward(act, z, self.params.get("bias"), out)
+        self._input, self._saved, self._batch = x, z, batch
+        return out
 
     def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
         if self._input is None:
@@ -338,7 +342,7 @@ class Activation(Layer):
 
     def forward(self, x: Array) -> Array:
         assert self.backend is not None
-        ws = self._workspace(x.shape[0], {"out": x.shape, "dx": x.shape})
+        ws = self._workspace(x.shape[0], lambda: {"out": x.shape, "dx": x.shape})
         self.backend.ops.activation_forward(self.activation, x, ws["out"])
         self._saved = x if self.activation.needs_input else ws["out"]
         self._shape = tuple(x.shape)
@@ -351,7 +355,7 @@ class Activation(Layer):
         if not need_input_grad:
             return None
         assert self.backend is not None
-        ws = self._workspace(self._shape[0], {"out": self._shape, "dx": self._shape})
+        ws = self._workspace(self._shape[0], lambda: {"out": self._shape, "dx": self._shape})
         return self.backend.ops.activation_backward(
             self.activation, delta, self._saved, ws["dx"]
         )

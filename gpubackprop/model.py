@@ -30,14 +30,13 @@ import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .anomaly import checker_for
+from .anomaly import AnomalyChecker, checker_for
 from .arrays import Array
-from .backend import Backend, get_backend
+from .backend import NO_CONTEXT, Backend, get_backend
 from .errors import CaptureError, ConfigError, DTypeError, ShapeError
 from .layers import Layer, LayerParameters
 from .losses import Loss, get_loss
@@ -65,21 +64,25 @@ def check_optimizer(optimizer: Any) -> None:
         )
 
 
+def _scope(check: AnomalyChecker | None) -> contextlib.AbstractContextManager[Any]:
+    """The anomaly checker's scope while detection is on, else a context that does nothing."""
+    return NO_CONTEXT if check is None else check.scope()
+
+
 def _of_layer(layer: Layer, named: dict[str, Any]) -> dict[str, Any]:
     """The entries ``"i.name"`` of layer i, as ``name`` -> value."""
     prefix = f"{layer.index}."
     return {k.removeprefix(prefix): v for k, v in named.items() if k.startswith(prefix)}
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(NamedTuple):
     """A batch ready for the engine (what :meth:`Sequential.prepare_batch` returns):
     ``x`` (B, in) and the target ``y`` on the model's device in its dtype, validated,
     with the :class:`~gpubackprop.losses.Loss` they were prepared for.
 
     ``values_checked`` is False when the checks that read ``y``'s values (labels in
     range, targets in [0, 1]) were left for :meth:`Sequential.read_loss` (on a GPU,
-    where they would sync the host)."""
+    where they would sync the host). A named tuple: immutable and cheap to build."""
 
     x: Array
     y: Array
@@ -269,12 +272,11 @@ class Sequential(FlatParameters):
                 f"{first.label}: {what} must be a real numeric array, got dtype {dtype}"
             )
         want = self.input_features
-        width = "n" if want is None else str(want)
         shape = tuple(shape)
         if len(shape) != 2 or (want is not None and shape[1] != want):
             hint = " (a single sample? use x[None, :])" if len(shape) == 1 else ""
             raise ShapeError(
-                f"{first.label}: expected {what} of shape (batch, {width}), "
+                f"{first.label}: expected {what} of shape (batch, {want or 'n'}), "
                 f"got shape {shape}{hint}"
             )
         if shape[0] == 0:
@@ -318,7 +320,8 @@ class Sequential(FlatParameters):
                 f"{loss.name}: inputs have batch size {x.shape[0]} but targets have "
                 f"{y.shape[0]}"
             )
-        expected = (x.shape[0], self.output_width(x.shape[1]))
+        width = self.output_features
+        expected = (x.shape[0], self.output_width(x.shape[1]) if width is None else width)
         with self.backend.activate():
             y = loss.prepare_target(
                 self.backend, expected, self.dtype, y, defer_device_checks=True
@@ -341,20 +344,15 @@ class Sequential(FlatParameters):
         each layer's output are checked for NaN/Inf (see :mod:`gpubackprop.anomaly`).
         """
         check = checker_for(self)
-        if check is not None:
-            with self.backend.activate(), check.scope():
+        with self.backend.activate(), _scope(check):
+            if check is not None:
                 check.record("input", self.layers[0], "input x", x)
-                for layer in self.layers:
-                    x = layer.forward(x)
+            for layer in self.layers:
+                x = layer.forward(x)
+                if check is not None:
                     check.record("forward", layer, "output", x)
-                    if outputs is not None:
-                        outputs.append(x)
-        else:
-            with self.backend.activate():
-                for layer in self.layers:
-                    x = layer.forward(x)
-                    if outputs is not None:
-                        outputs.append(x)
+                if outputs is not None:
+                    outputs.append(x)
         self._output = x
         return x
 
@@ -377,14 +375,10 @@ class Sequential(FlatParameters):
         ∂L/∂x (the first layer's own buffer, no copy) when ``need_input_grad``, else None.
         """
         check = checker_for(self)
-        with self.backend.activate(), contextlib.ExitStack() as scope:
-            if check is not None:
-                scope.enter_context(check.scope())
-            last = len(self.layers) - 1
-            for i in range(last, -1, -1):
-                need = need_input_grad or i > 0
+        with self.backend.activate(), _scope(check):
+            for i in range(len(self.layers) - 1, -1, -1):
                 layer = self.layers[i]
-                delta = layer.backward(delta, need)
+                delta = layer.backward(delta, need_input_grad or i > 0)
                 if check is not None:
                     for name, grad in layer.grads.items():
                         check.record("backward", layer, f"gradient d{name}", grad)
@@ -435,16 +429,14 @@ class Sequential(FlatParameters):
         """
         loss = batch.loss
         check = checker_for(self)
-        with contextlib.ExitStack() as scope:
-            if check is not None:  # one read of the GPU flags for the whole step
-                scope.enter_context(check.scope())
+        # the outer scope: one read of the GPU flags for the whole step
+        with self.backend.activate(), _scope(check):
             out = self.forward_batch(batch.x)
-            grad = self.loss_grad_buffer(tuple(out.shape))
-            with self.backend.activate():
-                value = loss.write_value_and_grad(self.backend, out, batch.y, grad)
-                if check is not None:
-                    check.record("loss", None, f"{loss.name} value", value)
-                    check.record("loss", None, f"{loss.name} gradient ∂L/∂output", grad)
+            grad = self.loss_grad_buffer(out.shape)
+            value = loss.write_value_and_grad(self.backend, out, batch.y, grad)
+            if check is not None:
+                check.record("loss", None, f"{loss.name} value", value)
+                check.record("loss", None, f"{loss.name} gradient ∂L/∂output", grad)
             self.backward_batch(grad)
         return value
 
@@ -454,8 +446,7 @@ class Sequential(FlatParameters):
         as a 0-d device array: no host sync on a GPU (:meth:`read_loss` reads it and
         runs the target checks a GPU batch left for then)."""
         value = self.loss_and_grad_batch(batch)
-        with self.backend.activate():
-            optimizer.step(self.flat_params, self.flat_grads)
+        optimizer.step(self.flat_params, self.flat_grads)
         return value
 
     def read_loss(self, batch: Batch, value: Array) -> float:

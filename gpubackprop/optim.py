@@ -133,6 +133,9 @@ class Optimizer(ABC):
         self._work: dict[str, Array] = {}
         self._ops: NumpyOps | None = None
         self._work_lr: float | None = None
+        #: the (params, grads, backend) the state was last checked against: the same
+        #: pair again skips the checks (what a training loop passes at every step)
+        self._checked: tuple[Array, Array, Backend] | None = None
 
     # --- hyper-parameters ------------------------------------------------------------
     def _set_guards(self, max_grad_norm: object, skip_nonfinite: object) -> None:
@@ -213,9 +216,14 @@ class Optimizer(ABC):
         DTypeError or DeviceError when the two buffers do not match each other or
         the optimizer's state.
         """
-        backend = self._check_buffers(params, grads)
+        checked = self._checked
+        if checked is None or checked[0] is not params or checked[1] is not grads:
+            backend = self._check_buffers(params, grads)
+            with backend.activate():
+                self._prepare(backend.ops, params)
+            checked = self._checked = (params, grads, backend)
+        backend = checked[2]
         with backend.activate():
-            self._prepare(backend.ops, params)
             report = self._guard(backend.ops, grads)
             if report.stepped:
                 self.step_count += 1
@@ -365,6 +373,7 @@ class Optimizer(ABC):
         self._work = {}
         self._ops = None
         self._work_lr = None
+        self._checked = None
 
     # --- serialisation ----------------------------------------------------------------
     def state_dict(self) -> dict[str, object]:
@@ -538,9 +547,9 @@ class SGD(Optimizer):
     def apply_update(self, params: Array, grads: Array) -> None:
         """One SGD update: ``ops.sgd_step`` (see the class doc)."""
         self._update_ops().sgd_step(
-            params, grads, self._state["momentum_buffer"], self._work, lr=self.lr,
-            first=self.step_count == self._first_step, momentum=self.momentum,
-            dampening=self.dampening, weight_decay=self.weight_decay, nesterov=self.nesterov,
+            params, grads, self._state["momentum_buffer"], self._work, lr=self._lr,
+            first=self.step_count == self._first_step, momentum=self._momentum,
+            dampening=self._dampening, weight_decay=self._weight_decay, nesterov=self._nesterov,
         )
 
 

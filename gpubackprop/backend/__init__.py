@@ -25,6 +25,8 @@ from .numpy_ops import NumpyOps
 
 _DEVICE_RE = re.compile(r"^cuda(?::(\d+))?$")
 
+#: the context of a CPU backend's :meth:`Backend.activate`: shared, it does nothing
+NO_CONTEXT = contextlib.nullcontext()
 #: float32 GEMM precisions a backend offers (see :meth:`Backend.with_precision`)
 PRECISIONS = ("fp32", "tf32")
 
@@ -48,10 +50,11 @@ class Backend:
     ops: NumpyOps
     reason: str = field(default="", compare=False)
     precision: str = "fp32"
+    #: True on a GPU (a field, not a property: the engine reads it at every step)
+    is_gpu: bool = field(init=False, compare=False, repr=False)
 
-    @property
-    def is_gpu(self) -> bool:
-        return self.device != "cpu"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_gpu", self.device != "cpu")
 
     @property
     def device_id(self) -> int | None:
@@ -60,7 +63,7 @@ class Backend:
     def activate(self) -> contextlib.AbstractContextManager[Any]:
         """Context in which new arrays are made on this device (no-op on CPU)."""
         if not self.is_gpu:
-            return contextlib.nullcontext()
+            return NO_CONTEXT
         return self.xp.cuda.Device(self.device_id)
 
     def is_native(self, x: Any) -> bool:
@@ -210,6 +213,7 @@ def available_devices() -> list[str]:
 
 
 __all__ = [
+    "NO_CONTEXT",
     "PRECISIONS",
     "Backend",
     "array_device",
