@@ -28,7 +28,7 @@ How it stays correct:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .arrays import Array
 from .errors import CaptureError, ConfigError
@@ -36,6 +36,7 @@ from .losses import Loss, get_loss
 from .model import Batch, check_optimizer
 
 if TYPE_CHECKING:
+    from .backend.cupy_ops import CupyOps
     from .model import Sequential
     from .optim import Optimizer
 
@@ -154,7 +155,8 @@ class CompiledStep:
 
         stream = cp.cuda.Stream(non_blocking=True)
         with stream:
-            model.backend.ops.blas.bind()  # handle + workspace on this stream, before capture
+            # cuBLAS handle + workspace on this stream, before capture
+            cast("CupyOps", model.backend.ops).blas.bind()
             stream.begin_capture()
             try:
                 value = model.loss_and_grad_batch(batch)

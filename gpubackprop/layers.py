@@ -285,7 +285,7 @@ class Dense(Layer):
     def _buffers(self, batch: int) -> dict[str, Array]:
         def shapes() -> dict[str, tuple[int, ...]]:
             out = (batch, self.out_features)
-            named = {"out": out, "dx": (batch, self.in_features)}
+            named: dict[str, tuple[int, ...]] = {"out": out, "dx": (batch, self.in_features)}
             if not self.activation.is_identity:
                 named["dz"] = out
                 if self.activation.needs_input:

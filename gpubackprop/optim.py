@@ -83,6 +83,11 @@ class StepReport:
     skipped_reason: str | None = None
 
 
+def _read_only(name: str, doc: str) -> Any:
+    """A read-only property for the hyper-parameter ``name``, stored as ``_<name>``."""
+    return property(lambda self: getattr(self, f"_{name}"), doc=doc)
+
+
 #: the report of a plain step (no norm asked for): one shared object, nothing allocated
 _PLAIN_STEP = StepReport(stepped=True)
 
@@ -98,7 +103,8 @@ class Optimizer(ABC):
     hyper-parameters are read-only.
 
     Subclasses list their state arrays in ``state_names``, name their family of
-    update ops in ``_kind`` and define :meth:`hyperparameters`,
+    update ops in ``_kind``, their hyper-parameters besides ``lr`` in ``_hyper_names``
+    (read-only properties made by :func:`_read_only`) and define
     :meth:`_set_hyperparameters`, :meth:`_scratch_count`, :meth:`_steps_taken` and
     :meth:`apply_update`.
 
@@ -118,6 +124,8 @@ class Optimizer(ABC):
     state_names: ClassVar[tuple[str, ...]] = ()
     #: the family of update ops (``"sgd"`` or ``"adam"``), for ``ops.optimizer_workspace``
     _kind: ClassVar[str] = ""
+    #: the hyper-parameters besides ``lr``, in constructor order
+    _hyper_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, *, max_grad_norm: float | None = None, skip_nonfinite: bool = False
@@ -166,9 +174,11 @@ class Optimizer(ABC):
     def lr(self, value: float) -> None:
         self._lr = check_nonneg(f"{type(self).__name__}: lr", value)
 
-    @abstractmethod
     def hyperparameters(self) -> dict[str, object]:
-        """The hyper-parameters, as the constructor takes them."""
+        """The hyper-parameters, as the constructor takes them: ``lr``, the optimizer's
+        own and the guards."""
+        own = {name: getattr(self, name) for name in self._hyper_names}
+        return {"lr": self.lr, **own, **self._guards()}
 
     @abstractmethod
     def _set_hyperparameters(self, **values: Any) -> None:
@@ -448,6 +458,15 @@ class SGD(Optimizer):
 
     state_names = ("momentum_buffer",)
     _kind = "sgd"
+    _hyper_names = ("momentum", "dampening", "nesterov", "weight_decay")
+    momentum: float = _read_only("momentum", "Momentum factor μ (>= 0; 0 disables the buffer).")
+    dampening: float = _read_only(
+        "dampening", "Dampening τ in [0, 1] of the gradient term in the momentum update."
+    )
+    nesterov: bool = _read_only("nesterov", "Whether the step uses g + μ·b (Nesterov), not b.")
+    weight_decay: float = _read_only(
+        "weight_decay", "L2 penalty λ (>= 0), added to the gradient as λ·p."
+    )
 
     def __init__(
         self,
@@ -470,37 +489,6 @@ class SGD(Optimizer):
             nesterov=nesterov,
             weight_decay=weight_decay,
         )
-
-    @property
-    def momentum(self) -> float:
-        """Momentum factor μ (>= 0; 0 disables the buffer)."""
-        return self._momentum
-
-    @property
-    def dampening(self) -> float:
-        """Dampening τ in [0, 1] of the gradient term in the momentum update."""
-        return self._dampening
-
-    @property
-    def nesterov(self) -> bool:
-        """Whether the step uses g + μ·b (Nesterov) instead of b."""
-        return self._nesterov
-
-    @property
-    def weight_decay(self) -> float:
-        """L2 penalty λ (>= 0), added to the gradient as λ·p."""
-        return self._weight_decay
-
-    def hyperparameters(self) -> dict[str, object]:
-        """``lr``, ``momentum``, ``dampening``, ``nesterov``, ``weight_decay`` and the guards."""
-        return {
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "dampening": self.dampening,
-            "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay,
-            **self._guards(),
-        }
 
     def _set_hyperparameters(self, **values: Any) -> None:
         lr = check_nonneg("SGD: lr", values["lr"])
@@ -566,6 +554,12 @@ class Adam(Optimizer):
 
     state_names = ("exp_avg", "exp_avg_sq")
     _kind = "adam"
+    _hyper_names = ("betas", "eps", "weight_decay")
+    betas: tuple[float, float] = _read_only(
+        "betas", "Decay rates (β₁, β₂), each in [0, 1), of the first and second moments."
+    )
+    eps: float = _read_only("eps", "ε (>= 0) added to the denominator.")
+    weight_decay: float = _read_only("weight_decay", "Weight decay λ (>= 0).")
     #: decoupled decay (AdamW): p ← p·(1 − η·λ) before the step, instead of g += λ·p
     _decoupled: ClassVar[bool] = False
 
@@ -581,31 +575,6 @@ class Adam(Optimizer):
     ) -> None:
         super().__init__(max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
         self._set_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-
-    @property
-    def betas(self) -> tuple[float, float]:
-        """Decay rates (β₁, β₂), each in [0, 1), of the first and second moments."""
-        return self._betas
-
-    @property
-    def eps(self) -> float:
-        """ε (>= 0) added to the denominator."""
-        return self._eps
-
-    @property
-    def weight_decay(self) -> float:
-        """Weight decay λ (>= 0)."""
-        return self._weight_decay
-
-    def hyperparameters(self) -> dict[str, object]:
-        """``lr``, ``betas``, ``eps``, ``weight_decay`` and the guards."""
-        return {
-            "lr": self.lr,
-            "betas": self.betas,
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-            **self._guards(),
-        }
 
     def _set_hyperparameters(self, **values: Any) -> None:
         who = type(self).__name__
@@ -632,8 +601,8 @@ class Adam(Optimizer):
         """One Adam/AdamW update: ``ops.adam_step`` at t = ``step_count`` (see the class doc)."""
         self._update_ops().adam_step(
             params, grads, self._state["exp_avg"], self._state["exp_avg_sq"], self._work,
-            lr=self.lr, step=self.step_count, betas=self.betas, eps=self.eps,
-            weight_decay=self.weight_decay, decoupled=self._decoupled,
+            lr=self._lr, step=self.step_count, betas=self._betas, eps=self._eps,
+            weight_decay=self._weight_decay, decoupled=self._decoupled,
         )
 
 

@@ -140,19 +140,26 @@ def _cpu_backend(reason: str) -> Backend:
     return Backend("cpu", np, NumpyOps(), reason)
 
 
+def _cupy() -> ModuleType:
+    cp = arrays.cupy_module()
+    assert cp is not None  # a CUDA backend is made only once has_gpu() said yes
+    return cp
+
+
 @functools.cache
 def _cupy_ops(device_id: int, precision: str = "fp32") -> NumpyOps:
     """One ops object (cuBLAS handle, scratch buffers) per GPU and GEMM precision,
     shared by its backends."""
     from .cupy_ops import CupyOps  # only with a GPU
 
-    return CupyOps(arrays.cupy_module(), device_id, precision)
+    return CupyOps(_cupy(), device_id, precision)
 
 
 @functools.cache
 def _cuda_backend(device_id: int, reason: str, precision: str = "fp32") -> Backend:
-    cp = arrays.cupy_module()
-    return Backend(f"cuda:{device_id}", cp, _cupy_ops(device_id, precision), reason, precision)
+    return Backend(
+        f"cuda:{device_id}", _cupy(), _cupy_ops(device_id, precision), reason, precision
+    )
 
 
 def _why_no_gpu() -> str:

@@ -175,48 +175,26 @@ class CupyOps(NumpyOps):
         work["lr"].fill(lr)
 
     def sgd_step(
-        self,
-        params: Array,
-        grads: Array,
-        momentum_buffer: Array | None,
-        work: dict[str, Array],
-        *,
-        lr: float,
-        first: bool,
-        momentum: float,
-        dampening: float,
-        weight_decay: float,
-        nesterov: bool,
+        self, params: Array, grads: Array, momentum_buffer: Array | None,
+        work: dict[str, Array], *, lr: float, first: bool, **hyper: Any,
     ) -> Array:
-        """As the reference, but η and ``first`` come from ``work`` on the device (the
-        host values are not read), so the launch can be recorded in a CUDA graph."""
+        """As the reference (``hyper``: its momentum, dampening, weight_decay and
+        nesterov), but η and ``first`` come from ``work`` on the device (the host
+        values are not read), so the launch can be recorded in a CUDA graph."""
         return kernels.sgd_step(
-            params, grads, momentum_buffer, work["lr"], work["step_state"],
-            momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            nesterov=nesterov,
+            params, grads, momentum_buffer, work["lr"], work["step_state"], **hyper
         )
 
     def adam_step(
-        self,
-        params: Array,
-        grads: Array,
-        exp_avg: Array,
-        exp_avg_sq: Array,
-        work: dict[str, Array],
-        *,
-        lr: float,
-        step: int,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        decoupled: bool,
+        self, params: Array, grads: Array, exp_avg: Array, exp_avg_sq: Array,
+        work: dict[str, Array], *, lr: float, step: int, **hyper: Any,
     ) -> Array:
-        """As the reference, but η and t come from ``work`` on the device (the host
-        values are not read), so the two launches can be recorded in a CUDA graph."""
+        """As the reference (``hyper``: its betas, eps, weight_decay and decoupled), but
+        η and t come from ``work`` on the device (the host values are not read), so the
+        two launches can be recorded in a CUDA graph."""
         return kernels.adam_update(
             params, grads, exp_avg, exp_avg_sq, work["lr"], work["step_state"],
-            work["scalars"], betas=betas, eps=eps, weight_decay=weight_decay,
-            decoupled=decoupled,
+            work["scalars"], **hyper,
         )
 
 
