@@ -17,7 +17,6 @@ shape (out, in), Δ already carrying the loss's 1/B)::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,15 +39,6 @@ from .params import (
 if TYPE_CHECKING:
     from .graph import Tensor
 
-
-def _graph() -> ModuleType:
-    """:mod:`gpubackprop.graph`, imported on first use: the one door from layers up to graphs.
-
-    graph sits above layers (it imports them), so layers reach it only here, lazily.
-    """
-    from . import graph
-
-    return graph
 
 
 class Layer:
@@ -173,9 +163,11 @@ class Layer:
         on the tensor's device and dtype (unseeded; see :meth:`build`).
 
         A door: the adapter is :func:`gpubackprop.graph.layer_gate`, imported on first
-        use by :func:`_graph` (graph sits above layers).
+        use (graph sits above layers: it imports them).
         """
-        return _graph().layer_gate(self, x)
+        from .graph import layer_gate
+
+        return layer_gate(self, x)
 
     def parameter_tensors(self) -> dict[str, Tensor]:
         """Name -> graph Tensor over this layer's live parameter view (requires grad).
@@ -187,7 +179,9 @@ class Layer:
 
         A door to :func:`gpubackprop.graph.parameter_tensors` (see :meth:`__call__`).
         """
-        return _graph().parameter_tensors(self)
+        from .graph import parameter_tensors
+
+        return parameter_tensors(self)
 
     # --- standalone use ------------------------------------------------------------------
     def build(self, device: str | Backend = "cpu", dtype: Any = "float32",

@@ -18,18 +18,16 @@ step on it (:meth:`~Sequential.loss_and_grad_batch`, then the optimizer), with
 :meth:`~Sequential.forward_batch` and :meth:`~Sequential.backward_batch` below it.
 
 Doors, not rooms: ``fit``, ``evaluate``, ``predict``, ``save``, ``load_state``,
-``explain`` and ``compile_step`` stay on the model, where users look for them, but
-each imports its module (train, io, explain, capture: the floor above, which
-imports this one) inside the method body, when called. The engine itself never
-loads them; the import-linter contracts in pyproject.toml list these four imports
-as the only ones allowed to point upwards."""
+``explain`` and ``compile_step`` import their module (train, io, explain, capture:
+the floor above) inside the method, when called; the import-linter contracts in
+pyproject.toml allow only these upward imports."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -239,18 +237,17 @@ class Sequential(FlatParameters):
 
         Writing into a view (``p["0.weight"][...] = w``) changes the model.
         """
-        return OrderedDict(
-            (f"{layer.index}.{name}", view)
-            for layer in self.layers
-            for name, view in layer.params.items()
-        )
+        return self._named("params")
 
     def gradients(self) -> OrderedDict[str, Array]:
         """Ordered names -> live views of the gradient buffer (same names as parameters)."""
+        return self._named("grads")
+
+    def _named(self, which: str) -> OrderedDict[str, Array]:
+        """``"i.name"`` -> view, for each layer i's ``params`` or ``grads`` (``which``)."""
         return OrderedDict(
             (f"{layer.index}.{name}", view)
-            for layer in self.layers
-            for name, view in layer.grads.items()
+            for layer in self.layers for name, view in getattr(layer, which).items()
         )
 
     # --- input checks ------------------------------------------------------------------
@@ -520,17 +517,14 @@ class Sequential(FlatParameters):
         return predict(self, x, batch_size=batch_size)
 
     def evaluate(
-        self,
-        x: Any,
-        y: Any,
-        loss: Loss | str,
-        metrics: Sequence[str] = ("accuracy",),
-        batch_size: int = 1024,
+        self, x: Any, y: Any, loss: Loss | str, *args: Any, **kwargs: Any
     ) -> dict[str, float]:
-        """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``."""
+        """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``;
+        see :func:`gpubackprop.train.evaluate` for the arguments (``metrics``,
+        ``batch_size``)."""
         from .train import evaluate
 
-        return evaluate(self, x, y, loss, metrics=metrics, batch_size=batch_size)
+        return evaluate(self, x, y, loss, *args, **kwargs)
 
     def fit(self, x: Any, y: Any, **kwargs: Any) -> History:
         """Train with mini-batches; see :func:`gpubackprop.train.fit` for the arguments."""

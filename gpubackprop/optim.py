@@ -2,22 +2,15 @@
 
 A model keeps all its parameters in one flat 1-D buffer and all its gradients in
 another of the same size (see :class:`~gpubackprop.Sequential`), so an optimizer
-here updates the whole model in one pass over two arrays::
+updates the whole model in one pass over two arrays::
 
     opt = Adam(lr=1e-3)
     opt.step(params, grads)          # params updated in place
 
-An optimizer keeps the hyper-parameters, the state (momentum, moment estimates),
-the guards and the step count; the update itself is an op of the arrays'
-backend (``NumpyOps.sgd_step`` / ``adam_step``, the reference, written with
-in-place ufuncs; ``CupyOps`` overrides them with fused kernels). State and the
-op's workspace are allocated once, lazily, on the first step, sized like
-``params``; no later step allocates an array. The update rules are PyTorch's,
-term for term and in PyTorch's operation order, so results agree with
-``torch.optim`` to float rounding.
-
-The learning-rate schedules live in :mod:`gpubackprop.schedules` and are
-re-exported here (``gb.optim.StepLR``, ...).
+The update is an op of the arrays' backend (``NumpyOps.sgd_step`` / ``adam_step``,
+the reference; ``CupyOps``: fused kernels), PyTorch's rule term for term and in its
+operation order, so results agree with ``torch.optim`` to float rounding. The
+schedules live in :mod:`gpubackprop.schedules`, re-exported here (``gb.optim.StepLR``).
 """
 
 from __future__ import annotations
@@ -323,9 +316,7 @@ class Optimizer(ABC):
         for name, x in (("params", params), ("grads", grads)):
             if not _is_array(x):
                 raise DTypeError(f"{who}: {name} must be a numpy or cupy ndarray, got {type(x)}")
-        if array_module(grads) is not array_module(params) or (
-            array_device(grads) != array_device(params)
-        ):
+        if array_device(grads) != array_device(params):  # "cpu" or "cuda:N": module too
             raise DeviceError(
                 f"{who}: params and grads must be on the same device, "
                 f"got params on {_where(params)} and grads on {_where(grads)}"
@@ -367,9 +358,7 @@ class Optimizer(ABC):
                     f"{type(self).__name__}.step: optimizer state {name!r} is {value.dtype}, "
                     f"got params {params.dtype}; create a new optimizer or call reset()"
                 )
-            if array_module(value) is not array_module(params) or (
-                array_device(value) != array_device(params)
-            ):
+            if array_device(value) != array_device(params):
                 raise DeviceError(
                     f"{type(self).__name__}.step: optimizer state {name!r} is on "
                     f"{_where(value)}, got params on {_where(params)}"

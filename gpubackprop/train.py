@@ -143,10 +143,6 @@ def _correct(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
     return xp.count_nonzero(predicted == truth)
 
 
-def _batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
-
-
 def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
     """Outputs for all rows of ``x``, computed in batches.
 
@@ -273,7 +269,7 @@ def fit(
     backend = model.backend
     xp = backend.xp
     n = len(data.x)
-    steps = _batches(n, batch_size)
+    steps = math.ceil(n / batch_size)
     history = History()
     if verbose:
         print(
