@@ -12,22 +12,20 @@ one graph launch (plus two copies of the batch into static buffers)::
 
 How it stays correct:
 
-* The step runs the very code of the eager step (same kernels, same cuBLAS
-  handle, same buffers), so a replay gives the same bits as an eager step.
-* Before recording, one eager forward/loss/backward allocates every buffer and
-  compiles every kernel; ``optimizer.prepare`` allocates the optimizer state.
-  No parameter changes then, and nothing allocates or compiles while recording.
+* The step runs the very code of the eager step (same kernels, cuBLAS handle
+  and buffers), so a replay gives the same bits as an eager step.
+* Before recording, one eager forward/loss/backward (no parameter changes) and
+  ``optimizer.prepare`` allocate every buffer and compile every kernel.
 * The learning rate and the step counter live in device memory: a schedule
   that changes ``optimizer.lr`` between replays is followed.
-* A batch of another shape (or another target dtype) records a new graph
-  instead of replaying one made for other buffers.
-* Label values are not range-checked per step (that would need a host sync);
-  ``fit`` checks the whole dataset once, and an out-of-range label gives a NaN
-  loss, never a silent wrong gradient.
+* A batch of another shape or target dtype records a new graph.
+* Labels are not range-checked per step (a host sync); ``fit`` checks the whole
+  dataset once, and an out-of-range label gives a NaN loss, never a wrong gradient.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, cast
 
 from .arrays import Array
@@ -162,10 +160,8 @@ class CompiledStep:
                 value = model.loss_and_grad_batch(batch)
                 optimizer.apply_update(model.flat_params, model.flat_grads)
             except Exception as exc:
-                try:
+                with contextlib.suppress(Exception):  # already invalid; report the cause
                     stream.end_capture()
-                except Exception:  # the capture is already invalid; report the cause
-                    pass
                 raise CaptureError(
                     f"recording the training step failed: {type(exc).__name__}: {exc}"
                 ) from exc

@@ -100,11 +100,9 @@ class Sequential(FlatParameters):
         seed: seeds the weight initialisation and the shuffling in :meth:`fit`;
             the same seed gives the same initial weights on every device.
         precision: ``"fp32"`` (default: IEEE float32 GEMMs) or ``"tf32"``: on a
-            GPU, float32 GEMMs run on TF32 tensor cores (inputs rounded to a 10-bit
-            mantissa, float32 accumulation; about 1e-3 relative error, several
-            times the throughput on wide layers); elementwise kernels stay float32.
-            Accepted on the CPU, where it has no effect. float64 models reject
-            ``"tf32"``. Saved in checkpoints.
+            GPU, float32 GEMMs on TF32 tensor cores (about 1e-3 relative error, several
+            times the throughput on wide layers; see :meth:`Backend.with_precision`).
+            No effect on the CPU; float64 models reject it. Saved in checkpoints.
     """
 
     def __init__(
@@ -173,23 +171,21 @@ class Sequential(FlatParameters):
         self._loss_grad: dict[tuple[int, ...], Array] = {}
 
     def _check_widths(self) -> int | None:
+        """Number the layers and check that each takes the width the one before gives;
+        returns the model's input width (None when every layer takes any width)."""
         width: int | None = None
         first: int | None = None
-        previous: Layer | None = None
         for i, layer in enumerate(self.layers):
             layer.index = i
             need = layer.input_features
-            if need is not None:
-                if width is not None and width != need:
-                    assert previous is not None
-                    raise ShapeError(
-                        f"{layer.label} expects {need} input features but "
-                        f"{previous.label} gives {width}"
-                    )
-                if first is None and width is None:
-                    first = need
+            if need is not None and width is not None and width != need:
+                raise ShapeError(
+                    f"{layer.label} expects {need} input features but "
+                    f"{self.layers[i - 1].label} gives {width}"
+                )
+            if first is None and width is None:
+                first = need
             width = layer.output_features(width if width is not None else need)
-            previous = layer
         return first
 
     def output_width(self, input_width: int) -> int:

@@ -458,24 +458,15 @@ class SGD(Optimizer):
     )
 
     def __init__(
-        self,
-        lr: float,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        *,
-        max_grad_norm: float | None = None,
-        skip_nonfinite: bool = False,
+        self, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+        nesterov: bool = False, weight_decay: float = 0.0, *,
+        max_grad_norm: float | None = None, skip_nonfinite: bool = False,
     ) -> None:
         super().__init__(max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
         #: the step that first writes the momentum buffer (0: it holds a loaded value)
         self._first_step = 0
         self._set_hyperparameters(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            nesterov=nesterov,
+            lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
             weight_decay=weight_decay,
         )
 
@@ -553,14 +544,9 @@ class Adam(Optimizer):
     _decoupled: ClassVar[bool] = False
 
     def __init__(
-        self,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        *,
-        max_grad_norm: float | None = None,
-        skip_nonfinite: bool = False,
+        self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8, weight_decay: float = 0.0, *,
+        max_grad_norm: float | None = None, skip_nonfinite: bool = False,
     ) -> None:
         super().__init__(max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
         self._set_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
@@ -609,14 +595,9 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(
-        self,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        *,
-        max_grad_norm: float | None = None,
-        skip_nonfinite: bool = False,
+        self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8, weight_decay: float = 1e-2, *,
+        max_grad_norm: float | None = None, skip_nonfinite: bool = False,
     ) -> None:
         super().__init__(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,

@@ -216,18 +216,9 @@ class NumpyOps:
         """
 
     def sgd_step(
-        self,
-        params: Array,
-        grads: Array,
-        momentum_buffer: Array | None,
-        work: dict[str, Array],
-        *,
-        lr: float,
-        first: bool,
-        momentum: float,
-        dampening: float,
-        weight_decay: float,
-        nesterov: bool,
+        self, params: Array, grads: Array, momentum_buffer: Array | None,
+        work: dict[str, Array], *, lr: float, first: bool,
+        momentum: float, dampening: float, weight_decay: float, nesterov: bool,
     ) -> Array:
         """One SGD step in place (PyTorch's rule and operation order); returns ``params``.
 
@@ -266,19 +257,9 @@ class NumpyOps:
         return params
 
     def adam_step(
-        self,
-        params: Array,
-        grads: Array,
-        exp_avg: Array,
-        exp_avg_sq: Array,
-        work: dict[str, Array],
-        *,
-        lr: float,
-        step: int,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        decoupled: bool,
+        self, params: Array, grads: Array, exp_avg: Array, exp_avg_sq: Array,
+        work: dict[str, Array], *, lr: float, step: int,
+        betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool,
     ) -> Array:
         """One Adam (AdamW when ``decoupled``) step t = ``step`` (from 1) in place, in
         PyTorch's operation order; returns ``params``.
