@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from .graph import Tensor
 
 
-
 class Layer:
     """Base class: a step of the forward pass with its own backward.
 

@@ -101,7 +101,7 @@ class Sequential(FlatParameters):
             the same seed gives the same initial weights on every device.
         precision: ``"fp32"`` (default: IEEE float32 GEMMs) or ``"tf32"``: on a
             GPU, float32 GEMMs on TF32 tensor cores (about 1e-3 relative error, several
-            times the throughput on wide layers; see :meth:`Backend.with_precision`).
+            times the throughput on wide layers; see :meth:`.Backend.with_precision`).
             No effect on the CPU; float64 models reject it. Saved in checkpoints.
     """
 
