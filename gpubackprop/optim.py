@@ -179,7 +179,7 @@ class Optimizer(ABC):
 
     @abstractmethod
     def _scratch_count(self) -> int:
-        """How many scratch arrays, sized like params, the reference update needs."""
+        """How many scratch arrays the reference update needs."""
 
     @abstractmethod
     def _steps_taken(self) -> int:
