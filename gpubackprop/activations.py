@@ -8,10 +8,8 @@ relu, leaky_relu, elu, softplus), else from the pre-activation ``z`` (gelu,
 gelu_tanh, silu); :attr:`ActivationSpec.needs_input` says which, so a layer keeps
 only the one array its backward needs.
 
-Each entry also carries its formulas as text, written in z (the input) and a
-(the output), σ = sigmoid, Φ = standard normal CDF, φ = its density:
-``forward_text`` (a = f(z)) and ``derivative_text`` (f′), which
-:mod:`gpubackprop.explain` prints with the layer's names filled in.
+Each entry also carries its formulas as text for :mod:`gpubackprop.explain`, in z
+(input) and a (output), σ = sigmoid, Φ = standard normal CDF, φ = its density.
 """
 
 from __future__ import annotations

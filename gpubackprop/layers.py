@@ -349,18 +349,15 @@ class Activation(Layer):
             return None
         assert self.backend is not None
         ws = self._workspace(self._shape[0], lambda: {"out": self._shape, "dx": self._shape})
-        return self.backend.ops.activation_backward(
-            self.activation, delta, self._saved, ws["dx"]
-        )
+        ops = self.backend.ops
+        return ops.activation_backward(self.activation, delta, self._saved, ws["dx"])
 
 
 class LayerParameters(FlatParameters):
     """The flat buffers of one standalone layer (what :meth:`Layer.build` gives it):
     allocated, attached as layer 0 and initialised as a one-layer model would be."""
 
-    def __init__(
-        self, layer: Layer, backend: Backend, dtype: np.dtype, seed: int | None
-    ) -> None:
+    def __init__(self, layer: Layer, backend: Backend, dtype: np.dtype, seed: int | None) -> None:
         self.backend = backend
         self.dtype = dtype
         shapes = layer.param_shapes()

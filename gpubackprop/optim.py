@@ -98,8 +98,8 @@ class Optimizer(ABC):
     Subclasses list their state arrays in ``state_names``, name their family of
     update ops in ``_kind``, their hyper-parameters besides ``lr`` in ``_hyper_names``
     (read-only properties made by :func:`_read_only`) and define
-    :meth:`_set_hyperparameters`, :meth:`_scratch_count`, :meth:`_steps_taken` and
-    :meth:`apply_update`.
+    :meth:`_set_hyperparameters` and :meth:`apply_update` (and, where the defaults do
+    not fit, :meth:`_scratch_count` and :meth:`_steps_taken`).
 
     Guards (keyword arguments of every optimizer, off by default):
 
@@ -177,13 +177,13 @@ class Optimizer(ABC):
     def _set_hyperparameters(self, **values: Any) -> None:
         """Validate all of ``values`` (ConfigError), then assign them."""
 
-    @abstractmethod
     def _scratch_count(self) -> int:
-        """How many scratch arrays the reference update needs."""
+        """How many scratch arrays the reference update needs (Adam's two by default)."""
+        return 2
 
-    @abstractmethod
     def _steps_taken(self) -> int:
         """The step counter the update op's workspace starts from (at allocation)."""
+        return self.step_count
 
     @abstractmethod
     def apply_update(self, params: Array, grads: Array) -> None:
@@ -565,12 +565,6 @@ class Adam(Optimizer):
         self._betas = (beta1, beta2)
         self._eps = eps
         self._weight_decay = weight_decay
-
-    def _scratch_count(self) -> int:
-        return 2
-
-    def _steps_taken(self) -> int:
-        return self.step_count
 
     def apply_update(self, params: Array, grads: Array) -> None:
         """One Adam/AdamW update: ``ops.adam_step`` at t = ``step_count`` (see the class doc)."""

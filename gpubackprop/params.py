@@ -176,9 +176,7 @@ class Workspaces:
         self.cache: dict[Hashable, dict[str, Array]] = {}
 
     def get(
-        self,
-        key: Hashable,
-        shapes: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+        self, key: Hashable, shapes: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         dtype: Any = None,
     ) -> dict[str, Array]:
         """The buffers for ``key``: name -> an empty array of ``shapes[name]``, which is

@@ -174,9 +174,8 @@ class CupyOps(NumpyOps):
         self, params: Array, grads: Array, momentum_buffer: Array | None,
         work: dict[str, Array], *, lr: float, first: bool, **hyper: Any,
     ) -> Array:
-        """As the reference (``hyper``: its momentum, dampening, weight_decay and
-        nesterov), but η and ``first`` come from ``work`` on the device (the host
-        values are not read), so the launch can be recorded in a CUDA graph."""
+        """As the reference (``hyper``: its other arguments), but η and ``first`` come from
+        ``work`` on the device (not from the host), so a CUDA graph can record it."""
         return kernels.sgd_step(
             params, grads, momentum_buffer, work["lr"], work["step_state"], **hyper
         )
@@ -185,9 +184,8 @@ class CupyOps(NumpyOps):
         self, params: Array, grads: Array, exp_avg: Array, exp_avg_sq: Array,
         work: dict[str, Array], *, lr: float, step: int, **hyper: Any,
     ) -> Array:
-        """As the reference (``hyper``: its betas, eps, weight_decay and decoupled), but
-        η and t come from ``work`` on the device (the host values are not read), so the
-        two launches can be recorded in a CUDA graph."""
+        """As the reference (``hyper``: its other arguments), but η and t come from
+        ``work`` on the device (not from the host), so a CUDA graph can record both launches."""
         return kernels.adam_update(
             params, grads, exp_avg, exp_avg_sq, work["lr"], work["step_state"],
             work["scalars"], **hyper,

@@ -221,9 +221,8 @@ class NumpyOps:
         """The buffers an optimizer update of ``kind`` (``"sgd"`` or ``"adam"``) needs
         besides its state, allocated once so that no step allocates.
 
-        Here ``scratch`` arrays (``"tmp0"``, ``"tmp1"``, ...) of one block of the
-        update (:data:`UPDATE_BLOCK` elements, or all of ``params`` when smaller) for the
-        in-place ufuncs of :meth:`sgd_step` / :meth:`adam_step`. ``steps``
+        Here ``scratch`` arrays (``"tmp0"``, ``"tmp1"``, ...) of one block of the update
+        (:data:`UPDATE_BLOCK` elements, or ``params.size`` when smaller). ``steps``
         (updates already taken) only matters where the step counter lives in the
         workspace (:class:`~.cupy_ops.CupyOps`); the reference takes it from the host.
         """
