@@ -114,10 +114,10 @@ class Layer:
 
     # --- work buffers ------------------------------------------------------------
     def _workspace(
-        self, batch: int, shapes: Callable[[], Mapping[str, tuple[int, ...]]]
+        self, batch: int, shapes: Callable[[], Mapping[str, Any]] | Mapping[str, Any]
     ) -> dict[str, Array]:
-        """Buffers for this batch size, allocated on first use (``shapes()`` names
-        them) and then reused."""
+        """Buffers for this batch size, allocated on first use (``shapes``, or the
+        mapping ``shapes()`` returns, names them: see :meth:`Workspaces.get`), then reused."""
         assert self.workspaces is not None
         return self.workspaces.get(batch, shapes, self.dtype)
 
