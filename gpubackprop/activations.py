@@ -8,10 +8,8 @@ relu, leaky_relu, elu, softplus), else from the pre-activation ``z`` (gelu,
 gelu_tanh, silu); :attr:`ActivationSpec.needs_input` says which, so a layer keeps
 only the one array its backward needs.
 
-Each entry also carries its formulas as text, written in z (the input) and a
-(the output), σ = sigmoid, Φ = standard normal CDF, φ = its density:
-``forward_text`` (a = f(z)) and ``derivative_text`` (f′), which
-:mod:`gpubackprop.explain` prints with the layer's names filled in.
+Each entry also carries its formulas as text for :mod:`gpubackprop.explain`, in z
+(input) and a (output), σ = sigmoid, Φ = standard normal CDF, φ = its density.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import numpy as np
@@ -119,17 +117,12 @@ def times_nonzero(xp: ModuleType, factor: Array, other: Array) -> Array:
     return factor
 
 
-def _times_z(xp: ModuleType, factor: Array, z: Array) -> Array:
-    """factor ← factor · z in place, with 0 · (±inf) = 0 (see :func:`times_nonzero`)."""
-    return times_nonzero(xp, factor, z)
-
-
 def _gelu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
     cdf = xp.multiply(z, _INV_SQRT_2)
     _erf(xp, cdf, cdf)
     cdf += 1.0
     cdf *= 0.5
-    out[...] = _times_z(xp, cdf, z)
+    out[...] = times_nonzero(xp, cdf, z)
     return out
 
 
@@ -137,13 +130,13 @@ def _gelu_tanh_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
     t = _gelu_tanh_t(xp, z)
     t += 1.0
     t *= 0.5
-    out[...] = _times_z(xp, t, z)
+    out[...] = times_nonzero(xp, t, z)
     return out
 
 
 def _silu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
     s = _sigmoid_fwd(xp, z, xp.empty_like(z))
-    out[...] = _times_z(xp, s, z)
+    out[...] = times_nonzero(xp, s, z)
     return out
 
 
@@ -223,7 +216,7 @@ def _gelu_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
     pdf *= -0.5
     xp.exp(pdf, out=pdf)
     pdf *= _INV_SQRT_2PI
-    _times_z(xp, pdf, z)
+    times_nonzero(xp, pdf, z)
     xp.multiply(z, _INV_SQRT_2, out=out)
     _erf(xp, out, out)
     out += 1.0
@@ -244,7 +237,7 @@ def _gelu_tanh_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
     xp.subtract(1.0, out, out=out)
     # (1 − t²) is exactly 0 where u′ or z is infinite: keep the product 0 there
     times_nonzero(xp, out, du)
-    _times_z(xp, out, z)
+    times_nonzero(xp, out, z)
     t += 1.0
     out += t
     out *= 0.5
@@ -258,7 +251,7 @@ def _silu_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
     s = _sigmoid_fwd(xp, z, xp.empty_like(z))
     xp.subtract(1.0, s, out=out)
     out *= s
-    _times_z(xp, out, z)
+    times_nonzero(xp, out, z)
     out += s
     out *= delta
     return out
@@ -288,9 +281,11 @@ class ActivationSpec:
     #: f′ as text, in a and/or z, ready to multiply (e.g. ``"a ⊙ (1 − a)"``)
     derivative_text: str
 
-    @property
-    def is_identity(self) -> bool:
-        return self.name == "identity"
+    #: f(z) = z (a field, not a property: the engine reads it at every step)
+    is_identity: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_identity", self.name == "identity")
 
     def formula_texts(self, a: str, z: str) -> tuple[str, str]:
         """(forward_text, derivative_text) with the output named ``a`` and the input ``z``.

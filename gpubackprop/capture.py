@@ -12,23 +12,21 @@ one graph launch (plus two copies of the batch into static buffers)::
 
 How it stays correct:
 
-* The step runs the very code of the eager step (same kernels, same cuBLAS
-  handle, same buffers), so a replay gives the same bits as an eager step.
-* Before recording, one eager forward/loss/backward allocates every buffer and
-  compiles every kernel; ``optimizer.prepare`` allocates the optimizer state.
-  No parameter changes then, and nothing allocates or compiles while recording.
+* The step runs the very code of the eager step (same kernels, cuBLAS handle
+  and buffers), so a replay gives the same bits as an eager step.
+* Before recording, one eager forward/loss/backward (no parameter changes) and
+  ``optimizer.prepare`` allocate every buffer and compile every kernel.
 * The learning rate and the step counter live in device memory: a schedule
   that changes ``optimizer.lr`` between replays is followed.
-* A batch of another shape (or another target dtype) records a new graph
-  instead of replaying one made for other buffers.
-* Label values are not range-checked per step (that would need a host sync);
-  ``fit`` checks the whole dataset once, and an out-of-range label gives a NaN
-  loss, never a silent wrong gradient.
+* A batch of another shape or target dtype records a new graph.
+* Labels are not range-checked per step (a host sync); ``fit`` checks the whole
+  dataset once, and an out-of-range label gives a NaN loss, never a wrong gradient.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+from typing import TYPE_CHECKING, Any, cast
 
 from .arrays import Array
 from .errors import CaptureError, ConfigError
@@ -36,6 +34,7 @@ from .losses import Loss, get_loss
 from .model import Batch, check_optimizer
 
 if TYPE_CHECKING:
+    from .backend.cupy_ops import CupyOps
     from .model import Sequential
     from .optim import Optimizer
 
@@ -154,16 +153,15 @@ class CompiledStep:
 
         stream = cp.cuda.Stream(non_blocking=True)
         with stream:
-            model.backend.ops.blas.bind()  # handle + workspace on this stream, before capture
+            # cuBLAS handle + workspace on this stream, before capture
+            cast("CupyOps", model.backend.ops).blas.bind()
             stream.begin_capture()
             try:
                 value = model.loss_and_grad_batch(batch)
                 optimizer.apply_update(model.flat_params, model.flat_grads)
             except Exception as exc:
-                try:
+                with contextlib.suppress(Exception):  # already invalid; report the cause
                     stream.end_capture()
-                except Exception:  # the capture is already invalid; report the cause
-                    pass
                 raise CaptureError(
                     f"recording the training step failed: {type(exc).__name__}: {exc}"
                 ) from exc

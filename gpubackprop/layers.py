@@ -16,8 +16,7 @@ shape (out, in), Δ already carrying the loss's 1/B)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import ModuleType
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,16 +38,6 @@ from .params import (
 
 if TYPE_CHECKING:
     from .graph import Tensor
-
-
-def _graph() -> ModuleType:
-    """:mod:`gpubackprop.graph`, imported on first use: the one door from layers up to graphs.
-
-    graph sits above layers (it imports them), so layers reach it only here, lazily.
-    """
-    from . import graph
-
-    return graph
 
 
 class Layer:
@@ -124,8 +113,11 @@ class Layer:
         self.workspaces = Workspaces(backend, lambda: self.label)
 
     # --- work buffers ------------------------------------------------------------
-    def _workspace(self, batch: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Array]:
-        """Buffers for this batch size, allocated on first use and then reused."""
+    def _workspace(
+        self, batch: int, shapes: Callable[[], Mapping[str, Any]] | Mapping[str, Any]
+    ) -> dict[str, Array]:
+        """Buffers for this batch size, allocated on first use (``shapes``, or the
+        mapping ``shapes()`` returns, names them: see :meth:`Workspaces.get`), then reused."""
         assert self.workspaces is not None
         return self.workspaces.get(batch, shapes, self.dtype)
 
@@ -170,9 +162,11 @@ class Layer:
         on the tensor's device and dtype (unseeded; see :meth:`build`).
 
         A door: the adapter is :func:`gpubackprop.graph.layer_gate`, imported on first
-        use by :func:`_graph` (graph sits above layers).
+        use (graph sits above layers: it imports them).
         """
-        return _graph().layer_gate(self, x)
+        from .graph import layer_gate
+
+        return layer_gate(self, x)
 
     def parameter_tensors(self) -> dict[str, Tensor]:
         """Name -> graph Tensor over this layer's live parameter view (requires grad).
@@ -184,7 +178,9 @@ class Layer:
 
         A door to :func:`gpubackprop.graph.parameter_tensors` (see :meth:`__call__`).
         """
-        return _graph().parameter_tensors(self)
+        from .graph import parameter_tensors
+
+        return parameter_tensors(self)
 
     # --- standalone use ------------------------------------------------------------------
     def build(self, device: str | Backend = "cpu", dtype: Any = "float32",
@@ -280,27 +276,28 @@ class Dense(Layer):
             host["bias"][...] = 0.0
 
     def _buffers(self, batch: int) -> dict[str, Array]:
-        shapes: dict[str, tuple[int, ...]] = {
-            "out": (batch, self.out_features), "dx": (batch, self.in_features)
-        }
-        if not self.activation.is_identity:
-            shapes["dz"] = (batch, self.out_features)
-            if self.activation.needs_input:
-                shapes["z"] = (batch, self.out_features)
+        def shapes() -> dict[str, tuple[int, ...]]:
+            out = (batch, self.out_features)
+            named: dict[str, tuple[int, ...]] = {"out": out, "dx": (batch, self.in_features)}
+            if not self.activation.is_identity:
+                named["dz"] = out
+                if self.activation.needs_input:
+                    named["z"] = out
+            return named
+
         return self._workspace(batch, shapes)
 
     def forward(self, x: Array) -> Array:
         assert self.backend is not None
+        batch = x.shape[0]
+        ws = self._buffers(batch)
+        act, out = self.activation, ws["out"]
+        z = ws["z"] if act.needs_input else out
         ops = self.backend.ops
-        ws = self._buffers(x.shape[0])
-        act = self.activation
-        z = ws["z"] if act.needs_input else ws["out"]
         ops.matmul(x, self.params["weight"], out=z, trans_b=True)
-        ops.bias_activation_forward(act, z, self.params.get("bias"), ws["out"])
-        self._input = x
-        self._saved = z
-        self._batch = x.shape[0]
-        return ws["out"]
+        ops.bias_activation_forward(act, z, self.params.get("bias"), out)
+        self._input, self._saved, self._batch = x, z, batch
+        return out
 
     def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
         if self._input is None:
@@ -338,7 +335,7 @@ class Activation(Layer):
 
     def forward(self, x: Array) -> Array:
         assert self.backend is not None
-        ws = self._workspace(x.shape[0], {"out": x.shape, "dx": x.shape})
+        ws = self._workspace(x.shape[0], lambda: {"out": x.shape, "dx": x.shape})
         self.backend.ops.activation_forward(self.activation, x, ws["out"])
         self._saved = x if self.activation.needs_input else ws["out"]
         self._shape = tuple(x.shape)
@@ -351,19 +348,16 @@ class Activation(Layer):
         if not need_input_grad:
             return None
         assert self.backend is not None
-        ws = self._workspace(self._shape[0], {"out": self._shape, "dx": self._shape})
-        return self.backend.ops.activation_backward(
-            self.activation, delta, self._saved, ws["dx"]
-        )
+        ws = self._workspace(self._shape[0], lambda: {"out": self._shape, "dx": self._shape})
+        ops = self.backend.ops
+        return ops.activation_backward(self.activation, delta, self._saved, ws["dx"])
 
 
 class LayerParameters(FlatParameters):
     """The flat buffers of one standalone layer (what :meth:`Layer.build` gives it):
     allocated, attached as layer 0 and initialised as a one-layer model would be."""
 
-    def __init__(
-        self, layer: Layer, backend: Backend, dtype: np.dtype, seed: int | None
-    ) -> None:
+    def __init__(self, layer: Layer, backend: Backend, dtype: np.dtype, seed: int | None) -> None:
         self.backend = backend
         self.dtype = dtype
         shapes = layer.param_shapes()

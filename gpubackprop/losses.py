@@ -4,16 +4,9 @@ Each loss validates its inputs, then calls one op of the backend, which returns
 the value (a 0-d device array, so no host sync is forced) and writes
 δ_L = ∂L/∂output into a preallocated buffer. The loss gradient is the one
 place the batch size divides (1/B for softmax cross-entropy, 1/N for the
-element means); no other part of the engine scales by it.
-
-* :class:`MSE` — L = 1/N Σ (p − y)², N = number of elements (PyTorch's
-  ``mse_loss``); ``reduction="sum"`` gives Σ (p − y)² as in the seed notes
-  (the lecture notes the project grew from, see README.md).
-* :class:`SoftmaxCrossEntropy` — from logits z: L = 1/B Σ_b (logsumexp(z_b) − z_b[y_b]),
-  δ = (softmax(z) − onehot(y)) / B; labels are integers or rows of one-hot /
-  probabilities.
-* :class:`BCEWithLogits` — L = 1/N Σ (max(z,0) − z y + log(1 + e^{−|z|})),
-  δ = (σ(z) − y) / N.
+element means); no other part of the engine scales by it. The losses:
+:class:`MSE`, :class:`SoftmaxCrossEntropy` (from logits, integer or one-hot /
+probability targets) and :class:`BCEWithLogits`, each with its formula below.
 """
 
 from __future__ import annotations
@@ -59,14 +52,8 @@ class Loss:
         return float(value), grad
 
     def prepare_target(
-        self,
-        backend: Backend,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        target: Array,
-        *,
-        check_values: bool = True,
-        defer_device_checks: bool = False,
+        self, backend: Backend, shape: tuple[int, ...], dtype: np.dtype, target: Array,
+        *, check_values: bool = True, defer_device_checks: bool = False,
     ) -> Array:
         """Validate ``target`` for an output of ``shape``/``dtype``; return it ready to use.
 
@@ -83,13 +70,8 @@ class Loss:
         return target
 
     def convert_target(
-        self,
-        backend: Backend,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        target: Array,
-        *,
-        check_values: bool = True,
+        self, backend: Backend, shape: tuple[int, ...], dtype: np.dtype, target: Array,
+        *, check_values: bool = True,
     ) -> Array:
         """``target`` checked for shape and dtype and converted, C-contiguous on
         ``backend``'s device: here a numeric array of the output's shape (a (B,)
@@ -131,7 +113,8 @@ class Loss:
 
 
 class MSE(Loss):
-    """Mean squared error, L = 1/N Σ (p − y)²  (``reduction="sum"``: Σ (p − y)²)."""
+    """Mean squared error, L = 1/N Σ (p − y)² over the N elements (PyTorch's ``mse_loss``);
+    ``reduction="sum"``: Σ (p − y)², as in the seed notes (see README.md)."""
 
     name = "MSE"
 
@@ -160,13 +143,8 @@ class SoftmaxCrossEntropy(Loss):
     name = "SoftmaxCrossEntropy"
 
     def convert_target(
-        self,
-        backend: Backend,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        target: Array,
-        *,
-        check_values: bool = True,
+        self, backend: Backend, shape: tuple[int, ...], dtype: np.dtype, target: Array,
+        *, check_values: bool = True,
     ) -> Array:
         backend.check_array(target, f"{self.name}: target")
         if len(shape) != 2:
@@ -225,7 +203,8 @@ class SoftmaxCrossEntropy(Loss):
 
 
 class BCEWithLogits(Loss):
-    """Binary cross-entropy on logits (PyTorch's ``binary_cross_entropy_with_logits``).
+    """Binary cross-entropy on logits (PyTorch's ``binary_cross_entropy_with_logits``):
+    L = 1/N Σ (max(z,0) − z y + log(1 + e^{−|z|})), δ = (σ(z) − y) / N.
 
     Targets in [0, 1], same shape as the logits ((B,) is accepted for a (B, 1)
     output). Stable for logits of any finite size.

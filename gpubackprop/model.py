@@ -18,26 +18,23 @@ step on it (:meth:`~Sequential.loss_and_grad_batch`, then the optimizer), with
 :meth:`~Sequential.forward_batch` and :meth:`~Sequential.backward_batch` below it.
 
 Doors, not rooms: ``fit``, ``evaluate``, ``predict``, ``save``, ``load_state``,
-``explain`` and ``compile_step`` stay on the model, where users look for them, but
-each imports its module (train, io, explain, capture: the floor above, which
-imports this one) inside the method body, when called. The engine itself never
-loads them; the import-linter contracts in pyproject.toml list these four imports
-as the only ones allowed to point upwards."""
+``explain`` and ``compile_step`` import their module (train, io, explain, capture:
+the floor above) inside the method, when called; the import-linter contracts in
+pyproject.toml allow only these upward imports."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .anomaly import checker_for
+from .anomaly import AnomalyChecker, checker_for
 from .arrays import Array
-from .backend import Backend, get_backend
+from .backend import NO_CONTEXT, Backend, get_backend
 from .errors import CaptureError, ConfigError, DTypeError, ShapeError
 from .layers import Layer, LayerParameters
 from .losses import Loss, get_loss
@@ -65,21 +62,25 @@ def check_optimizer(optimizer: Any) -> None:
         )
 
 
+def _scope(check: AnomalyChecker | None) -> contextlib.AbstractContextManager[Any]:
+    """The anomaly checker's scope while detection is on, else a context that does nothing."""
+    return NO_CONTEXT if check is None else check.scope()
+
+
 def _of_layer(layer: Layer, named: dict[str, Any]) -> dict[str, Any]:
     """The entries ``"i.name"`` of layer i, as ``name`` -> value."""
     prefix = f"{layer.index}."
     return {k.removeprefix(prefix): v for k, v in named.items() if k.startswith(prefix)}
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(NamedTuple):
     """A batch ready for the engine (what :meth:`Sequential.prepare_batch` returns):
     ``x`` (B, in) and the target ``y`` on the model's device in its dtype, validated,
     with the :class:`~gpubackprop.losses.Loss` they were prepared for.
 
     ``values_checked`` is False when the checks that read ``y``'s values (labels in
     range, targets in [0, 1]) were left for :meth:`Sequential.read_loss` (on a GPU,
-    where they would sync the host)."""
+    where they would sync the host). A named tuple: immutable and cheap to build."""
 
     x: Array
     y: Array
@@ -99,11 +100,9 @@ class Sequential(FlatParameters):
         seed: seeds the weight initialisation and the shuffling in :meth:`fit`;
             the same seed gives the same initial weights on every device.
         precision: ``"fp32"`` (default: IEEE float32 GEMMs) or ``"tf32"``: on a
-            GPU, float32 GEMMs run on TF32 tensor cores (inputs rounded to a 10-bit
-            mantissa, float32 accumulation; about 1e-3 relative error, several
-            times the throughput on wide layers); elementwise kernels stay float32.
-            Accepted on the CPU, where it has no effect. float64 models reject
-            ``"tf32"``. Saved in checkpoints.
+            GPU, float32 GEMMs on TF32 tensor cores (about 1e-3 relative error, several
+            times the throughput on wide layers; see :meth:`.Backend.with_precision`).
+            No effect on the CPU; float64 models reject it. Saved in checkpoints.
     """
 
     def __init__(
@@ -172,23 +171,21 @@ class Sequential(FlatParameters):
         self._loss_grad: dict[tuple[int, ...], Array] = {}
 
     def _check_widths(self) -> int | None:
+        """Number the layers and check that each takes the width the one before gives;
+        returns the model's input width (None when every layer takes any width)."""
         width: int | None = None
         first: int | None = None
-        previous: Layer | None = None
         for i, layer in enumerate(self.layers):
             layer.index = i
             need = layer.input_features
-            if need is not None:
-                if width is not None and width != need:
-                    assert previous is not None
-                    raise ShapeError(
-                        f"{layer.label} expects {need} input features but "
-                        f"{previous.label} gives {width}"
-                    )
-                if first is None and width is None:
-                    first = need
+            if need is not None and width is not None and width != need:
+                raise ShapeError(
+                    f"{layer.label} expects {need} input features but "
+                    f"{self.layers[i - 1].label} gives {width}"
+                )
+            if first is None and width is None:
+                first = need
             width = layer.output_features(width if width is not None else need)
-            previous = layer
         return first
 
     def output_width(self, input_width: int) -> int:
@@ -236,18 +233,17 @@ class Sequential(FlatParameters):
 
         Writing into a view (``p["0.weight"][...] = w``) changes the model.
         """
-        return OrderedDict(
-            (f"{layer.index}.{name}", view)
-            for layer in self.layers
-            for name, view in layer.params.items()
-        )
+        return self._named("params")
 
     def gradients(self) -> OrderedDict[str, Array]:
         """Ordered names -> live views of the gradient buffer (same names as parameters)."""
+        return self._named("grads")
+
+    def _named(self, which: str) -> OrderedDict[str, Array]:
+        """``"i.name"`` -> view, for each layer i's ``params`` or ``grads`` (``which``)."""
         return OrderedDict(
             (f"{layer.index}.{name}", view)
-            for layer in self.layers
-            for name, view in layer.grads.items()
+            for layer in self.layers for name, view in getattr(layer, which).items()
         )
 
     # --- input checks ------------------------------------------------------------------
@@ -269,12 +265,11 @@ class Sequential(FlatParameters):
                 f"{first.label}: {what} must be a real numeric array, got dtype {dtype}"
             )
         want = self.input_features
-        width = "n" if want is None else str(want)
         shape = tuple(shape)
         if len(shape) != 2 or (want is not None and shape[1] != want):
             hint = " (a single sample? use x[None, :])" if len(shape) == 1 else ""
             raise ShapeError(
-                f"{first.label}: expected {what} of shape (batch, {width}), "
+                f"{first.label}: expected {what} of shape (batch, {want or 'n'}), "
                 f"got shape {shape}{hint}"
             )
         if shape[0] == 0:
@@ -318,7 +313,8 @@ class Sequential(FlatParameters):
                 f"{loss.name}: inputs have batch size {x.shape[0]} but targets have "
                 f"{y.shape[0]}"
             )
-        expected = (x.shape[0], self.output_width(x.shape[1]))
+        width = self.output_features
+        expected = (x.shape[0], self.output_width(x.shape[1]) if width is None else width)
         with self.backend.activate():
             y = loss.prepare_target(
                 self.backend, expected, self.dtype, y, defer_device_checks=True
@@ -341,20 +337,15 @@ class Sequential(FlatParameters):
         each layer's output are checked for NaN/Inf (see :mod:`gpubackprop.anomaly`).
         """
         check = checker_for(self)
-        if check is not None:
-            with self.backend.activate(), check.scope():
+        with self.backend.activate(), _scope(check):
+            if check is not None:
                 check.record("input", self.layers[0], "input x", x)
-                for layer in self.layers:
-                    x = layer.forward(x)
+            for layer in self.layers:
+                x = layer.forward(x)
+                if check is not None:
                     check.record("forward", layer, "output", x)
-                    if outputs is not None:
-                        outputs.append(x)
-        else:
-            with self.backend.activate():
-                for layer in self.layers:
-                    x = layer.forward(x)
-                    if outputs is not None:
-                        outputs.append(x)
+                if outputs is not None:
+                    outputs.append(x)
         self._output = x
         return x
 
@@ -377,14 +368,10 @@ class Sequential(FlatParameters):
         ∂L/∂x (the first layer's own buffer, no copy) when ``need_input_grad``, else None.
         """
         check = checker_for(self)
-        with self.backend.activate(), contextlib.ExitStack() as scope:
-            if check is not None:
-                scope.enter_context(check.scope())
-            last = len(self.layers) - 1
-            for i in range(last, -1, -1):
-                need = need_input_grad or i > 0
+        with self.backend.activate(), _scope(check):
+            for i in range(len(self.layers) - 1, -1, -1):
                 layer = self.layers[i]
-                delta = layer.backward(delta, need)
+                delta = layer.backward(delta, need_input_grad or i > 0)
                 if check is not None:
                     for name, grad in layer.grads.items():
                         check.record("backward", layer, f"gradient d{name}", grad)
@@ -435,16 +422,14 @@ class Sequential(FlatParameters):
         """
         loss = batch.loss
         check = checker_for(self)
-        with contextlib.ExitStack() as scope:
-            if check is not None:  # one read of the GPU flags for the whole step
-                scope.enter_context(check.scope())
+        # the outer scope: one read of the GPU flags for the whole step
+        with self.backend.activate(), _scope(check):
             out = self.forward_batch(batch.x)
-            grad = self.loss_grad_buffer(tuple(out.shape))
-            with self.backend.activate():
-                value = loss.write_value_and_grad(self.backend, out, batch.y, grad)
-                if check is not None:
-                    check.record("loss", None, f"{loss.name} value", value)
-                    check.record("loss", None, f"{loss.name} gradient ∂L/∂output", grad)
+            grad = self.loss_grad_buffer(out.shape)
+            value = loss.write_value_and_grad(self.backend, out, batch.y, grad)
+            if check is not None:
+                check.record("loss", None, f"{loss.name} value", value)
+                check.record("loss", None, f"{loss.name} gradient ∂L/∂output", grad)
             self.backward_batch(grad)
         return value
 
@@ -454,8 +439,7 @@ class Sequential(FlatParameters):
         as a 0-d device array: no host sync on a GPU (:meth:`read_loss` reads it and
         runs the target checks a GPU batch left for then)."""
         value = self.loss_and_grad_batch(batch)
-        with self.backend.activate():
-            optimizer.step(self.flat_params, self.flat_grads)
+        optimizer.step(self.flat_params, self.flat_grads)
         return value
 
     def read_loss(self, batch: Batch, value: Array) -> float:
@@ -529,17 +513,14 @@ class Sequential(FlatParameters):
         return predict(self, x, batch_size=batch_size)
 
     def evaluate(
-        self,
-        x: Any,
-        y: Any,
-        loss: Loss | str,
-        metrics: Sequence[str] = ("accuracy",),
-        batch_size: int = 1024,
+        self, x: Any, y: Any, loss: Loss | str, *args: Any, **kwargs: Any
     ) -> dict[str, float]:
-        """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``."""
+        """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``;
+        see :func:`gpubackprop.train.evaluate` for the arguments (``metrics``,
+        ``batch_size``)."""
         from .train import evaluate
 
-        return evaluate(self, x, y, loss, metrics=metrics, batch_size=batch_size)
+        return evaluate(self, x, y, loss, *args, **kwargs)
 
     def fit(self, x: Any, y: Any, **kwargs: Any) -> History:
         """Train with mini-batches; see :func:`gpubackprop.train.fit` for the arguments."""

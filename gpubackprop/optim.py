@@ -2,22 +2,15 @@
 
 A model keeps all its parameters in one flat 1-D buffer and all its gradients in
 another of the same size (see :class:`~gpubackprop.Sequential`), so an optimizer
-here updates the whole model in one pass over two arrays::
+updates the whole model in one pass over two arrays::
 
     opt = Adam(lr=1e-3)
     opt.step(params, grads)          # params updated in place
 
-An optimizer keeps the hyper-parameters, the state (momentum, moment estimates),
-the guards and the step count; the update itself is an op of the arrays'
-backend (``NumpyOps.sgd_step`` / ``adam_step``, the reference, written with
-in-place ufuncs; ``CupyOps`` overrides them with fused kernels). State and the
-op's workspace are allocated once, lazily, on the first step, sized like
-``params``; no later step allocates an array. The update rules are PyTorch's,
-term for term and in PyTorch's operation order, so results agree with
-``torch.optim`` to float rounding.
-
-The learning-rate schedules live in :mod:`gpubackprop.schedules` and are
-re-exported here (``gb.optim.StepLR``, ...).
+The update is an op of the arrays' backend (``NumpyOps.sgd_step`` / ``adam_step``,
+the reference; ``CupyOps``: fused kernels), PyTorch's rule term for term and in its
+operation order, so results agree with ``torch.optim`` to float rounding. The
+schedules live in :mod:`gpubackprop.schedules`, re-exported here (``gb.optim.StepLR``).
 """
 
 from __future__ import annotations
@@ -83,6 +76,11 @@ class StepReport:
     skipped_reason: str | None = None
 
 
+def _read_only(name: str, doc: str) -> Any:
+    """A read-only property for the hyper-parameter ``name``, stored as ``_<name>``."""
+    return property(lambda self: getattr(self, f"_{name}"), doc=doc)
+
+
 #: the report of a plain step (no norm asked for): one shared object, nothing allocated
 _PLAIN_STEP = StepReport(stepped=True)
 
@@ -98,9 +96,10 @@ class Optimizer(ABC):
     hyper-parameters are read-only.
 
     Subclasses list their state arrays in ``state_names``, name their family of
-    update ops in ``_kind`` and define :meth:`hyperparameters`,
-    :meth:`_set_hyperparameters`, :meth:`_scratch_count`, :meth:`_steps_taken` and
-    :meth:`apply_update`.
+    update ops in ``_kind``, their hyper-parameters besides ``lr`` in ``_hyper_names``
+    (read-only properties made by :func:`_read_only`) and define
+    :meth:`_set_hyperparameters` and :meth:`apply_update` (and, where the defaults do
+    not fit, :meth:`_scratch_count` and :meth:`_steps_taken`).
 
     Guards (keyword arguments of every optimizer, off by default):
 
@@ -118,6 +117,8 @@ class Optimizer(ABC):
     state_names: ClassVar[tuple[str, ...]] = ()
     #: the family of update ops (``"sgd"`` or ``"adam"``), for ``ops.optimizer_workspace``
     _kind: ClassVar[str] = ""
+    #: the hyper-parameters besides ``lr``, in constructor order
+    _hyper_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, *, max_grad_norm: float | None = None, skip_nonfinite: bool = False
@@ -133,6 +134,9 @@ class Optimizer(ABC):
         self._work: dict[str, Array] = {}
         self._ops: NumpyOps | None = None
         self._work_lr: float | None = None
+        #: the (params, grads, backend) the state was last checked against: the same
+        #: pair again skips the checks (what a training loop passes at every step)
+        self._checked: tuple[Array, Array, Backend] | None = None
 
     # --- hyper-parameters ------------------------------------------------------------
     def _set_guards(self, max_grad_norm: object, skip_nonfinite: object) -> None:
@@ -163,21 +167,23 @@ class Optimizer(ABC):
     def lr(self, value: float) -> None:
         self._lr = check_nonneg(f"{type(self).__name__}: lr", value)
 
-    @abstractmethod
     def hyperparameters(self) -> dict[str, object]:
-        """The hyper-parameters, as the constructor takes them."""
+        """The hyper-parameters, as the constructor takes them: ``lr``, the optimizer's
+        own and the guards."""
+        own = {name: getattr(self, name) for name in self._hyper_names}
+        return {"lr": self.lr, **own, **self._guards()}
 
     @abstractmethod
     def _set_hyperparameters(self, **values: Any) -> None:
         """Validate all of ``values`` (ConfigError), then assign them."""
 
-    @abstractmethod
     def _scratch_count(self) -> int:
-        """How many scratch arrays, sized like params, the reference update needs."""
+        """How many scratch arrays the reference update needs (Adam's two by default)."""
+        return 2
 
-    @abstractmethod
     def _steps_taken(self) -> int:
         """The step counter the update op's workspace starts from (at allocation)."""
+        return self.step_count
 
     @abstractmethod
     def apply_update(self, params: Array, grads: Array) -> None:
@@ -213,9 +219,14 @@ class Optimizer(ABC):
         DTypeError or DeviceError when the two buffers do not match each other or
         the optimizer's state.
         """
-        backend = self._check_buffers(params, grads)
+        checked = self._checked
+        if checked is None or checked[0] is not params or checked[1] is not grads:
+            backend = self._check_buffers(params, grads)
+            with backend.activate():
+                self._prepare(backend.ops, params)
+            checked = self._checked = (params, grads, backend)
+        backend = checked[2]
         with backend.activate():
-            self._prepare(backend.ops, params)
             report = self._guard(backend.ops, grads)
             if report.stepped:
                 self.step_count += 1
@@ -305,9 +316,7 @@ class Optimizer(ABC):
         for name, x in (("params", params), ("grads", grads)):
             if not _is_array(x):
                 raise DTypeError(f"{who}: {name} must be a numpy or cupy ndarray, got {type(x)}")
-        if array_module(grads) is not array_module(params) or (
-            array_device(grads) != array_device(params)
-        ):
+        if array_device(grads) != array_device(params):  # "cpu" or "cuda:N": module too
             raise DeviceError(
                 f"{who}: params and grads must be on the same device, "
                 f"got params on {_where(params)} and grads on {_where(grads)}"
@@ -349,9 +358,7 @@ class Optimizer(ABC):
                     f"{type(self).__name__}.step: optimizer state {name!r} is {value.dtype}, "
                     f"got params {params.dtype}; create a new optimizer or call reset()"
                 )
-            if array_module(value) is not array_module(params) or (
-                array_device(value) != array_device(params)
-            ):
+            if array_device(value) != array_device(params):
                 raise DeviceError(
                     f"{type(self).__name__}.step: optimizer state {name!r} is on "
                     f"{_where(value)}, got params on {_where(params)}"
@@ -365,6 +372,7 @@ class Optimizer(ABC):
         self._work = {}
         self._ops = None
         self._work_lr = None
+        self._checked = None
 
     # --- serialisation ----------------------------------------------------------------
     def state_dict(self) -> dict[str, object]:
@@ -439,59 +447,28 @@ class SGD(Optimizer):
 
     state_names = ("momentum_buffer",)
     _kind = "sgd"
+    _hyper_names = ("momentum", "dampening", "nesterov", "weight_decay")
+    momentum: float = _read_only("momentum", "Momentum factor μ (>= 0; 0 disables the buffer).")
+    dampening: float = _read_only(
+        "dampening", "Dampening τ in [0, 1] of the gradient term in the momentum update."
+    )
+    nesterov: bool = _read_only("nesterov", "Whether the step uses g + μ·b (Nesterov), not b.")
+    weight_decay: float = _read_only(
+        "weight_decay", "L2 penalty λ (>= 0), added to the gradient as λ·p."
+    )
 
     def __init__(
-        self,
-        lr: float,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        *,
-        max_grad_norm: float | None = None,
-        skip_nonfinite: bool = False,
+        self, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+        nesterov: bool = False, weight_decay: float = 0.0, *,
+        max_grad_norm: float | None = None, skip_nonfinite: bool = False,
     ) -> None:
         super().__init__(max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
         #: the step that first writes the momentum buffer (0: it holds a loaded value)
         self._first_step = 0
         self._set_hyperparameters(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            nesterov=nesterov,
+            lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
             weight_decay=weight_decay,
         )
-
-    @property
-    def momentum(self) -> float:
-        """Momentum factor μ (>= 0; 0 disables the buffer)."""
-        return self._momentum
-
-    @property
-    def dampening(self) -> float:
-        """Dampening τ in [0, 1] of the gradient term in the momentum update."""
-        return self._dampening
-
-    @property
-    def nesterov(self) -> bool:
-        """Whether the step uses g + μ·b (Nesterov) instead of b."""
-        return self._nesterov
-
-    @property
-    def weight_decay(self) -> float:
-        """L2 penalty λ (>= 0), added to the gradient as λ·p."""
-        return self._weight_decay
-
-    def hyperparameters(self) -> dict[str, object]:
-        """``lr``, ``momentum``, ``dampening``, ``nesterov``, ``weight_decay`` and the guards."""
-        return {
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "dampening": self.dampening,
-            "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay,
-            **self._guards(),
-        }
 
     def _set_hyperparameters(self, **values: Any) -> None:
         lr = check_nonneg("SGD: lr", values["lr"])
@@ -538,9 +515,9 @@ class SGD(Optimizer):
     def apply_update(self, params: Array, grads: Array) -> None:
         """One SGD update: ``ops.sgd_step`` (see the class doc)."""
         self._update_ops().sgd_step(
-            params, grads, self._state["momentum_buffer"], self._work, lr=self.lr,
-            first=self.step_count == self._first_step, momentum=self.momentum,
-            dampening=self.dampening, weight_decay=self.weight_decay, nesterov=self.nesterov,
+            params, grads, self._state["momentum_buffer"], self._work, lr=self._lr,
+            first=self.step_count == self._first_step, momentum=self._momentum,
+            dampening=self._dampening, weight_decay=self._weight_decay, nesterov=self._nesterov,
         )
 
 
@@ -557,46 +534,22 @@ class Adam(Optimizer):
 
     state_names = ("exp_avg", "exp_avg_sq")
     _kind = "adam"
+    _hyper_names = ("betas", "eps", "weight_decay")
+    betas: tuple[float, float] = _read_only(
+        "betas", "Decay rates (β₁, β₂), each in [0, 1), of the first and second moments."
+    )
+    eps: float = _read_only("eps", "ε (>= 0) added to the denominator.")
+    weight_decay: float = _read_only("weight_decay", "Weight decay λ (>= 0).")
     #: decoupled decay (AdamW): p ← p·(1 − η·λ) before the step, instead of g += λ·p
     _decoupled: ClassVar[bool] = False
 
     def __init__(
-        self,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        *,
-        max_grad_norm: float | None = None,
-        skip_nonfinite: bool = False,
+        self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8, weight_decay: float = 0.0, *,
+        max_grad_norm: float | None = None, skip_nonfinite: bool = False,
     ) -> None:
         super().__init__(max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite)
         self._set_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-
-    @property
-    def betas(self) -> tuple[float, float]:
-        """Decay rates (β₁, β₂), each in [0, 1), of the first and second moments."""
-        return self._betas
-
-    @property
-    def eps(self) -> float:
-        """ε (>= 0) added to the denominator."""
-        return self._eps
-
-    @property
-    def weight_decay(self) -> float:
-        """Weight decay λ (>= 0)."""
-        return self._weight_decay
-
-    def hyperparameters(self) -> dict[str, object]:
-        """``lr``, ``betas``, ``eps``, ``weight_decay`` and the guards."""
-        return {
-            "lr": self.lr,
-            "betas": self.betas,
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-            **self._guards(),
-        }
 
     def _set_hyperparameters(self, **values: Any) -> None:
         who = type(self).__name__
@@ -613,18 +566,12 @@ class Adam(Optimizer):
         self._eps = eps
         self._weight_decay = weight_decay
 
-    def _scratch_count(self) -> int:
-        return 2
-
-    def _steps_taken(self) -> int:
-        return self.step_count
-
     def apply_update(self, params: Array, grads: Array) -> None:
         """One Adam/AdamW update: ``ops.adam_step`` at t = ``step_count`` (see the class doc)."""
         self._update_ops().adam_step(
             params, grads, self._state["exp_avg"], self._state["exp_avg_sq"], self._work,
-            lr=self.lr, step=self.step_count, betas=self.betas, eps=self.eps,
-            weight_decay=self.weight_decay, decoupled=self._decoupled,
+            lr=self._lr, step=self.step_count, betas=self._betas, eps=self._eps,
+            weight_decay=self._weight_decay, decoupled=self._decoupled,
         )
 
 
@@ -642,14 +589,9 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(
-        self,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        *,
-        max_grad_norm: float | None = None,
-        skip_nonfinite: bool = False,
+        self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8, weight_decay: float = 1e-2, *,
+        max_grad_norm: float | None = None, skip_nonfinite: bool = False,
     ) -> None:
         super().__init__(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,

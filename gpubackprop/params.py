@@ -176,12 +176,16 @@ class Workspaces:
         self.cache: dict[Hashable, dict[str, Array]] = {}
 
     def get(
-        self, key: Hashable, shapes: Mapping[str, Any], dtype: Any = None
+        self, key: Hashable, shapes: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+        dtype: Any = None,
     ) -> dict[str, Array]:
         """The buffers for ``key``: name -> an empty array of ``shapes[name]``, which is
-        a shape (of ``dtype``) or, without ``dtype``, a pair (shape, dtype)."""
+        a shape (of ``dtype``) or, without ``dtype``, a pair (shape, dtype). ``shapes``
+        may be a function giving that mapping, called only when ``key`` is new."""
         ws = self.cache.get(key)
         if ws is None:
+            if callable(shapes):
+                shapes = shapes()
             if len(self.cache) >= MAX_CACHED_SHAPES:
                 self.cache.pop(next(iter(self.cache)))
             specs = {n: (s, dtype) for n, s in shapes.items()} if dtype is not None else shapes

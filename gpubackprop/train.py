@@ -143,10 +143,6 @@ def _correct(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
     return xp.count_nonzero(predicted == truth)
 
 
-def _batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
-
-
 def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
     """Outputs for all rows of ``x``, computed in batches.
 
@@ -250,34 +246,7 @@ def fit(
     """
     if not isinstance(check_finite, (bool, np.bool_)):
         raise ConfigError(f"check_finite must be a bool, got {check_finite!r}")
-    with detect_anomaly(bool(check_finite)):
-        return _fit(
-            model, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
-            batch_size=batch_size, shuffle=shuffle, validation_data=validation_data,
-            metrics=metrics, scheduler=scheduler, capture=capture, verbose=verbose,
-            file=file, check_finite=bool(check_finite),
-        )
-
-
-def _fit(
-    model: Sequential,
-    x: Any,
-    y: Any,
-    *,
-    loss: Loss | str,
-    optimizer: Optimizer,
-    epochs: int,
-    batch_size: int,
-    shuffle: bool,
-    validation_data: tuple[Any, Any] | None,
-    metrics: Sequence[str],
-    scheduler: Any,
-    capture: bool,
-    verbose: bool,
-    file: TextIO | None,
-    check_finite: bool,
-) -> History:
-    """:func:`fit` with ``check_finite`` already applied to the context."""
+    check_finite = bool(check_finite)
     loss = get_loss(loss)
     check_optimizer(optimizer)
     metrics = _check_metrics(metrics)
@@ -300,7 +269,7 @@ def _fit(
     backend = model.backend
     xp = backend.xp
     n = len(data.x)
-    steps = _batches(n, batch_size)
+    steps = math.ceil(n / batch_size)
     history = History()
     if verbose:
         print(
@@ -312,55 +281,56 @@ def _fit(
     eager = check_finite or guarded or not (capture and backend.is_gpu)
     compiled = None if eager else model.compile_step(loss, optimizer)
     on_device = backend.is_gpu and (backend.is_native(data.x) or backend.is_native(data.y))
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        order = model.rng.permutation(n) if shuffle else None
-        bar = (
-            ProgressBar(steps, f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs} ", file)
-            if verbose
-            else None
-        )
-        with backend.activate():
-            # data on the GPU: the shuffled order goes to the device once per epoch
-            device_order = xp.asarray(order) if order is not None and on_device else None
-            loss_sum = xp.zeros((), dtype=np.float64)
-            correct = xp.zeros((), dtype=np.int64)
-            for step in range(steps):
-                lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-                index = order[lo:hi] if order is not None else slice(lo, hi)
-                device_index = device_order[lo:hi] if device_order is not None else None
-                batch = _rows(model, data, index, device_index)
-                if compiled is not None and hi - lo == batch_size:
-                    try:
-                        compiled(batch.x, batch.y)
-                        value, out = compiled.loss_value, compiled.output
-                    except CaptureError as exc:
-                        warnings.warn(f"fit: training eagerly: {exc}", RuntimeWarning, 2)
-                        compiled = None
-                if compiled is None or hi - lo != batch_size:
-                    value = model.step(batch, optimizer)
-                    out = model.last_output
-                if "accuracy" in metrics:
-                    correct += _correct(model, out, batch.y, loss)
-                loss_sum += value * (hi - lo)
-                if bar is not None and bar.due():
-                    bar.update(step + 1, f"loss {float(loss_sum) / hi:.4f}")
-        record = {"loss": float(loss_sum) / n}
-        if "accuracy" in metrics:
-            record["accuracy"] = int(correct) / n
-        if validation_data is not None:
-            val = _evaluate(model, val_data, metrics, 1024)
-            record.update({f"val_{k}": v for k, v in val.items()})
-        record["lr"] = float(optimizer.lr)
-        record["seconds"] = time.perf_counter() - started
-        history.append(record)
-        if scheduler is not None:
-            scheduler.step()
-        if bar is not None:
-            shown = "  ".join(
-                f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "seconds")
+    with detect_anomaly(check_finite):
+        for epoch in range(epochs):
+            started = time.perf_counter()
+            order = model.rng.permutation(n) if shuffle else None
+            bar = (
+                ProgressBar(steps, f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs} ", file)
+                if verbose
+                else None
             )
-            bar.close(shown)
+            with backend.activate():
+                # data on the GPU: the shuffled order goes to the device once per epoch
+                device_order = xp.asarray(order) if order is not None and on_device else None
+                loss_sum = xp.zeros((), dtype=np.float64)
+                correct = xp.zeros((), dtype=np.int64)
+                for step in range(steps):
+                    lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
+                    index = order[lo:hi] if order is not None else slice(lo, hi)
+                    device_index = device_order[lo:hi] if device_order is not None else None
+                    batch = _rows(model, data, index, device_index)
+                    if compiled is not None and hi - lo == batch_size:
+                        try:
+                            compiled(batch.x, batch.y)
+                            value, out = compiled.loss_value, compiled.output
+                        except CaptureError as exc:
+                            warnings.warn(f"fit: training eagerly: {exc}", RuntimeWarning, 2)
+                            compiled = None
+                    if compiled is None or hi - lo != batch_size:
+                        value = model.step(batch, optimizer)
+                        out = model.last_output
+                    if "accuracy" in metrics:
+                        correct += _correct(model, out, batch.y, loss)
+                    loss_sum += value * (hi - lo)
+                    if bar is not None and bar.due():
+                        bar.update(step + 1, f"loss {float(loss_sum) / hi:.4f}")
+            record = {"loss": float(loss_sum) / n}
+            if "accuracy" in metrics:
+                record["accuracy"] = int(correct) / n
+            if validation_data is not None:
+                val = _evaluate(model, val_data, metrics, 1024)
+                record.update({f"val_{k}": v for k, v in val.items()})
+            record["lr"] = float(optimizer.lr)
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+            if scheduler is not None:
+                scheduler.step()
+            if bar is not None:
+                shown = "  ".join(
+                    f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "seconds")
+                )
+                bar.close(shown)
     return history
 
 

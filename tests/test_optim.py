@@ -602,6 +602,34 @@ def test_adam_step_op_matches_the_formula(decoupled: bool) -> None:
     np.testing.assert_allclose((m, v), (m_new, v_new), rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "sgd_decay", "adam", "adamw"])
+def test_update_ops_by_blocks_give_the_same_bits(kind: str, monkeypatch) -> None:
+    """A buffer larger than one block is updated block by block with one-block scratch
+    arrays; the bits are those of the update in one piece."""
+    from gpubackprop.backend import numpy_ops
+
+    rng = np.random.default_rng(8)
+    p, g, m = (rng.standard_normal(1000).astype(np.float32) for _ in range(3))
+    v = rng.random(1000).astype(np.float32)
+    results = []
+    for block in (numpy_ops.UPDATE_BLOCK, 96):  # 1000 = 10 blocks of 96 and a short one
+        monkeypatch.setattr(numpy_ops, "UPDATE_BLOCK", block)
+        pp, gg, mm, vv = p.copy(), g.copy(), m.copy(), v.copy()
+        ops, work = _ops_and_work("adam" if kind.startswith("adam") else "sgd", pp)
+        assert all(w.shape == (min(1000, block),) for w in work.values())
+        for step in (1, 2):
+            if kind.startswith("sgd"):
+                ops.sgd_step(pp, gg, mm, work, lr=0.1, first=step == 1, momentum=0.9,
+                             dampening=0.1, weight_decay=0.01 if kind == "sgd_decay" else 0.0,
+                             nesterov=False)
+            else:
+                ops.adam_step(pp, gg, mm, vv, work, lr=0.01, step=step, betas=(0.9, 0.99),
+                              eps=1e-8, weight_decay=0.1, decoupled=kind == "adamw")
+        results.append((pp, mm, vv))
+    for whole, blocked in zip(*results, strict=True):
+        np.testing.assert_array_equal(blocked, whole)
+
+
 def test_global_norm_op_over_several_arrays_and_past_overflow() -> None:
     ops = NumpyOps()
     a, b = np.full((2, 2), 1.0), np.full(5, 2.0)

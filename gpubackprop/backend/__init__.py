@@ -25,6 +25,8 @@ from .numpy_ops import NumpyOps
 
 _DEVICE_RE = re.compile(r"^cuda(?::(\d+))?$")
 
+#: the context of a CPU backend's :meth:`Backend.activate`: shared, it does nothing
+NO_CONTEXT = contextlib.nullcontext()
 #: float32 GEMM precisions a backend offers (see :meth:`Backend.with_precision`)
 PRECISIONS = ("fp32", "tf32")
 
@@ -48,10 +50,11 @@ class Backend:
     ops: NumpyOps
     reason: str = field(default="", compare=False)
     precision: str = "fp32"
+    #: True on a GPU (a field, not a property: the engine reads it at every step)
+    is_gpu: bool = field(init=False, compare=False, repr=False)
 
-    @property
-    def is_gpu(self) -> bool:
-        return self.device != "cpu"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_gpu", self.device != "cpu")
 
     @property
     def device_id(self) -> int | None:
@@ -60,7 +63,7 @@ class Backend:
     def activate(self) -> contextlib.AbstractContextManager[Any]:
         """Context in which new arrays are made on this device (no-op on CPU)."""
         if not self.is_gpu:
-            return contextlib.nullcontext()
+            return NO_CONTEXT
         return self.xp.cuda.Device(self.device_id)
 
     def is_native(self, x: Any) -> bool:
@@ -137,19 +140,26 @@ def _cpu_backend(reason: str) -> Backend:
     return Backend("cpu", np, NumpyOps(), reason)
 
 
+def _cupy() -> ModuleType:
+    cp = arrays.cupy_module()
+    assert cp is not None  # a CUDA backend is made only once has_gpu() said yes
+    return cp
+
+
 @functools.cache
 def _cupy_ops(device_id: int, precision: str = "fp32") -> NumpyOps:
     """One ops object (cuBLAS handle, scratch buffers) per GPU and GEMM precision,
     shared by its backends."""
     from .cupy_ops import CupyOps  # only with a GPU
 
-    return CupyOps(arrays.cupy_module(), device_id, precision)
+    return CupyOps(_cupy(), device_id, precision)
 
 
 @functools.cache
 def _cuda_backend(device_id: int, reason: str, precision: str = "fp32") -> Backend:
-    cp = arrays.cupy_module()
-    return Backend(f"cuda:{device_id}", cp, _cupy_ops(device_id, precision), reason, precision)
+    return Backend(
+        f"cuda:{device_id}", _cupy(), _cupy_ops(device_id, precision), reason, precision
+    )
 
 
 def _why_no_gpu() -> str:
@@ -210,6 +220,7 @@ def available_devices() -> list[str]:
 
 
 __all__ = [
+    "NO_CONTEXT",
     "PRECISIONS",
     "Backend",
     "array_device",

@@ -4,20 +4,16 @@
 (:class:`~gpubackprop.backend.numpy_ops.NumpyOps`) and overrides the ones with a
 faster GPU path; the math is the reference's and the tests compare the two:
 
-* GEMMs run on gpubackprop's own cuBLAS handle (:mod:`.cublas`), the same in
-  eager and CUDA-graph-captured steps;
-* a Dense layer's bias + activation is one kernel forward, and δ ⊙ f′ with the
-  bias gradient Δᵀ1 one deterministic kernel backward;
-* each loss writes its gradient and per-row/per-element terms in one kernel and
-  its value with one fixed-order reduction;
-* an optimizer update is one fused kernel over the flat buffer (two for Adam),
-  reading η and the step counter from device memory, so a captured graph
-  follows a schedule.
+* GEMMs on gpubackprop's own cuBLAS handle (:mod:`.cublas`), eager or captured;
+* a Dense layer's bias + activation in one kernel forward, δ ⊙ f′ with the bias
+  gradient Δᵀ1 in one deterministic kernel backward;
+* each loss: gradient and terms in one kernel, value by one fixed-order reduction;
+* an optimizer update: one fused kernel (two for Adam) reading η and the step
+  counter from device memory, so a captured graph follows a schedule.
 
-Nothing here allocates once a shape has been seen: loss scratch buffers (and
-the loss value) live in a cache keyed by (purpose, shape, dtype), so a step can
-be captured into a CUDA graph. The loss value returned is that cached buffer:
-it holds the value until the next loss of the same shape is computed.
+Nothing allocates once a shape has been seen (a step can be captured): loss scratch
+buffers and the loss value are cached by (purpose, shape, dtype); the value returned
+is that buffer, valid until the next loss of the same shape.
 """
 
 from __future__ import annotations
@@ -175,48 +171,24 @@ class CupyOps(NumpyOps):
         work["lr"].fill(lr)
 
     def sgd_step(
-        self,
-        params: Array,
-        grads: Array,
-        momentum_buffer: Array | None,
-        work: dict[str, Array],
-        *,
-        lr: float,
-        first: bool,
-        momentum: float,
-        dampening: float,
-        weight_decay: float,
-        nesterov: bool,
+        self, params: Array, grads: Array, momentum_buffer: Array | None,
+        work: dict[str, Array], *, lr: float, first: bool, **hyper: Any,
     ) -> Array:
-        """As the reference, but η and ``first`` come from ``work`` on the device (the
-        host values are not read), so the launch can be recorded in a CUDA graph."""
+        """As the reference (``hyper``: its other arguments), but η and ``first`` come from
+        ``work`` on the device (not from the host), so a CUDA graph can record it."""
         return kernels.sgd_step(
-            params, grads, momentum_buffer, work["lr"], work["step_state"],
-            momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            nesterov=nesterov,
+            params, grads, momentum_buffer, work["lr"], work["step_state"], **hyper
         )
 
     def adam_step(
-        self,
-        params: Array,
-        grads: Array,
-        exp_avg: Array,
-        exp_avg_sq: Array,
-        work: dict[str, Array],
-        *,
-        lr: float,
-        step: int,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        decoupled: bool,
+        self, params: Array, grads: Array, exp_avg: Array, exp_avg_sq: Array,
+        work: dict[str, Array], *, lr: float, step: int, **hyper: Any,
     ) -> Array:
-        """As the reference, but η and t come from ``work`` on the device (the host
-        values are not read), so the two launches can be recorded in a CUDA graph."""
+        """As the reference (``hyper``: its other arguments), but η and t come from
+        ``work`` on the device (not from the host), so a CUDA graph can record both launches."""
         return kernels.adam_update(
             params, grads, exp_avg, exp_avg_sq, work["lr"], work["step_state"],
-            work["scalars"], betas=betas, eps=eps, weight_decay=weight_decay,
-            decoupled=decoupled,
+            work["scalars"], **hyper,
         )
 
 

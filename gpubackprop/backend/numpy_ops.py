@@ -13,13 +13,34 @@ shape (out, in); the forward pass is Z = A Wᵀ + b.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from ..activations import ActivationSpec, times_nonzero
 from ..arrays import Array
+
+#: elements per block of an optimizer update: a scratch block written by one pass is
+#: read back from cache by the next (a whole large buffer would go through memory)
+UPDATE_BLOCK = 1 << 17
+
+
+def _blocks(params: Array, *others: Array | None) -> Iterator[tuple[Any, ...]]:
+    """``params`` and ``others`` (sized like it, or scratch arrays of one block; None
+    stays None) as views over consecutive blocks of :data:`UPDATE_BLOCK` elements, one
+    tuple per block: the arrays themselves when ``params`` fits in one block."""
+    n = params.shape[0]
+    if n <= UPDATE_BLOCK:
+        yield (params, *others)
+        return
+    for start in range(0, n, UPDATE_BLOCK):
+        stop = min(n, start + UPDATE_BLOCK)
+        yield tuple(
+            None if a is None else a[start:stop] if a.shape[0] == n else a[: stop - start]
+            for a in (params, *others)
+        )
 
 
 class NumpyOps:
@@ -45,7 +66,7 @@ class NumpyOps:
 
     def column_sum(self, x: Array, out: Array) -> Array:
         """out[j] = Σ_i x[i, j] (the bias gradient db = Δᵀ·1). Deterministic."""
-        return self.xp.sum(x, axis=0, out=out)
+        return x.sum(axis=0, out=out)  # the method: np.sum's dispatch costs µs per call
 
     # --- activations ------------------------------------------------------------
     def activation_forward(self, act: ActivationSpec, z: Array, out: Array) -> Array:
@@ -200,14 +221,13 @@ class NumpyOps:
         """The buffers an optimizer update of ``kind`` (``"sgd"`` or ``"adam"``) needs
         besides its state, allocated once so that no step allocates.
 
-        Here ``scratch`` arrays sized like ``params`` (``"tmp0"``, ``"tmp1"``, ...)
-        for the in-place ufuncs of :meth:`sgd_step` / :meth:`adam_step`. ``steps``
+        Here ``scratch`` arrays (``"tmp0"``, ``"tmp1"``, ...) of one block of the update
+        (:data:`UPDATE_BLOCK` elements, or ``params.size`` when smaller). ``steps``
         (updates already taken) only matters where the step counter lives in the
         workspace (:class:`~.cupy_ops.CupyOps`); the reference takes it from the host.
         """
-        return {
-            f"tmp{i}": self.xp.empty(params.shape, dtype=params.dtype) for i in range(scratch)
-        }
+        size = min(params.shape[0], UPDATE_BLOCK)
+        return {f"tmp{i}": self.xp.empty(size, dtype=params.dtype) for i in range(scratch)}
 
     def set_learning_rate(self, work: dict[str, Array], lr: float) -> None:
         """Make η = ``lr`` the rate the next update reads from ``work``.
@@ -216,18 +236,9 @@ class NumpyOps:
         """
 
     def sgd_step(
-        self,
-        params: Array,
-        grads: Array,
-        momentum_buffer: Array | None,
-        work: dict[str, Array],
-        *,
-        lr: float,
-        first: bool,
-        momentum: float,
-        dampening: float,
-        weight_decay: float,
-        nesterov: bool,
+        self, params: Array, grads: Array, momentum_buffer: Array | None,
+        work: dict[str, Array], *, lr: float, first: bool,
+        momentum: float, dampening: float, weight_decay: float, nesterov: bool,
     ) -> Array:
         """One SGD step in place (PyTorch's rule and operation order); returns ``params``.
 
@@ -236,49 +247,40 @@ class NumpyOps:
                        g ← g + μ·b  if nesterov, else g ← b
             p ← p − η·g
 
-        ``momentum_buffer`` b (None when μ = 0) and ``work`` (from
-        :meth:`optimizer_workspace` with 2 scratch arrays when λ ≠ 0, else 1) are
-        sized like ``params``. ``first``: b has not been written yet.
+        ``momentum_buffer`` b (None when μ = 0) is sized like ``params``; ``work`` comes
+        from :meth:`optimizer_workspace` (2 scratch arrays when λ ≠ 0, else 1). The
+        update runs block by block (see :data:`UPDATE_BLOCK`). ``first``: b has not
+        been written yet.
         """
         xp = self.xp
-        tmp = work["tmp0"]
-        g = grads
-        if weight_decay != 0:
-            g = work["tmp1"]
-            xp.multiply(params, weight_decay, out=g)
-            xp.add(grads, g, out=g)
-        if momentum != 0:
-            buf = momentum_buffer
-            if first:
-                xp.copyto(buf, g)
-            else:
-                xp.multiply(buf, momentum, out=buf)
-                xp.multiply(g, 1.0 - dampening, out=tmp)
-                xp.add(buf, tmp, out=buf)
-            if nesterov:
-                xp.multiply(buf, momentum, out=tmp)
-                xp.add(g, tmp, out=tmp)
-                g = tmp
-            else:
-                g = buf
-        xp.multiply(g, -lr, out=tmp)
-        xp.add(params, tmp, out=params)
+        blocks = _blocks(params, grads, momentum_buffer, work["tmp0"], work.get("tmp1"))
+        for p, d, buf, tmp, decayed in blocks:
+            g = d
+            if weight_decay != 0:
+                g = decayed
+                xp.multiply(p, weight_decay, out=g)
+                xp.add(d, g, out=g)
+            if momentum != 0:
+                if first:
+                    xp.copyto(buf, g)
+                else:
+                    xp.multiply(buf, momentum, out=buf)
+                    xp.multiply(g, 1.0 - dampening, out=tmp)
+                    xp.add(buf, tmp, out=buf)
+                if nesterov:
+                    xp.multiply(buf, momentum, out=tmp)
+                    xp.add(g, tmp, out=tmp)
+                    g = tmp
+                else:
+                    g = buf
+            xp.multiply(g, -lr, out=tmp)
+            xp.add(p, tmp, out=p)
         return params
 
     def adam_step(
-        self,
-        params: Array,
-        grads: Array,
-        exp_avg: Array,
-        exp_avg_sq: Array,
-        work: dict[str, Array],
-        *,
-        lr: float,
-        step: int,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        decoupled: bool,
+        self, params: Array, grads: Array, exp_avg: Array, exp_avg_sq: Array,
+        work: dict[str, Array], *, lr: float, step: int,
+        betas: tuple[float, float], eps: float, weight_decay: float, decoupled: bool,
     ) -> Array:
         """One Adam (AdamW when ``decoupled``) step t = ``step`` (from 1) in place, in
         PyTorch's operation order; returns ``params``.
@@ -288,39 +290,37 @@ class NumpyOps:
             v ← β₂·v + (1 − β₂)·g²
             p ← p − (η / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
 
-        m = ``exp_avg``, v = ``exp_avg_sq`` and the 2 scratch arrays of ``work`` are
-        sized like ``params``.
+        m = ``exp_avg`` and v = ``exp_avg_sq`` are sized like ``params``; ``work`` comes
+        from :meth:`optimizer_workspace` (2 scratch arrays). Block by block, as SGD.
         """
         xp = self.xp
         beta1, beta2 = betas
-        tmp, tmp2 = work["tmp0"], work["tmp1"]
-        g = grads
-        if decoupled:
-            xp.multiply(params, 1.0 - lr * weight_decay, out=params)
-        elif weight_decay != 0:
-            g = tmp
-            xp.multiply(params, weight_decay, out=g)
-            xp.add(grads, g, out=g)
-        # m ← β₁·m + (1 − β₁)·g
-        xp.multiply(exp_avg, beta1, out=exp_avg)
-        xp.multiply(g, 1.0 - beta1, out=tmp2)
-        xp.add(exp_avg, tmp2, out=exp_avg)
-        # v ← β₂·v + (1 − β₂)·g·g
-        xp.multiply(exp_avg_sq, beta2, out=exp_avg_sq)
-        xp.multiply(g, 1.0 - beta2, out=tmp2)
-        xp.multiply(tmp2, g, out=tmp2)
-        xp.add(exp_avg_sq, tmp2, out=exp_avg_sq)
-        bias_correction1 = 1.0 - beta1**step
-        bias_correction2 = 1.0 - beta2**step
-        step_size = lr / bias_correction1
-        # denom = √v / √(1 − β₂ᵗ) + ε   (g is no longer needed: tmp is free)
-        xp.sqrt(exp_avg_sq, out=tmp)
-        xp.divide(tmp, math.sqrt(bias_correction2), out=tmp)
-        xp.add(tmp, eps, out=tmp)
-        # p ← p + (−step_size)·m / denom
-        xp.multiply(exp_avg, -step_size, out=tmp2)
-        xp.divide(tmp2, tmp, out=tmp2)
-        xp.add(params, tmp2, out=params)
+        step_size = lr / (1.0 - beta1**step)
+        root_bias_correction2 = math.sqrt(1.0 - beta2**step)
+        blocks = _blocks(params, grads, exp_avg, exp_avg_sq, work["tmp0"], work["tmp1"])
+        for p, g, m, v, tmp, tmp2 in blocks:
+            if decoupled:
+                xp.multiply(p, 1.0 - lr * weight_decay, out=p)
+            elif weight_decay != 0:
+                xp.multiply(p, weight_decay, out=tmp)
+                g = xp.add(g, tmp, out=tmp)
+            # m ← β₁·m + (1 − β₁)·g
+            xp.multiply(m, beta1, out=m)
+            xp.multiply(g, 1.0 - beta1, out=tmp2)
+            xp.add(m, tmp2, out=m)
+            # v ← β₂·v + (1 − β₂)·g·g
+            xp.multiply(v, beta2, out=v)
+            xp.multiply(g, 1.0 - beta2, out=tmp2)
+            xp.multiply(tmp2, g, out=tmp2)
+            xp.add(v, tmp2, out=v)
+            # denom = √v / √(1 − β₂ᵗ) + ε   (g is no longer needed: tmp is free)
+            xp.sqrt(v, out=tmp)
+            xp.divide(tmp, root_bias_correction2, out=tmp)
+            xp.add(tmp, eps, out=tmp)
+            # p ← p + (−step_size)·m / denom
+            xp.multiply(m, -step_size, out=tmp2)
+            xp.divide(tmp2, tmp, out=tmp2)
+            xp.add(p, tmp2, out=p)
         return params
 
 
