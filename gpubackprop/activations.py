@@ -37,9 +37,9 @@ _NAME = re.compile(r"(?<![A-Za-z_])[az](?![A-Za-z_])")  # a or z as a name in a 
 def _erf(xp: ModuleType, x: Array, out: Array) -> Array:
     """erf elementwise into ``out`` (SciPy for NumPy arrays, cupyx for CuPy arrays)."""
     if isinstance(x, np.ndarray):
-        from scipy.special import erf  # type: ignore[import-untyped]
+        from scipy.special import erf
     else:
-        from cupyx.scipy.special import erf  # type: ignore[import-not-found]
+        from cupyx.scipy.special import erf
     return erf(x, out=out)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -513,14 +513,17 @@ class Sequential(FlatParameters):
         return predict(self, x, batch_size=batch_size)
 
     def evaluate(
-        self, x: Any, y: Any, loss: Loss | str, *args: Any, **kwargs: Any
+        self,
+        x: Any,
+        y: Any,
+        loss: Loss | str,
+        metrics: Sequence[str] = ("accuracy",),
+        batch_size: int = 1024,
     ) -> dict[str, float]:
-        """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``;
-        see :func:`gpubackprop.train.evaluate` for the arguments (``metrics``,
-        ``batch_size``)."""
+        """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``."""
         from .train import evaluate
 
-        return evaluate(self, x, y, loss, *args, **kwargs)
+        return evaluate(self, x, y, loss, metrics=metrics, batch_size=batch_size)
 
     def fit(self, x: Any, y: Any, **kwargs: Any) -> History:
         """Train with mini-batches; see :func:`gpubackprop.train.fit` for the arguments."""
