@@ -56,7 +56,7 @@ import numpy as np
 import safetensors.numpy
 
 from . import optim
-from .backend import Backend, get_backend
+from .backend import PRECISIONS, Backend, get_backend
 from .errors import CheckpointError, ConfigError, GpuBackpropError
 from .layers import Activation, Dense, Layer
 from .model import Sequential, check_optimizer
@@ -83,7 +83,6 @@ _REQUIRED_METADATA = frozenset(
 )
 _OPTIONAL_METADATA = frozenset({"optimizer"})
 _ARCH_KEYS = frozenset({"class", "seed", "precision", "layers"})
-_PRECISIONS = ("fp32", "tf32")
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 _LAYER_KEYS = {
     "Dense": frozenset({"type", "in_features", "out_features", "activation", "bias"}),
@@ -130,7 +129,7 @@ def save(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) 
             {
                 "class": "Sequential",
                 "seed": _int_or_none(model.seed),
-                "precision": getattr(model, "precision", "fp32"),
+                "precision": model.precision,
                 "layers": [_layer_spec(layer) for layer in model.layers],
             }
         ),
@@ -481,9 +480,9 @@ def _architecture(file: _File) -> dict[str, Any]:
     if seed is not None and not (_is_int(seed) and seed >= 0):
         raise CheckpointError(f"architecture seed must be null or an int >= 0, got {_short(seed)}")
     arch.setdefault("precision", "fp32")  # written since the "tf32" precision came
-    if arch["precision"] not in _PRECISIONS:
+    if arch["precision"] not in PRECISIONS:
         raise CheckpointError(
-            f"architecture precision must be one of {list(_PRECISIONS)}, "
+            f"architecture precision must be one of {list(PRECISIONS)}, "
             f"got {_short(arch['precision'])}"
         )
     return arch
@@ -720,9 +719,9 @@ def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
         _compare(file, dtype, expected, spec, [])
         rng = _rng(file)
         try:
-            # precision= only when it is not the default, for a Sequential without it
-            extra = {} if arch["precision"] == "fp32" else {"precision": arch["precision"]}
-            model = Sequential(layers, device=backend, dtype=dtype, seed=arch["seed"], **extra)
+            model = Sequential(
+                layers, device=backend, dtype=dtype, seed=arch["seed"], precision=arch["precision"]
+            )
         except GpuBackpropError as exc:  # ShapeError: widths that do not chain
             raise CheckpointError(f"architecture: {exc}") from exc
         _commit(model, file, rng, optimizer, spec)

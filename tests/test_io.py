@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import inspect
 import io as stdio
 import json
 import re
@@ -36,10 +35,12 @@ def _data(n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _model(device: str = "cpu", dtype: str = "float32", seed: int = 0) -> gb.Sequential:
+def _model(
+    device: str = "cpu", dtype: str = "float32", seed: int = 0, precision: str = "fp32"
+) -> gb.Sequential:
     return gb.Sequential(
         [gb.Dense(4, 8, "relu"), gb.Activation("tanh"), gb.Dense(8, 3, bias=False)],
-        device=device, dtype=dtype, seed=seed,
+        device=device, dtype=dtype, seed=seed, precision=precision,
     )
 
 
@@ -223,31 +224,22 @@ def test_checkpoints_without_precision_load_as_fp32(tmp_path: Path) -> None:
     path, model, _ = _trained(tmp_path)
     _edit(path, _edit_meta_json("architecture", lambda a: a.pop("precision")), sign=True)
     restored, _ = gb.load(path, device="cpu")
-    assert getattr(restored, "precision", "fp32") == "fp32"
+    assert restored.precision == "fp32"
     _assert_same_arrays(_params(restored), _params(model))
 
 
-def test_tf32_precision_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _model()
-    model.precision = "tf32"  # as Sequential(..., precision="tf32") sets it
+def test_tf32_precision_round_trips(tmp_path: Path) -> None:
+    model = _model(precision="tf32")
     path = tmp_path / "tf32.safetensors"
     model.save(path)
     with safetensors.safe_open(str(path), "np") as f:
         assert json.loads(f.metadata()["architecture"])["precision"] == "tf32"
-    if "precision" not in inspect.signature(gb.Sequential).parameters:
-
-        class WithPrecision(gb.Sequential):  # the constructor that takes it
-            def __init__(self, *args: object, precision: str = "fp32", **kw: object) -> None:
-                super().__init__(*args, **kw)
-                self.precision = precision
-
-        monkeypatch.setattr(ckio, "Sequential", WithPrecision)
     restored, _ = gb.load(path, device="cpu")
     assert restored.precision == "tf32"
     _assert_same_arrays(_params(restored), _params(model))
     into = _model(seed=4)
     into.load_state(path)  # the model keeps its own precision
-    assert getattr(into, "precision", "fp32") == "fp32"
+    assert into.precision == "fp32"
     _assert_same_arrays(_params(into), _params(model))
 
 
