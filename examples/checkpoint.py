@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> bool:
         print(f"saved {path.name} ({path.stat().st_size:,} bytes) after 2 epochs")
 
         # a new process would start here: rebuild everything from the file
-        model, optimizer = gb.load(path, device=args.device)
+        model, optimizer = gb.load(path, device=args.device, with_optimizer=True)
         model.fit(x, y, optimizer=optimizer, epochs=2, **train)
 
     same = all(

@@ -3,7 +3,8 @@
 ::
 
     model.save("run.safetensors", optimizer=opt)         # atomic: all or nothing
-    model, opt = gb.load("run.safetensors", device="auto")
+    model = gb.load("run.safetensors", device="auto")    # the model, ready to predict
+    model, opt = gb.load("run.safetensors", with_optimizer=True)  # to train on
     model.load_state("run.safetensors", optimizer=opt)   # into existing objects
 
 A checkpoint is a `safetensors <https://github.com/huggingface/safetensors>`_ file
@@ -43,6 +44,7 @@ Loading validates everything before it allocates or changes anything (see
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -50,7 +52,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple, cast
+from typing import IO, Any, Literal, NamedTuple, cast, overload
 
 import numpy as np
 import safetensors.numpy
@@ -98,7 +100,7 @@ _BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
 
 
 class Checkpoint(NamedTuple):
-    """What :func:`load` returns: ``model, optimizer = gb.load(path)``.
+    """What ``gb.load(path, with_optimizer=True)`` returns: ``model, optimizer = ...``.
 
     ``optimizer`` is None when the checkpoint was saved without one.
     """
@@ -114,7 +116,9 @@ def save(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) 
     Through a fsynced temporary file in the same folder renamed over ``path``: a save
     that fails part way leaves the previous file as it was and no temporary file.
     Raises CheckpointError for a layer type or optimizer checkpoints cannot hold, or
-    an optimizer whose state belongs to a model of another size or dtype.
+    an optimizer whose state belongs to a model of another size or dtype; an OSError
+    naming ``path`` (FileNotFoundError: its folder does not exist; IsADirectoryError:
+    it is a folder; PermissionError: the folder is not writable) when it cannot be written.
     """
     host: dict[str, np.ndarray] = {
         f"model.{name}": _to_host(model.backend, view)
@@ -230,7 +234,7 @@ def _write_atomic(path: str, payload: bytes) -> None:
     """Write ``payload`` to ``path`` through a fsynced temporary file and os.replace; the
     file gets the permissions of an ordinary new file (0o666 less the umask)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = _temporary_file(path, folder)
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -250,6 +254,28 @@ def _write_atomic(path: str, payload: bytes) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _temporary_file(path: str, folder: str) -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``folder`` for ``path``; an OSError names ``path`` (the
+    user's), not the temporary file, and says what is wrong with the folder."""
+    if os.path.isdir(path):
+        example = os.path.join(path, "model.safetensors")
+        raise IsADirectoryError(
+            errno.EISDIR,
+            f"cannot save the checkpoint: that is a folder; give a file path such as {example!r}",
+            path,
+        )
+    try:
+        return tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as exc:
+        why = {
+            FileNotFoundError: f"the folder {folder!r} does not exist (create it first: "
+            "os.makedirs)",
+            NotADirectoryError: f"{folder!r} is not a folder (a part of it is a file)",
+            PermissionError: f"no permission to create files in the folder {folder!r}",
+        }.get(type(exc), f"{exc.strerror} (in the folder {folder!r})")
+        raise type(exc)(exc.errno, f"cannot save the checkpoint: {why}", path) from None
 
 
 def _digest(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> str:
@@ -682,22 +708,41 @@ def _reading(path: PathLike) -> Iterator[tuple[_File, np.dtype, dict[str, Any]]]
 
 
 # --- loading ---------------------------------------------------------------------------------
-def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
-    """Rebuild the model (and optimizer, if one was saved) from a checkpoint.
+@overload
+def load(
+    path: PathLike, device: str | Backend = ..., *, with_optimizer: Literal[False] = ...
+) -> Sequential: ...
+@overload
+def load(
+    path: PathLike, device: str | Backend = ..., *, with_optimizer: Literal[True]
+) -> Checkpoint: ...
+@overload
+def load(
+    path: PathLike, device: str | Backend = ..., *, with_optimizer: bool
+) -> Sequential | Checkpoint: ...
+def load(
+    path: PathLike, device: str | Backend = "auto", *, with_optimizer: bool = False
+) -> Sequential | Checkpoint:
+    """Rebuild the model (and, on request, the optimizer) from a checkpoint.
 
-    Returns a :class:`Checkpoint` ``(model, optimizer)`` (None when the file holds no
-    optimizer): a new :class:`Sequential` on ``device`` (any device, whatever the
-    saving one) with the saved architecture, precision, dtype, seed, parameters and
-    generator state, and a new optimizer of the saved type and state.
+    Returns a new :class:`Sequential` on ``device`` (any device, whatever the saving
+    one) with the saved architecture, precision, dtype, seed, parameters and generator
+    state: ``gb.load(path).predict(x)``. With ``with_optimizer=True``, a
+    :class:`Checkpoint` ``(model, optimizer)`` instead, the optimizer new, of the saved
+    type, hyper-parameters, step count and state, or None when the file was saved
+    without one (``model.save(path)``); one read of the file either way.
 
     Everything is validated before anything is allocated: magic bytes (pickles, .npy
     and zip files are named and refused), the header length (100 MiB limit, file
     size), the JSON header, each tensor's dtype (F32/F64), shape and byte range, the
     format version, the layout (by the safetensors library), the SHA-256, the
     architecture, optimizer and generator records, and that the tensors are exactly
-    those the architecture needs. Raises CheckpointError naming the problem,
-    DeviceError for an unavailable device, OSError when the file cannot be read.
+    those the architecture needs (a saved optimizer is validated too when it is not
+    asked for). Raises CheckpointError naming the problem, DeviceError for an
+    unavailable device, OSError when the file cannot be read.
     """
+    if not isinstance(with_optimizer, bool):
+        raise ConfigError(f"load: with_optimizer must be True or False, got {with_optimizer!r}")
     backend = get_backend(device)
     with _reading(path) as (file, dtype, arch):
         layers = [_layer_from_spec(i, spec) for i, spec in enumerate(arch["layers"])]
@@ -725,7 +770,7 @@ def load(path: PathLike, device: str | Backend = "auto") -> Checkpoint:
         except GpuBackpropError as exc:  # ShapeError: widths that do not chain
             raise CheckpointError(f"architecture: {exc}") from exc
         _commit(model, file, rng, optimizer, spec)
-    return Checkpoint(model, optimizer)
+    return Checkpoint(model, optimizer) if with_optimizer else model
 
 
 def load_state(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) -> None:

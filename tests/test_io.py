@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import io as stdio
 import json
+import os
 import re
 import tracemalloc
 from collections.abc import Callable
@@ -142,7 +143,7 @@ def test_load_rebuilds_model_and_optimizer_bitwise(tmp_path: Path, dtype: str) -
     path = tmp_path / "m.safetensors"
     model.save(path, optimizer=optimizer)
 
-    loaded = gb.load(path, device="cpu")
+    loaded = gb.load(path, device="cpu", with_optimizer=True)
     assert isinstance(loaded, ckio.Checkpoint)
     restored, opt = loaded
     assert repr(restored) == repr(model) and restored.dtype == model.dtype
@@ -153,10 +154,22 @@ def test_load_rebuilds_model_and_optimizer_bitwise(tmp_path: Path, dtype: str) -
     assert restored.rng.bit_generator.state == model.rng.bit_generator.state
 
 
+def test_load_returns_the_model_ready_to_predict(tmp_path: Path) -> None:
+    """``gb.load(path).predict(x)``, as Keras' load_model: the model, not a pair, even
+    from a file that holds an optimizer."""
+    path, model, _ = _trained(tmp_path)
+    x, _ = _data()
+    loaded = gb.load(path, device="cpu")
+    assert isinstance(loaded, gb.Sequential)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    with pytest.raises(gb.ConfigError, match="with_optimizer must be True or False, got 'yes'"):
+        gb.load(path, device="cpu", with_optimizer="yes")  # type: ignore[call-overload]
+
+
 def test_without_optimizer_load_gives_none(tmp_path: Path) -> None:
     model = _model()
     model.save(tmp_path / "m.safetensors")
-    restored, opt = gb.load(str(tmp_path / "m.safetensors"), device="cpu")
+    restored, opt = gb.load(str(tmp_path / "m.safetensors"), device="cpu", with_optimizer=True)
     assert opt is None
     _assert_same_arrays(_params(restored), _params(model))
 
@@ -164,7 +177,7 @@ def test_without_optimizer_load_gives_none(tmp_path: Path) -> None:
 def test_optimizer_before_its_first_step_round_trips(tmp_path: Path) -> None:
     model = _model()
     model.save(tmp_path / "m.safetensors", optimizer=gb.optim.Adam(3e-3, betas=(0.8, 0.9)))
-    _, opt = gb.load(tmp_path / "m.safetensors", device="cpu")
+    _, opt = gb.load(tmp_path / "m.safetensors", device="cpu", with_optimizer=True)
     assert isinstance(opt, gb.optim.Adam)
     assert opt.step_count == 0 and opt.betas == (0.8, 0.9) and opt.lr == 3e-3
     assert all(v is None for v in opt.state_dict()["state"].values())
@@ -215,7 +228,7 @@ def test_other_bit_generators_round_trip(tmp_path: Path) -> None:
     model = _model()
     model.rng = np.random.Generator(np.random.MT19937(7))
     model.save(tmp_path / "m.safetensors")
-    restored, _ = gb.load(tmp_path / "m.safetensors", device="cpu")
+    restored = gb.load(tmp_path / "m.safetensors", device="cpu")
     assert np.array_equal(restored.rng.random(5), model.rng.random(5))
 
 
@@ -223,7 +236,7 @@ def test_checkpoints_without_precision_load_as_fp32(tmp_path: Path) -> None:
     """Files written before the precision key load as they did (as "fp32")."""
     path, model, _ = _trained(tmp_path)
     _edit(path, _edit_meta_json("architecture", lambda a: a.pop("precision")), sign=True)
-    restored, _ = gb.load(path, device="cpu")
+    restored = gb.load(path, device="cpu")
     assert restored.precision == "fp32"
     _assert_same_arrays(_params(restored), _params(model))
 
@@ -234,7 +247,7 @@ def test_tf32_precision_round_trips(tmp_path: Path) -> None:
     model.save(path)
     with safetensors.safe_open(str(path), "np") as f:
         assert json.loads(f.metadata()["architecture"])["precision"] == "tf32"
-    restored, _ = gb.load(path, device="cpu")
+    restored = gb.load(path, device="cpu")
     assert restored.precision == "tf32"
     _assert_same_arrays(_params(restored), _params(model))
     into = _model(seed=4)
@@ -257,7 +270,7 @@ def test_resumed_fit_equals_uninterrupted_fit_bitwise(tmp_path: Path) -> None:
     first.fit(x, y, optimizer=first_opt, epochs=2, **kwargs)
     first.save(tmp_path / "half.safetensors", optimizer=first_opt)
     del first, first_opt
-    resumed, resumed_opt = gb.load(tmp_path / "half.safetensors", device="cpu")
+    resumed, resumed_opt = gb.load(tmp_path / "half.safetensors", device="cpu", with_optimizer=True)
     resumed.fit(x, y, optimizer=resumed_opt, epochs=2, **kwargs)
 
     _assert_same_arrays(_params(resumed), _params(straight))
@@ -297,13 +310,13 @@ def test_cross_device_round_trips(tmp_path: Path, device: str) -> None:
     model, optimizer = _model(device), gb.optim.SGD(0.1, momentum=0.9)
     model.train_step(x, y, LOSS, optimizer)
     model.save(tmp_path / "dev.safetensors", optimizer=optimizer)
-    on_cpu, cpu_opt = gb.load(tmp_path / "dev.safetensors", device="cpu")
+    on_cpu, cpu_opt = gb.load(tmp_path / "dev.safetensors", device="cpu", with_optimizer=True)
     assert on_cpu.device == "cpu"
     _assert_same_arrays(_params(on_cpu), _params(model))
     _assert_same_optimizer(cpu_opt, optimizer)
 
     on_cpu.save(tmp_path / "cpu.safetensors", optimizer=cpu_opt)
-    back, back_opt = gb.load(tmp_path / "cpu.safetensors", device=device)
+    back, back_opt = gb.load(tmp_path / "cpu.safetensors", device=device, with_optimizer=True)
     assert back.device == model.device
     assert all(back.backend.is_native(v) for v in back.parameters().values())
     _assert_same_arrays(_params(back), _params(model))
@@ -332,7 +345,7 @@ def test_interrupted_save_keeps_previous_checkpoint(
         model.save(path, optimizer=optimizer)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file
-    _, opt = gb.load(path, device="cpu")
+    _, opt = gb.load(path, device="cpu", with_optimizer=True)
     assert opt is not None and opt.step_count == 3
 
     with pytest.raises(OSError, match="simulated"):
@@ -345,7 +358,7 @@ def test_save_replaces_an_existing_checkpoint(tmp_path: Path) -> None:
     x, y = _data()
     model.train_step(x, y, LOSS, optimizer)
     model.save(path, optimizer=optimizer)
-    _, opt = gb.load(path, device="cpu")
+    _, opt = gb.load(path, device="cpu", with_optimizer=True)
     assert opt is not None and opt.step_count == 4
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
@@ -620,7 +633,50 @@ def test_load_state_checks_dtype_activation_and_optimizer(tmp_path: Path) -> Non
     # without an optimizer, saved optimizer state is validated and ignored
     model = _model(seed=1)
     model.load_state(path)
-    _assert_same_arrays(_params(model), _params(gb.load(path, device="cpu").model))
+    _assert_same_arrays(_params(model), _params(gb.load(path, device="cpu")))
+
+
+def test_save_into_a_missing_folder_names_the_users_path(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "m.safetensors"
+    with pytest.raises(FileNotFoundError) as info:
+        _model().save(path)
+    message = str(info.value)
+    assert info.value.filename == str(path) and ".tmp" not in message
+    assert f"the folder {str(tmp_path / 'no' / 'such')!r} does not exist" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_onto_a_folder_or_under_a_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError, match="that is a folder; give a file path such as"):
+        _model().save(tmp_path)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is not a folder") as info:
+        _model().save(tmp_path / "f" / "m.safetensors")
+    assert info.value.filename == str(tmp_path / "f" / "m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_save_into_a_read_only_folder_names_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulated (root may write anywhere); the real case where the tests run unprivileged."""
+    path = tmp_path / "m.safetensors"
+
+    def refuse(**_: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".m.safetensors.x.tmp"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ckio.tempfile, "mkstemp", refuse)
+        with pytest.raises(PermissionError, match="no permission to create files in the folder"):
+            _model().save(path)
+    if os.geteuid() != 0:
+        tmp_path.chmod(0o555)
+        try:
+            with pytest.raises(PermissionError, match=re.escape(repr(str(tmp_path)))) as info:
+                _model().save(path)
+            assert info.value.filename == str(path)
+        finally:
+            tmp_path.chmod(0o755)
 
 
 def test_missing_file_is_an_os_error(tmp_path: Path) -> None:
@@ -672,7 +728,7 @@ def test_optimizer_guards_survive_a_checkpoint(tmp_path) -> None:
     opt = gb.optim.Adam(1e-2, max_grad_norm=0.5, skip_nonfinite=True)
     model.train_step(np.ones((4, 3)), np.zeros((4, 2)), "mse", opt)
     model.save(tmp_path / "c.safetensors", opt)
-    _, loaded = gb.load(tmp_path / "c.safetensors", device="cpu")
+    _, loaded = gb.load(tmp_path / "c.safetensors", device="cpu", with_optimizer=True)
     assert loaded.max_grad_norm == 0.5
     assert loaded.skip_nonfinite is True
     assert "max_grad_norm=0.5" in repr(loaded)

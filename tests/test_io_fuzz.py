@@ -50,7 +50,7 @@ def _load_bounded(path: Path, raw: bytes) -> dict[str, np.ndarray] | None:
     path.write_bytes(raw)
     tracemalloc.start()
     try:
-        model, optimizer = gb.load(path, device="cpu")
+        model, optimizer = gb.load(path, device="cpu", with_optimizer=True)
     except gb.CheckpointError:
         return None
     finally:
