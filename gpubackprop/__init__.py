@@ -28,6 +28,7 @@ from .errors import (
     NumericalError,
     ShapeError,
 )
+from .explain import Explanation
 from .gradcheck import GradcheckReport, gradcheck, graph_gradcheck
 from .graph import (
     Gate,
@@ -61,6 +62,7 @@ __all__ = [
     "Dense",
     "DeviceError",
     "DeviceMemoryError",
+    "Explanation",
     "Gate",
     "GpuBackpropError",
     "GradcheckError",

@@ -1,15 +1,19 @@
 """``model.explain(x)``: the exact forward and backward formulas, layer by layer.
 
-For each layer it prints what the engine computes, with the shapes of this
+For each layer it shows what the engine computes, with the shapes of this
 batch filled in, the arrays it keeps for backward, and (after running the
 batch) statistics of the actual values: activations forward, and with a
 target and a loss, the deltas and gradient norms backward. Every formula is
 the one the code runs (``layers.py``), in the engine's batch-major convention.
+The account comes back as an :class:`Explanation`: a REPL or notebook shows it
+once, ``print(model.explain(x))`` prints it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TextIO
+import html
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +25,34 @@ from .losses import MSE, BCEWithLogits, Loss, SoftmaxCrossEntropy, get_loss
 
 if TYPE_CHECKING:
     from .model import Sequential
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What :func:`explain` returns: the layer-by-layer account, displayed once.
+
+    ``str()`` and ``repr()`` are the text itself, so a REPL shows it as ``print``
+    would (not as an escaped string); a notebook renders it as a ``<pre>`` block
+    (``_repr_html_``). Nothing is printed unless asked: ``print(explanation)``.
+    """
+
+    #: the account, lines joined by newlines
+    text: str
+
+    @property
+    def lines(self) -> list[str]:
+        """The account's lines (the text split at newlines)."""
+        return self.text.splitlines()
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        """The text as an HTML ``<pre>`` block, for Jupyter."""
+        return f"<pre>{html.escape(self.text)}</pre>"
 
 
 def _shape(*dims: int) -> str:
@@ -109,14 +141,9 @@ def _loss_lines(loss: Loss, batch: int, width: int, k: int) -> list[str]:
 
 
 def explain(
-    model: Sequential,
-    x: Any,
-    y: Any = None,
-    loss: Loss | str | None = None,
-    *,
-    file: TextIO | None = None,
-) -> str:
-    """Print (to ``file``, stdout by default) and return the layer-by-layer account.
+    model: Sequential, x: Any, y: Any = None, loss: Loss | str | None = None
+) -> Explanation:
+    """The layer-by-layer account of batch ``x`` as an :class:`Explanation` (not printed).
 
     With ``y`` and ``loss`` the batch is also run backward (the gradient buffer is
     written, no parameter changes) and each layer shows its δ and gradient norms.
@@ -164,9 +191,7 @@ def explain(
             "Backward runs from the last layer to the first; each writes its dW, db "
             "into the flat gradient buffer (overwritten, not accumulated)."
         )
-    text = "\n".join(lines)
-    print(text, file=file)  # None: stdout
-    return text
+    return Explanation("\n".join(lines))
 
 
-__all__ = ["explain"]
+__all__ = ["Explanation", "explain"]

@@ -50,6 +50,7 @@ from .params import (
 
 if TYPE_CHECKING:
     from .capture import CompiledStep
+    from .explain import Explanation
     from .train import History
 
 
@@ -475,18 +476,17 @@ class Sequential(FlatParameters):
         batch = self.prepare_batch(x, y, loss)
         return self.read_loss(batch, self.step(batch, optimizer))
 
-    def explain(
-        self, x: Any, y: Any = None, loss: Loss | str | None = None, *, file: Any = None
-    ) -> str:
-        """Print and return, layer by layer, the shapes and the exact formulas used
-        forward and backward for batch ``x`` (z = a Wᵀ + b, δ = ∂L/∂a ⊙ σ′,
-        dW = δᵀ a, db = δᵀ 1, ∂L/∂a_prev = δ W), with statistics of the actual
-        values; given ``y`` and ``loss``, also the loss and the gradient norms.
-        No parameter changes.
+    def explain(self, x: Any, y: Any = None, loss: Loss | str | None = None) -> Explanation:
+        """Layer by layer, the shapes and the exact formulas used forward and backward
+        for batch ``x`` (z = a Wᵀ + b, δ = ∂L/∂a ⊙ σ′, dW = δᵀ a, db = δᵀ 1,
+        ∂L/∂a_prev = δ W), with statistics of the actual values; given ``y`` and
+        ``loss``, also the loss and the gradient norms. No parameter changes.
+        Returns an :class:`~gpubackprop.explain.Explanation`, shown once by a REPL or
+        notebook; ``print(model.explain(x))`` prints it.
         """
         from .explain import explain
 
-        return explain(self, x, y, loss, file=file)
+        return explain(self, x, y, loss)
 
     def compile_step(self, loss: Loss | str, optimizer: Optimizer) -> CompiledStep:
         """The training step (forward, loss, backward, update) as a replayable CUDA graph.
