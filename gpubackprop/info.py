@@ -1,7 +1,8 @@
 """``python -m gpubackprop info``: what a bug report needs in one screen.
 
-Versions (and why CuPy does not import, if it does not), the CUDA runtime, driver
-and GPUs, the devices gpubackprop can use, and which one ``device="auto"`` picks and why.
+Versions (and why CuPy does not import, if it does not), whether the system shows
+an NVIDIA GPU at all, the CUDA runtime, driver and GPUs, the devices gpubackprop can
+use, and which one ``device="auto"`` picks and why.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TextIO
 import numpy as np
 
 from . import arrays
-from .backend import available_devices, get_backend
+from .backend import available_devices, get_backend, nvidia_gpu_visible
 from .version import __version__
 
 
@@ -59,6 +60,8 @@ def collect_info() -> list[tuple[str, str]]:
         ("NumPy", np.__version__),
         ("SciPy", scipy.__version__),
     ]
+    seen = "yes" if nvidia_gpu_visible() else "none visible on this machine"
+    rows.append(("NVIDIA GPU", seen))
     cp = arrays.cupy_module()
     if cp is None:
         rows.append(("CuPy", f"not importable ({arrays.cupy_import_error()})"))

@@ -204,6 +204,11 @@ def _evaluate(
     return result
 
 
+#: the device reasons (``backend.reason``: why "auto" picked the CPU, ...) fit has
+#: printed; each is said once per process, later runs name the device only
+_REASONS_SAID: set[str] = set()
+
+
 def fit(
     model: Sequential,
     x: Any,
@@ -272,9 +277,11 @@ def fit(
     steps = math.ceil(n / batch_size)
     history = History()
     if verbose:
+        why = "" if backend.reason in _REASONS_SAID else f" ({backend.reason})"
+        _REASONS_SAID.add(backend.reason)
         print(
             f"Training {n} samples, batch {batch_size}, {steps} steps/epoch on "
-            f"{backend.device} ({backend.reason})",
+            f"{backend.device}{why}",
             file=file,
         )
     guarded = optimizer.max_grad_norm is not None or optimizer.skip_nonfinite

@@ -93,6 +93,83 @@ def test_available_devices() -> None:
         assert devices == ["cpu"]
 
 
+NO_CUPY = "ModuleNotFoundError: No module named 'cupy'"
+
+
+@pytest.mark.parametrize(
+    ("visible", "cupy_error", "why"),
+    [
+        (False, NO_CUPY, f"no NVIDIA GPU is visible on this machine; CuPy is not importable "
+                         f"either: {NO_CUPY}"),
+        (False, None, "no NVIDIA GPU is visible on this machine (CuPy is installed)"),
+        (True, NO_CUPY, f"CuPy is not importable ({NO_CUPY}); install gpubackprop[cuda12] "
+                        "or [cuda13]"),
+        (True, None, "CuPy is installed but sees no CUDA device"),
+    ],
+    ids=["no-gpu-no-cupy", "no-gpu-cupy", "gpu-no-cupy", "gpu-cupy"],
+)
+def test_no_gpu_says_first_whether_one_is_visible(
+    monkeypatch: pytest.MonkeyPatch, visible: bool, cupy_error: str | None, why: str
+) -> None:
+    """get_backend("cuda"), "auto" and ``python -m gpubackprop info`` give one reason."""
+    from gpubackprop import backend as backend_module
+    from gpubackprop import info
+
+    monkeypatch.setattr(backend_module, "has_gpu", lambda: False)
+    monkeypatch.setattr(backend_module, "nvidia_gpu_visible", lambda: visible)
+    monkeypatch.setattr(info, "nvidia_gpu_visible", lambda: visible)
+    monkeypatch.setattr(arrays, "cupy_import_error", lambda: cupy_error)
+    with pytest.raises(gb.DeviceError) as raised:
+        get_backend("cuda")
+    assert str(raised.value) == f"device 'cuda' was asked for but {why}"
+    assert get_backend("auto").reason == f"auto picked cpu: {why}"
+    rows = dict(info.collect_info())
+    assert rows["auto device"] == f"cpu (auto picked cpu: {why})"
+    assert rows["NVIDIA GPU"] == ("yes" if visible else "none visible on this machine")
+
+
+@pytest.mark.parametrize(
+    ("platform", "nodes", "dxg", "smi", "visible"),
+    [
+        ("linux", [], False, True, False),  # nvidia-smi alone is no GPU on Linux
+        ("linux", ["/dev/nvidia0"], False, False, True),
+        ("linux", [], True, False, True),  # WSL 2
+        ("win32", [], False, True, True),
+        ("win32", [], False, False, False),
+        ("darwin", [], False, True, False),
+    ],
+)
+def test_nvidia_gpu_visible_probe(
+    monkeypatch: pytest.MonkeyPatch,
+    platform: str, nodes: list[str], dxg: bool, smi: bool, visible: bool,
+) -> None:
+    from gpubackprop import backend as backend_module
+
+    monkeypatch.setattr(backend_module.sys, "platform", platform)
+    monkeypatch.setattr(backend_module.glob, "glob", lambda pattern: nodes)
+    monkeypatch.setattr(backend_module.os.path, "exists", lambda path: dxg)
+    smi_path = "/usr/bin/nvidia-smi" if smi else None
+    monkeypatch.setattr(backend_module.shutil, "which", lambda name: smi_path)
+    assert backend_module.nvidia_gpu_visible() is visible
+
+
+def test_fit_says_why_it_picked_the_device_once_per_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gpubackprop import train
+
+    monkeypatch.setattr(train, "_REASONS_SAID", set())  # as in a new process
+    model = gb.Sequential([gb.Dense(3, 2)], seed=0)  # device="auto"
+    x, y = np.ones((8, 3)), np.zeros((8, 2))
+    for _ in range(2):
+        model.fit(x, y, loss="mse", optimizer=gb.optim.SGD(0.1), epochs=1)
+    out = capsys.readouterr().out
+    first, second = (line for line in out.splitlines() if line.startswith("Training"))
+    assert first.endswith(f" on {model.device} ({model.backend.reason})")
+    assert second.endswith(f" on {model.device}")
+    assert out.count(model.backend.reason) == 1
+
+
 def test_backend_of_numpy_array() -> None:
     assert backend_of(np.zeros(3)).device == "cpu"
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
+import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -162,8 +166,28 @@ def _cuda_backend(device_id: int, reason: str, precision: str = "fp32") -> Backe
     )
 
 
+def nvidia_gpu_visible() -> bool:
+    """Whether the system shows an NVIDIA GPU at all, asked without CUDA or CuPy.
+
+    Linux: a ``/dev/nvidiaN`` device node or a ``/proc/driver/nvidia/gpus`` entry, or
+    ``/dev/dxg`` (WSL 2); elsewhere (Windows): ``nvidia-smi`` on the PATH, which the
+    driver installs. macOS has no CUDA GPUs.
+    """
+    if sys.platform.startswith("linux"):
+        return bool(
+            glob.glob("/dev/nvidia[0-9]*")
+            or glob.glob("/proc/driver/nvidia/gpus/*")
+            or os.path.exists("/dev/dxg")
+        )
+    return sys.platform != "darwin" and shutil.which("nvidia-smi") is not None
+
+
 def _why_no_gpu() -> str:
+    """Why there is no CUDA device: first whether any NVIDIA GPU is visible, then CuPy."""
     err = arrays.cupy_import_error()
+    if not nvidia_gpu_visible():
+        cupy = " (CuPy is installed)" if err is None else f"; CuPy is not importable either: {err}"
+        return f"no NVIDIA GPU is visible on this machine{cupy}"
     if err is not None:
         return f"CuPy is not importable ({err}); install gpubackprop[cuda12] or [cuda13]"
     return "CuPy is installed but sees no CUDA device"
@@ -230,4 +254,5 @@ __all__ = [
     "get_backend",
     "has_gpu",
     "is_cupy_array",
+    "nvidia_gpu_visible",
 ]
