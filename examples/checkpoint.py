@@ -1,5 +1,6 @@
 """Save a training run half way, load it back, and finish it: the result is the same,
-bit for bit, as training without the break.
+bit for bit, as training without the break. Then save the trained model and load it
+alone, as a program that only predicts would.
 
 Run: python examples/checkpoint.py [--device auto] [--dir DIR]
 """
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> bool:
         model, optimizer = gb.load(path, device=args.device, with_optimizer=True)
         model.fit(x, y, optimizer=optimizer, epochs=2, **train)
 
+        # to serve predictions, the model alone: gb.load returns it
+        model.save(path)
+        served = gb.load(path, device=args.device)
+        served_same = np.array_equal(served.predict(x), model.predict(x))
+
     same = all(
         np.array_equal(model.backend.to_numpy(a), straight.backend.to_numpy(b))
         for a, b in zip(model.parameters().values(), straight.parameters().values(), strict=True)
@@ -58,7 +64,8 @@ def main(argv: list[str] | None = None) -> bool:
         print("resumed training equals uninterrupted training, bit for bit")
     else:
         print("resumed training differs from uninterrupted training")
-    return same
+    print(f"the loaded model predicts {'as' if served_same else 'unlike'} the trained one")
+    return same and served_same
 
 
 if __name__ == "__main__":
