@@ -6,6 +6,8 @@
 ...                     optimizer=gb.optim.SGD(0.1, momentum=0.9), epochs=5)
 
 Importing the package never imports CuPy; CuPy loads when a GPU device is asked for.
+Likewise PyTorch and onnx load only inside :func:`to_torch`, :func:`from_torch` and
+:func:`export_onnx`.
 """
 
 from . import graph, losses, optim, viz
@@ -42,8 +44,10 @@ from .graph import (
 from .io import load
 from .layers import Activation, Dense, Layer
 from .model import Sequential
+from .onnx_export import export_onnx
 from .optim import StepReport
 from .rnn import RNN, clip_grad_norm
+from .torch_interop import from_torch, to_torch
 from .train import History
 from .version import __version__
 from .viz import render, to_dot
@@ -80,6 +84,8 @@ __all__ = [
     "available_devices",
     "clip_grad_norm",
     "detect_anomaly",
+    "export_onnx",
+    "from_torch",
     "get_backend",
     "gradcheck",
     "graph",
@@ -92,6 +98,7 @@ __all__ = [
     "render",
     "softmax_cross_entropy",
     "to_dot",
+    "to_torch",
     "topological_order",
     "viz",
     "zero_grad",

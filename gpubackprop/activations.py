@@ -28,7 +28,8 @@ from .errors import ConfigError
 LEAKY_RELU_SLOPE = 0.01
 ELU_ALPHA = 1.0
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_GELU_TANH_C = 0.044715
+#: the cubic coefficient of the tanh approximation of GELU
+GELU_TANH_C = 0.044715
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _NAME = re.compile(r"(?<![A-Za-z_])[az](?![A-Za-z_])")  # a or z as a name in a formula
@@ -143,7 +144,7 @@ def _silu_fwd(xp: ModuleType, z: Array, out: Array) -> Array:
 def _gelu_tanh_t(xp: ModuleType, z: Array) -> Array:
     """tanh(√(2/π)(z + 0.044715 z³)), a new array."""
     u = xp.multiply(z, z)
-    u *= _GELU_TANH_C
+    u *= GELU_TANH_C
     u += 1.0
     u *= z
     u *= _SQRT_2_OVER_PI
@@ -230,7 +231,7 @@ def _gelu_tanh_bwd(xp: ModuleType, delta: Array, z: Array, out: Array) -> Array:
     # d/dz [z (1+t)/2] = (1+t)/2 + z (1−t²) u′ / 2,  u′ = √(2/π)(1 + 3·0.044715 z²)
     t = _gelu_tanh_t(xp, z)
     du = xp.multiply(z, z)
-    du *= 3.0 * _GELU_TANH_C
+    du *= 3.0 * GELU_TANH_C
     du += 1.0
     du *= _SQRT_2_OVER_PI
     xp.multiply(t, t, out=out)
@@ -349,9 +350,9 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
         ),
         ActivationSpec(
             "gelu_tanh", _gelu_tanh_fwd, _gelu_tanh_bwd, True, "he",
-            lambda z: 0.5 * z * (1.0 + np.tanh(_SQRT_2_OVER_PI * (z + _GELU_TANH_C * z**3))),
-            forward_text=f"z (1 + t) / 2,  t = tanh(√(2/π)(z + {_GELU_TANH_C} z³))",
-            derivative_text=f"((1 + t) / 2 + z (1 − t²) √(2/π)(1 + {3 * _GELU_TANH_C:.6g} z²) / 2)",
+            lambda z: 0.5 * z * (1.0 + np.tanh(_SQRT_2_OVER_PI * (z + GELU_TANH_C * z**3))),
+            forward_text=f"z (1 + t) / 2,  t = tanh(√(2/π)(z + {GELU_TANH_C} z³))",
+            derivative_text=f"((1 + t) / 2 + z (1 − t²) √(2/π)(1 + {3 * GELU_TANH_C:.6g} z²) / 2)",
         ),
         ActivationSpec(
             "silu", _silu_fwd, _silu_bwd, True, "he", lambda z: z / (1.0 + np.exp(-z)),

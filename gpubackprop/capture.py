@@ -86,12 +86,15 @@ class CompiledStep:
     def __call__(self, x: Array, y: Array, *, return_loss: bool = False) -> Array | None:
         """Copy (x, y) into the graph's static buffers and replay one training step.
 
-        ``x`` and ``y`` must be on the model's device. Returns the loss before the
+        ``x`` and ``y`` must be on the model's device (arrays of other libraries are
+        taken by DLPack, :meth:`.Backend.adopt`). Returns the loss before the
         update as a new 0-d device array when ``return_loss`` (``float()`` of it
         syncs), else None: nothing here waits for the GPU.
         """
         model = self.model
         backend = model.backend
+        x = backend.adopt(x, "compiled step: x")
+        y = backend.adopt(y, f"{self.loss.name}: target")
         backend.check_array(x, "compiled step: x")
         backend.check_array(y, f"{self.loss.name}: target")
         model.check_input(x.shape, x.dtype, "x")

@@ -281,10 +281,13 @@ class Sequential(FlatParameters):
 
         ``x`` must be on the model's device (DeviceError naming ``what`` otherwise:
         nothing is copied between devices) with shape (B, in_features); it is
-        converted to the model's dtype and made C-contiguous where needed.
+        converted to the model's dtype and made C-contiguous where needed. An array
+        of another library (PyTorch, JAX) on the model's device is taken by DLPack
+        without a copy (:meth:`.Backend.adopt`) when its dtype and layout fit.
         """
         if not self.backend.is_gpu and isinstance(x, (list, tuple)):
             x = np.asarray(x)
+        x = self.backend.adopt(x, what)
         self.backend.check_array(x, what)
         self.check_input(x.shape, x.dtype)
         if x.dtype != self.dtype or not x.flags.c_contiguous:
@@ -306,6 +309,7 @@ class Sequential(FlatParameters):
         x = self.prepare_input(x)
         if not self.backend.is_gpu and isinstance(y, (list, tuple)):
             y = np.asarray(y)
+        y = self.backend.adopt(y, f"{loss.name}: target")
         self.backend.check_array(y, f"{loss.name}: target")
         if getattr(y, "ndim", 0) == 0:
             raise ShapeError(f"{loss.name}: target must be an array with a batch axis")
@@ -389,6 +393,7 @@ class Sequential(FlatParameters):
         """
         if self._output is None:
             raise ShapeError("Sequential.backward: call forward first")
+        grad_output = self.backend.adopt(grad_output, "Sequential.backward: grad_output")
         self.backend.check_array(grad_output, "Sequential.backward: grad_output")
         if tuple(grad_output.shape) != tuple(self._output.shape):
             raise ShapeError(

@@ -62,7 +62,9 @@ class History:
 
 
 def _host_or_device(model: Sequential, x: Any, name: str) -> Any:
-    """Accept NumPy (copied per batch) or arrays on the model's device."""
+    """Accept NumPy (copied per batch) or arrays on the model's device; arrays of
+    other libraries (PyTorch, JAX) are taken by DLPack, without a copy."""
+    x = model.backend.adopt(x, f"fit/evaluate/predict: {name}")
     if is_cupy_array(x):
         model.backend.check_array(x, f"fit/evaluate/predict: {name}")
         return x
@@ -70,7 +72,10 @@ def _host_or_device(model: Sequential, x: Any, name: str) -> Any:
         return x
     if isinstance(x, (list, tuple)):
         return np.asarray(x)
-    raise DeviceError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
+    raise DeviceError(
+        f"{name} must be a NumPy or CuPy array or an array with __dlpack__, "
+        f"got {type(x).__name__}"
+    )
 
 
 def _inputs(model: Sequential, x: Any) -> Array:

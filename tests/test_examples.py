@@ -30,3 +30,10 @@ def test_quickstart_trains(capsys) -> None:
     metrics = _load("quickstart").main(["--device", "cpu"])
     assert metrics["accuracy"] > 0.8
     assert "0.weight" in capsys.readouterr().out
+
+
+def test_interop_runs_or_skips_what_is_missing(capsys) -> None:
+    diffs = _load("interop").main()
+    assert all(d < 1e-6 for d in diffs.values()), diffs
+    out = capsys.readouterr().out
+    assert ("zero-copy input: True" in out) == ("to_torch" in diffs)

@@ -5,6 +5,8 @@ A :class:`Backend` owns the array module (NumPy or CuPy), the ops of the engine
 Arrays never cross devices behind the user's back: :meth:`Backend.check_array`
 raises :class:`~gpubackprop.errors.DeviceError` for an array of another device,
 and :meth:`Backend.asarray` is the one explicit copy onto the device.
+:meth:`Backend.adopt` takes arrays of other libraries (PyTorch, JAX, ...) in
+through DLPack, without a copy.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import numpy as np
 
 from .. import arrays
 from ..arrays import Array, array_device, array_module, has_gpu, is_cupy_array
-from ..errors import ConfigError, DeviceError
+from ..errors import ConfigError, DeviceError, DTypeError
 from .numpy_ops import NumpyOps
 
 _DEVICE_RE = re.compile(r"^cuda(?::(\d+))?$")
+#: DLPack device types (``DLDeviceType``): host memory, and CUDA device or managed memory
+_DLPACK_CPU = 1
+_DLPACK_CUDA = (2, 13)
 
 #: the context of a CPU backend's :meth:`Backend.activate`: shared, it does nothing
 NO_CONTEXT = contextlib.nullcontext()
@@ -76,6 +81,54 @@ class Backend:
             return is_cupy_array(x) and x.device.id == self.device_id
         return isinstance(x, np.ndarray)
 
+    def adopt(self, x: Any, what: str) -> Any:
+        """``x`` as a NumPy or CuPy array when it comes from another library, by DLPack.
+
+        NumPy and CuPy arrays (and anything without ``__dlpack__`` and
+        ``__dlpack_device__``, such as a list) come back unchanged. An object that
+        speaks DLPack (a PyTorch tensor, a JAX array, ...) becomes a view of the
+        same memory, no copy: ``np.from_dlpack(x)`` for host memory,
+        ``cupy.from_dlpack(x)`` for CUDA memory. Its device is then checked as any
+        array's is (:meth:`check_array`), and its dtype kept: a conversion to the
+        model's dtype, where one is needed, is the caller's (and is a copy).
+
+        Raises DeviceError for memory of a kind this backend cannot read (a CUDA
+        tensor where CuPy is not installed, another accelerator), naming the
+        tensor's device and this one; DTypeError when DLPack refuses the tensor
+        (a PyTorch tensor that requires grad: pass ``x.detach()``; bfloat16).
+        ``what`` names the argument, e.g. ``"Sequential.forward: x"``.
+        """
+        if isinstance(x, np.ndarray) or is_cupy_array(x):
+            return x
+        if not (hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__")):
+            return x
+        kind, index = (int(v) for v in x.__dlpack_device__())
+        xp = np if kind == _DLPACK_CPU else None
+        if kind in _DLPACK_CUDA:
+            xp = arrays.cupy_module()
+            if xp is None:
+                raise DeviceError(
+                    f"{what} is a {type(x).__name__} on cuda:{index} but the model lives on "
+                    f"{self.device} and CuPy is not installed to read CUDA memory; "
+                    "copy it to the host first (for a PyTorch tensor: x.cpu())"
+                )
+        if xp is None:
+            raise DeviceError(
+                f"{what} is a {type(x).__name__} on DLPack device type {kind} (neither the "
+                f"host nor CUDA) but the model lives on {self.device}"
+            )
+        try:
+            return xp.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+            hint = (
+                "; pass x.detach() (DLPack cannot share a tensor that requires grad)"
+                if getattr(x, "requires_grad", False) else ""
+            )
+            raise DTypeError(
+                f"{what}: a {type(x).__name__} could not be read through DLPack "
+                f"({type(exc).__name__}: {exc}){hint}"
+            ) from exc
+
     def check_array(self, x: Any, what: str) -> None:
         """Raise DeviceError unless ``x`` is an array on this device.
 
@@ -99,7 +152,9 @@ class Backend:
         )
 
     def asarray(self, x: Any, dtype: Any = None) -> Array:
-        """Copy ``x`` (NumPy array, list, or array of this device) onto this device."""
+        """Copy ``x`` (NumPy array, list, array of this device, or an array of another
+        library: see :meth:`adopt`) onto this device."""
+        x = self.adopt(x, "array")
         with self.activate():
             if self.is_gpu and is_cupy_array(x) and x.device.id != self.device_id:
                 raise DeviceError(
