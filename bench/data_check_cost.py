@@ -50,17 +50,18 @@ def _peak_bytes(run: Callable[[], object]) -> int:
     return peak
 
 
-def _datasets() -> list[tuple[str, np.ndarray, np.ndarray, list[int], int]]:
-    """(name, x, labels, layer widths, batch size) for each dataset."""
-    from gpubackprop.demo import DEFAULT_BATCH_SIZE, WIDTHS, load_digits_split
+def _datasets() -> list[tuple[str, np.ndarray, np.ndarray, gb.Sequential, int]]:
+    """(name, x, labels, model, batch size) for each dataset."""
+    from gpubackprop.demo import DEFAULT_BATCH_SIZE, build_model, load_digits_split
 
     x_digits, _, y_digits, _ = load_digits_split(0)
     rng = np.random.default_rng(0)
     x_big = rng.standard_normal((25_000, 1_024), dtype=np.float32)
     y_big = rng.integers(0, 10, len(x_big))
+    big = gb.Sequential([gb.Dense(1024, 128, "relu"), gb.Dense(128, 10)], device="cpu", seed=0)
     return [
-        ("digits (demo)", x_digits, y_digits, list(WIDTHS), DEFAULT_BATCH_SIZE),
-        ("100 MB", x_big, y_big, [1024, 128, 10], 256),
+        ("digits (demo)", x_digits, y_digits, build_model("cpu", 0), DEFAULT_BATCH_SIZE),
+        ("100 MB", x_big, y_big, big, 256),
     ]
 
 
@@ -70,9 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(f"{'dataset':<14} {'x':>16} {'MB':>6} {'check ms':>9} {'check peak':>11} "
           f"{'isfinite ms':>12} {'isfinite peak':>14} {'epoch s':>8} {'share':>7}")
-    for name, x, y, widths, batch in _datasets():
-        layers = [gb.Dense(a, b, "relu") for a, b in zip(widths[:-2], widths[1:-1], strict=True)]
-        model = gb.Sequential([*layers, gb.Dense(widths[-2], widths[-1])], device="cpu", seed=0)
+    for name, x, y, model, batch in _datasets():
 
         def check(x: np.ndarray = x) -> None:
             check_finite_input(x, "x", caller="fit")
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
         check_s, whole_s = _median_seconds(check, args.repeat), _median_seconds(whole, args.repeat)
         epoch_s = _median_seconds(epoch, max(1, args.repeat // 3))
-        print(f"{name:<14} {str(x.shape):>16} {x.nbytes / 1e6:>6.1f} {check_s * 1e3:>9.3f} "
+        print(f"{name:<14} {x.shape!s:>16} {x.nbytes / 1e6:>6.1f} {check_s * 1e3:>9.3f} "
               f"{_peak_bytes(check) / 1e6:>8.2f} MB {whole_s * 1e3:>12.3f} "
               f"{_peak_bytes(whole) / 1e6:>11.2f} MB {epoch_s:>8.3f} {check_s / epoch_s:>7.2%}")
 
