@@ -3,7 +3,10 @@
 These accept NumPy arrays for any model and copy each batch onto the model's
 device (the documented, explicit transfer of a data loader), or arrays already
 on the model's device. The engine methods (``model.forward``,
-``model.train_step``) do not copy between devices.
+``model.train_step``) do not copy between devices. ``fit`` and ``evaluate`` check
+their data for NaN/Inf once (``check_data``); the metrics are :data:`METRICS`,
+chosen by loss unless given (:func:`default_metrics`). The arguments are documented
+on the doors, :meth:`Sequential.fit <gpubackprop.Sequential.fit>` and its siblings.
 """
 
 from __future__ import annotations
@@ -373,4 +376,4 @@ def fit(
     return history
 
 
-__all__ = ["History", "evaluate", "fit", "predict"]
+__all__ = ["METRICS", "History", "default_metrics", "evaluate", "fit", "predict"]

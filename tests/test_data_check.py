@@ -12,6 +12,7 @@ import gpubackprop as gb
 from gpubackprop import anomaly
 from gpubackprop.errors import ConfigError, NumericalError
 
+from .cupy_like import CUPY_LIKE
 from .helpers import to_numpy
 
 
@@ -109,3 +110,14 @@ def test_first_nonfinite_across_blocks(block: int, monkeypatch: pytest.MonkeyPat
         flat[where] = [np.nan, np.inf, -np.inf][: len(where)]
         width = 1 if a.ndim == 1 else shape[1]
         assert anomaly.first_nonfinite(a) == (*divmod(int(where[0]), width), len(where))
+
+
+def test_first_nonfinite_on_a_device_is_one_reduction_under_cupys_rules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GPU path (the whole array at once) with CuPy's refusals, on the CPU."""
+    monkeypatch.setattr(anomaly, "array_module", lambda a: CUPY_LIKE)
+    a = np.random.default_rng(0).normal(size=(300, 7)).astype(np.float32)
+    assert anomaly.first_nonfinite(a) is None
+    a[123, 4], a[200, 0] = np.inf, np.nan
+    assert anomaly.first_nonfinite(a) == (123, 4, 2)
