@@ -34,14 +34,14 @@ if TYPE_CHECKING:
     from .optim import Optimizer
 
 
-
 @dataclass
 class History:
     """What :func:`fit` measured: ``history["loss"][e]`` is the mean loss of epoch e.
 
-    Keys: ``loss`` and each metric (training, running over the epoch, before
-    each step's update), ``val_loss`` and ``val_<metric>`` with validation
-    data, ``lr`` and ``seconds`` per epoch.
+    Keys: ``loss`` and each metric measured (by default chosen by the loss, see
+    :func:`default_metrics`; training values run over the epoch, before each step's
+    update), ``val_loss`` and ``val_<metric>`` with validation data, ``lr`` and
+    ``seconds`` per epoch.
     """
 
     history: dict[str, list[float]] = field(default_factory=dict)
