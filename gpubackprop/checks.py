@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from .errors import ConfigError
 
 
@@ -22,6 +24,14 @@ def check_int(what: str, value: object, *, minimum: int = 1) -> int:
     if out < minimum:
         raise ConfigError(f"{what} must be >= {minimum}, got {out}")
     return out
+
+
+def check_bool(what: str, value: object) -> bool:
+    """``value`` as a bool; ConfigError ``"<what> must be a bool, got <value>"`` unless it
+    is a bool (Python's or NumPy's)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{what} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def check_real(what: str, value: object) -> float:
@@ -51,4 +61,4 @@ def check_unit(what: str, value: object, *, closed: bool) -> float:
     return out
 
 
-__all__ = ["check_int", "check_nonneg", "check_real", "check_unit"]
+__all__ = ["check_bool", "check_int", "check_nonneg", "check_real", "check_unit"]

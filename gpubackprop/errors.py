@@ -49,7 +49,8 @@ class NumericalError(GpuBackpropError, FloatingPointError):
     """A NaN or Inf appeared in an input, an activation, the loss or a gradient.
 
     Raised by :func:`gpubackprop.detect_anomaly` and ``fit(..., check_finite=True)``
-    before the optimizer update, so parameters and optimizer state are unchanged.
+    before the optimizer update, so parameters and optimizer state are unchanged, and
+    by the data check of ``fit`` and ``evaluate`` (``check_data=True``) before any step.
     ``pass_`` is ``"input"``, ``"forward"``, ``"loss"`` or ``"backward"``;
     ``layer_index`` and ``layer_type`` name the layer (None for the input and loss).
     """

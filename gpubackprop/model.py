@@ -28,7 +28,7 @@ import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 import numpy as np
 
@@ -511,8 +511,15 @@ class Sequential(FlatParameters):
         return CompiledStep(self, loss, optimizer)
 
     # --- training loop API (in train.py) -------------------------------------------------
+    # Doors with the real signatures, for help() and editors: a test checks that each
+    # equals train's function's signature without ``model`` and passes every argument on.
     def predict(self, x: Any, batch_size: int = 1024) -> Array:
-        """Outputs for ``x`` in batches; NumPy in, NumPy out (device array in, same out)."""
+        """Outputs a_L for all rows of ``x``, computed ``batch_size`` rows at a time.
+
+        NumPy in gives NumPy out (each batch is copied to the device and back); an
+        array on the model's device gives an array on that device. The data is not
+        checked for NaN/Inf: a non-finite input row gives a non-finite output row.
+        """
         from .train import predict
 
         return predict(self, x, batch_size=batch_size)
@@ -522,19 +529,102 @@ class Sequential(FlatParameters):
         x: Any,
         y: Any,
         loss: Loss | str,
-        metrics: Sequence[str] = ("accuracy",),
+        metrics: Sequence[str] | None = None,
         batch_size: int = 1024,
+        *,
+        check_data: bool = True,
     ) -> dict[str, float]:
-        """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``."""
+        """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``.
+
+        The loss is the mean over rows, L = (1/N) Σ_b B_b L_b over batches b of B_b
+        rows; each metric is its sum over rows divided by N.
+
+        Args:
+            x, y: inputs (N, in) and targets (labels (N,) or (N, out)), NumPy arrays
+                (copied batch by batch) or arrays on the model's device.
+            loss: a :class:`~gpubackprop.losses.Loss` or its name (``"mse"``, ...).
+            metrics: names from :data:`gpubackprop.train.METRICS` (``"accuracy"``,
+                ``"mae"``); None (the default): by loss, ``accuracy`` for
+                SoftmaxCrossEntropy and BCEWithLogits, none for MSE; ``()``: none.
+            batch_size: rows per forward pass.
+            check_data: check x and float targets for NaN/Inf first, one pass (a
+                NumericalError names the row and column of the first); False skips it.
+        """
         from .train import evaluate
 
-        return evaluate(self, x, y, loss, metrics=metrics, batch_size=batch_size)
+        return evaluate(
+            self, x, y, loss, metrics=metrics, batch_size=batch_size, check_data=check_data
+        )
 
-    def fit(self, x: Any, y: Any, **kwargs: Any) -> History:
-        """Train with mini-batches; see :func:`gpubackprop.train.fit` for the arguments."""
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        loss: Loss | str,
+        optimizer: Optimizer,
+        epochs: int = 1,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        validation_data: tuple[Any, Any] | None = None,
+        metrics: Sequence[str] | None = None,
+        scheduler: Any = None,
+        capture: bool = True,
+        verbose: bool = True,
+        file: TextIO | None = None,
+        check_finite: bool = False,
+        check_data: bool = True,
+    ) -> History:
+        """Train with mini-batch steps; returns a :class:`~gpubackprop.train.History`.
+
+        Each epoch visits every row once, in an order drawn from the model's seeded
+        generator when ``shuffle``; the last batch may be shorter. Each batch is one
+        :meth:`step`: θ ← update(θ, ∂L/∂θ) with L the batch's mean loss. The
+        epoch's loss is the mean over rows, (1/N) Σ_b B_b L_b (before each step's
+        update), and likewise each metric.
+
+        Args:
+            x, y: inputs (N, in) and targets (labels (N,) or (N, out)): NumPy arrays
+                (rows copied to the device batch by batch) or arrays on the model's
+                device.
+            loss: a :class:`~gpubackprop.losses.Loss` or its name (``"cross_entropy"``).
+            optimizer: a gpubackprop optimizer, e.g. ``gb.optim.Adam(1e-3)``.
+            epochs: passes over the data (0: no step).
+            batch_size: rows per step.
+            shuffle: a new order of the rows each epoch.
+            validation_data: a pair (x_val, y_val), evaluated after each epoch
+                (History keys ``val_loss``, ``val_<metric>``).
+            metrics: names from :data:`gpubackprop.train.METRICS`: ``"accuracy"``
+                (argmax, or one output thresholded), ``"mae"`` (mean |output − target|).
+                None (the default): by loss, ``accuracy`` for SoftmaxCrossEntropy and
+                BCEWithLogits, none for MSE; ``()``: none.
+            scheduler: e.g. ``gb.optim.CosineAnnealingLR``, stepped once per epoch.
+            capture: on a GPU, run every full batch as one replay of a CUDA graph of
+                the whole step (:meth:`compile_step`); the last, shorter batch of an
+                epoch runs eagerly (same math, same kernels). If recording fails, fit
+                warns with the reason and trains eagerly.
+            verbose: print a progress bar per epoch and a summary line (loss, metrics,
+                validation) to ``file`` (stdout by default).
+            check_finite: run every step under :func:`gpubackprop.detect_anomaly`: the
+                first NaN/Inf in an activation, the loss or a gradient raises
+                :class:`~gpubackprop.errors.NumericalError` naming the layer and the
+                pass, before that step's update (parameters and optimizer state stay
+                as they were). Such steps run eagerly, as do all steps of an optimizer
+                with ``max_grad_norm`` or ``skip_nonfinite`` (host-side decisions
+                cannot be recorded in a CUDA graph). Implies ``check_data``.
+            check_data: before training, check x, float targets and the validation
+                data for NaN/Inf, one pass each (in blocks on the host, one reduction
+                on a GPU): a NumericalError names the first row and column. False
+                skips it (a NaN would then turn the loss into NaN).
+        """
         from .train import fit
 
-        return fit(self, x, y, **kwargs)
+        return fit(
+            self, x, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+            shuffle=shuffle, validation_data=validation_data, metrics=metrics,
+            scheduler=scheduler, capture=capture, verbose=verbose, file=file,
+            check_finite=check_finite, check_data=check_data,
+        )
 
     # --- checkpoints (in io.py) --------------------------------------------------------
     def save(self, path: Any, optimizer: Optimizer | None = None) -> None:

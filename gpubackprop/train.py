@@ -3,7 +3,10 @@
 These accept NumPy arrays for any model and copy each batch onto the model's
 device (the documented, explicit transfer of a data loader), or arrays already
 on the model's device. The engine methods (``model.forward``,
-``model.train_step``) do not copy between devices.
+``model.train_step``) do not copy between devices. ``fit`` and ``evaluate`` check
+their data for NaN/Inf once (``check_data``); the metrics are :data:`METRICS`,
+chosen by loss unless given (:func:`default_metrics`). The arguments are documented
+on the doors, :meth:`Sequential.fit <gpubackprop.Sequential.fit>` and its siblings.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -20,9 +23,9 @@ import numpy as np
 from .anomaly import check_finite_input, detect_anomaly
 from .arrays import Array, array_module
 from .backend import get_backend, is_cupy_array
-from .checks import check_int
+from .checks import check_bool, check_int
 from .errors import CaptureError, ConfigError, DeviceError, ShapeError
-from .losses import BCEWithLogits, Loss, get_loss
+from .losses import BCEWithLogits, Loss, SoftmaxCrossEntropy, get_loss
 from .model import Batch, check_optimizer
 from .progress import ProgressBar
 
@@ -31,16 +34,14 @@ if TYPE_CHECKING:
     from .optim import Optimizer
 
 
-METRICS = ("accuracy",)
-
-
 @dataclass
 class History:
     """What :func:`fit` measured: ``history["loss"][e]`` is the mean loss of epoch e.
 
-    Keys: ``loss`` and each metric (training, running over the epoch, before
-    each step's update), ``val_loss`` and ``val_<metric>`` with validation
-    data, ``lr`` and ``seconds`` per epoch.
+    Keys: ``loss`` and each metric measured (by default chosen by the loss, see
+    :func:`default_metrics`; training values run over the epoch, before each step's
+    update), ``val_loss`` and ``val_<metric>`` with validation data, ``lr`` and
+    ``seconds`` per epoch.
     """
 
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -126,17 +127,10 @@ def _rows(model: Sequential, data: Batch, index: Any, device_index: Any = None) 
     return Batch(rows(data.x), rows(data.y), data.loss)
 
 
-def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    for name in metrics:
-        if name not in METRICS:
-            raise ConfigError(f"unknown metric {name!r}; available: {', '.join(METRICS)}")
-    return tuple(metrics)
-
-
 def _correct(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
-    """Number of correct predictions in a batch (a 0-d device array)."""
+    """Number of correct predictions in a batch (a 0-d device array): argmax of the
+    output against the label (or the target's argmax); for one output, the output
+    above the threshold (0 for logits, 0.5 otherwise) against the target above 0.5."""
     xp = model.backend.xp
     if out.shape[1] == 1:
         threshold = 0.0 if isinstance(loss, BCEWithLogits) else 0.5
@@ -146,6 +140,82 @@ def _correct(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
         predicted = xp.argmax(out, axis=1)
         truth = y if y.ndim == 1 else xp.argmax(y, axis=1)
     return xp.count_nonzero(predicted == truth)
+
+
+def _absolute_error(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
+    """Σ_i (1/C) Σ_j |out_ij − y_ij| over the rows i of a batch of C outputs (a 0-d
+    device array); class labels count as one-hot rows."""
+    xp = model.backend.xp
+    if y.dtype.kind in "iu":
+        y = (xp.arange(out.shape[1]) == y[:, None]).astype(out.dtype)
+    return xp.abs(out - y.reshape(out.shape)).sum(dtype=np.float64) / out.shape[1]
+
+
+#: Metric name -> its sum over the rows of a batch; :func:`fit` and :func:`evaluate`
+#: report the sum over the dataset divided by its number of rows:
+#: ``accuracy`` = share of rows predicted right (see ``_correct``), ``mae`` = mean
+#: absolute error (1/(N C)) Σ_ij |out_ij − y_ij| of the raw outputs (logits for the
+#: cross-entropy losses) against the targets (labels as one-hot rows).
+METRICS: dict[str, Callable[[Sequential, Array, Array, Loss], Array]] = {
+    "accuracy": _correct,
+    "mae": _absolute_error,
+}
+
+
+def default_metrics(loss: Loss) -> tuple[str, ...]:
+    """The metrics reported when none are asked for: ``("accuracy",)`` for the
+    classification losses (SoftmaxCrossEntropy, BCEWithLogits), none otherwise (MSE)."""
+    return ("accuracy",) if isinstance(loss, (SoftmaxCrossEntropy, BCEWithLogits)) else ()
+
+
+def _check_metrics(metrics: Sequence[str] | None, loss: Loss) -> tuple[str, ...]:
+    """``metrics`` as a tuple of known names; None: :func:`default_metrics`."""
+    if metrics is None:
+        return default_metrics(loss)
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    for name in metrics:
+        if name not in METRICS:
+            raise ConfigError(f"unknown metric {name!r}; available: {', '.join(METRICS)}")
+    return tuple(metrics)
+
+
+class _Totals:
+    """Sums over the batches of an epoch or a dataset, kept on the device and read
+    once at the end: the loss weighted by batch size and each metric's row sum."""
+
+    def __init__(self, model: Sequential, metrics: Sequence[str]) -> None:
+        xp = model.backend.xp
+        self.model = model
+        self.loss = xp.zeros((), dtype=np.float64)
+        self.sums = {name: xp.zeros((), dtype=np.float64) for name in metrics}
+        self.rows = 0
+
+    def add(self, value: Array, out: Array, batch: Batch) -> None:
+        """Count one batch: its mean loss ``value`` and its output ``out``."""
+        self.loss += value * len(out)
+        for name, total in self.sums.items():
+            total += METRICS[name](self.model, out, batch.y, batch.loss)
+        self.rows += len(out)
+
+    def mean_loss(self) -> float:
+        """The mean loss so far (a host read)."""
+        return float(self.loss) / self.rows
+
+    def means(self) -> dict[str, float]:
+        """``{"loss": mean loss, <metric>: mean per row, ...}``."""
+        return {
+            "loss": self.mean_loss(),
+            **{name: float(total) / self.rows for name, total in self.sums.items()},
+        }
+
+
+def _check_data(data: Batch, caller: str, x_name: str, y_name: str) -> None:
+    """NumericalError naming the row and column of the first NaN/Inf in a prepared
+    dataset's x or float targets (labels are integers: checked by the loss)."""
+    advice = "clean the data, or pass check_data=False to skip this check"
+    check_finite_input(data.x, x_name, caller=caller, advice=advice)
+    check_finite_input(data.y, y_name, caller=caller, advice=advice)
 
 
 def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
@@ -173,14 +243,20 @@ def evaluate(
     x: Any,
     y: Any,
     loss: Loss | str,
-    metrics: Sequence[str] = ("accuracy",),
+    metrics: Sequence[str] | None = None,
     batch_size: int = 1024,
+    *,
+    check_data: bool = True,
 ) -> dict[str, float]:
-    """Mean loss (weighted by batch size) and metrics over a whole dataset."""
+    """:meth:`Sequential.evaluate <gpubackprop.Sequential.evaluate>` with the model
+    first (the arguments are documented there)."""
     loss = get_loss(loss)
-    metrics = _check_metrics(metrics)
+    metrics = _check_metrics(metrics, loss)
     batch_size = check_int("batch_size", batch_size)
-    return _evaluate(model, _dataset(model, x, y, loss), metrics, batch_size)
+    data = _dataset(model, x, y, loss)
+    if check_bool("check_data", check_data):
+        _check_data(data, "evaluate", "x", "y")
+    return _evaluate(model, data, metrics, batch_size)
 
 
 def _evaluate(
@@ -191,22 +267,15 @@ def _evaluate(
     backend = model.backend
     xp = backend.xp
     with backend.activate():
-        # sums stay on the device: one read at the end, none per batch
-        total_loss = xp.zeros((), dtype=np.float64)
-        correct = xp.zeros((), dtype=np.int64)
+        totals = _Totals(model, metrics)  # on the device: one read at the end, none per batch
         grad = None
         for start in range(0, len(data.x), batch_size):
             batch = _rows(model, data, slice(start, start + batch_size))
             out = model.forward_batch(batch.x)
             if grad is None or grad.shape != out.shape:
                 grad = xp.empty_like(out)
-            total_loss += loss.write_value_and_grad(backend, out, batch.y, grad) * len(batch.x)
-            if "accuracy" in metrics:
-                correct += _correct(model, out, batch.y, loss)
-    result = {"loss": float(total_loss) / len(data.x)}
-    if "accuracy" in metrics:
-        result["accuracy"] = int(correct) / len(data.x)
-    return result
+            totals.add(loss.write_value_and_grad(backend, out, batch.y, grad), out, batch)
+        return totals.means()
 
 
 #: the device reasons (``backend.reason``: why "auto" picked the CPU, ...) fit has
@@ -225,56 +294,34 @@ def fit(
     batch_size: int = 32,
     shuffle: bool = True,
     validation_data: tuple[Any, Any] | None = None,
-    metrics: Sequence[str] = ("accuracy",),
+    metrics: Sequence[str] | None = None,
     scheduler: Any = None,
     capture: bool = True,
     verbose: bool = True,
     file: TextIO | None = None,
     check_finite: bool = False,
+    check_data: bool = True,
 ) -> History:
-    """Train ``model`` on (x, y) with mini-batch steps; returns a :class:`History`.
-
-    Each epoch visits every row once, in an order drawn from the model's seeded
-    generator when ``shuffle``; the last batch may be shorter. ``scheduler``
-    (e.g. ``gb.optim.CosineAnnealingLR``) is stepped once per epoch. With
-    ``verbose``, a progress bar per epoch and a summary line (loss, metrics,
-    validation) are printed to ``file`` (stdout by default).
-
-    On a GPU with ``capture`` (the default), every full batch runs as one replay
-    of a CUDA graph of the whole step (:meth:`Sequential.compile_step`); the last,
-    shorter batch of an epoch runs eagerly (same math, same kernels). If recording
-    the graph fails, fit warns with the reason and trains eagerly.
-
-    With ``check_finite``, x, y and the validation data are checked for NaN/Inf
-    first, and every step runs under :func:`gpubackprop.detect_anomaly`: the first
-    NaN/Inf in an activation, the loss or a gradient raises
-    :class:`~gpubackprop.errors.NumericalError` naming the layer and the pass,
-    before that step's update (parameters and optimizer state stay as they were).
-    Such steps run eagerly, as do all steps of an optimizer with
-    ``max_grad_norm`` or ``skip_nonfinite`` (host-side decisions cannot be
-    recorded in a CUDA graph).
-    """
-    if not isinstance(check_finite, (bool, np.bool_)):
-        raise ConfigError(f"check_finite must be a bool, got {check_finite!r}")
-    check_finite = bool(check_finite)
+    """:meth:`Sequential.fit <gpubackprop.Sequential.fit>` with the model first (the
+    arguments are documented there); returns a :class:`History`."""
+    check_finite = check_bool("check_finite", check_finite)
+    check_data = check_bool("check_data", check_data) or check_finite
     loss = get_loss(loss)
     check_optimizer(optimizer)
-    metrics = _check_metrics(metrics)
+    metrics = _check_metrics(metrics, loss)
     batch_size = check_int("batch_size", batch_size)
     epochs = check_int("epochs", epochs, minimum=0)
     data = _dataset(model, x, y, loss)
-    if check_finite:
-        check_finite_input(data.x, "x")
-        check_finite_input(data.y, "y")
+    if check_data:
+        _check_data(data, "fit", "x", "y")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ConfigError("validation_data must be a pair (x_val, y_val)")
         val_data = _dataset(
             model, validation_data[0], validation_data[1], loss, "validation x", "validation y"
         )
-        if check_finite:
-            check_finite_input(val_data.x, "validation x")
-            check_finite_input(val_data.y, "validation y")
+        if check_data:
+            _check_data(val_data, "fit", "validation x", "validation y")
 
     backend = model.backend
     xp = backend.xp
@@ -305,8 +352,7 @@ def fit(
             with backend.activate():
                 # data on the GPU: the shuffled order goes to the device once per epoch
                 device_order = xp.asarray(order) if order is not None and on_device else None
-                loss_sum = xp.zeros((), dtype=np.float64)
-                correct = xp.zeros((), dtype=np.int64)
+                totals = _Totals(model, metrics)
                 for step in range(steps):
                     lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
                     index = order[lo:hi] if order is not None else slice(lo, hi)
@@ -322,14 +368,10 @@ def fit(
                     if compiled is None or hi - lo != batch_size:
                         value = model.step(batch, optimizer)
                         out = model.last_output
-                    if "accuracy" in metrics:
-                        correct += _correct(model, out, batch.y, loss)
-                    loss_sum += value * (hi - lo)
+                    totals.add(value, out, batch)
                     if bar is not None and bar.due():
-                        bar.update(step + 1, f"loss {float(loss_sum) / hi:.4f}")
-            record = {"loss": float(loss_sum) / n}
-            if "accuracy" in metrics:
-                record["accuracy"] = int(correct) / n
+                        bar.update(step + 1, f"loss {totals.mean_loss():.4f}")
+                record = totals.means()
             if validation_data is not None:
                 val = _evaluate(model, val_data, metrics, 1024)
                 record.update({f"val_{k}": v for k, v in val.items()})
@@ -346,4 +388,4 @@ def fit(
     return history
 
 
-__all__ = ["History", "evaluate", "fit", "predict"]
+__all__ = ["METRICS", "History", "default_metrics", "evaluate", "fit", "predict"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 
@@ -384,7 +385,9 @@ def test_evaluate_binary_single_output(rng: np.random.Generator) -> None:
     want = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
     assert result["loss"] == pytest.approx(want, rel=1e-12)
     assert result["accuracy"] == pytest.approx(np.mean((z > 0) == (y > 0.5)))
-    result = model.evaluate(x, y, "mse", batch_size=8)  # threshold 0.5 on the output
+    # MSE reports no metric by default; accuracy asked for thresholds the output at 0.5
+    assert set(model.evaluate(x, y, "mse", batch_size=8)) == {"loss"}
+    result = model.evaluate(x, y, "mse", metrics=("accuracy",), batch_size=8)
     assert result["loss"] == pytest.approx(np.mean((z - y) ** 2), rel=1e-12)
     assert result["accuracy"] == pytest.approx(np.mean((z > 0.5) == (y > 0.5)))
 
@@ -394,6 +397,39 @@ def test_evaluate_does_not_touch_parameters(rng: np.random.Generator) -> None:
     before = model.flat_params.copy()
     model.evaluate(rng.standard_normal((9, 4)), rng.uniform(0, 1, (9, 3)), "mse", batch_size=4)
     np.testing.assert_array_equal(model.flat_params, before)
+
+
+# --- the doors to train.py -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["fit", "evaluate", "predict"])
+def test_doors_have_train_signatures_and_pass_every_argument(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """help(model.fit) shows the real keywords: Sequential.<name> has train.<name>'s
+    signature without ``model`` (names, kinds, defaults, annotations) and hands every
+    argument over unchanged."""
+    door = inspect.signature(getattr(gb.Sequential, name))
+    room = inspect.signature(getattr(gb.train, name))
+    assert list(door.parameters.values())[1:] == list(room.parameters.values())[1:]
+    assert door.return_annotation == room.return_annotation
+    assert not any(p.kind is p.VAR_KEYWORD for p in door.parameters.values())
+    doc = getattr(gb.Sequential, name).__doc__
+    for parameter in list(door.parameters)[1:]:
+        assert parameter in doc, f"Sequential.{name}'s docstring does not explain {parameter}"
+    seen: dict[str, object] = {}
+
+    def record(*args: object, **kwargs: object) -> str:
+        seen.update(room.bind(*args, **kwargs).arguments)
+        return "done"
+
+    monkeypatch.setattr(gb.train, name, record)
+    model = _three_layer()
+    sentinels = {p: object() for p in list(room.parameters)[1:]}
+    positional = [v for p, v in sentinels.items()
+                  if room.parameters[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    keywords = {p: v for p, v in sentinels.items()
+                if room.parameters[p].kind is inspect.Parameter.KEYWORD_ONLY}
+    assert getattr(model, name)(*positional, **keywords) == "done"
+    assert seen == {"model": model, **sentinels}
 
 
 # --- description ------------------------------------------------------------------------------

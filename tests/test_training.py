@@ -86,6 +86,49 @@ def test_metrics_can_be_turned_off() -> None:
     assert set(history.history) == {"loss", "lr", "seconds"}
 
 
+def _regressor(seed: int = 0) -> gb.Sequential:
+    return gb.Sequential([gb.Dense(2, 3)], device="cpu", dtype="float64", seed=seed)
+
+
+def test_metrics_default_by_loss(capsys: pytest.CaptureFixture[str]) -> None:
+    x, labels = _blobs(30)
+    assert gb.train.default_metrics(gb.losses.SoftmaxCrossEntropy()) == ("accuracy",)
+    assert gb.train.default_metrics(gb.losses.BCEWithLogits()) == ("accuracy",)
+    assert gb.train.default_metrics(gb.losses.MSE()) == ()
+    target = np.eye(3)[labels]
+    history = _regressor().fit(x, target, loss="mse", optimizer=gb.optim.SGD(0.1), epochs=1,
+                               validation_data=(x, target))
+    assert set(history.history) == {"loss", "val_loss", "lr", "seconds"}
+    assert "accuracy" not in capsys.readouterr().out  # the epoch line shows what is measured
+    assert set(_regressor().evaluate(x, target, "mse")) == {"loss"}
+    history = _classifier().fit(x, labels, loss="cross_entropy", optimizer=gb.optim.SGD(0.1),
+                                metrics=None, verbose=False)
+    assert set(history.history) == {"loss", "accuracy", "lr", "seconds"}
+
+
+def test_mae_is_the_mean_absolute_error_of_the_outputs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """lr = 0: the model never changes, so the epoch's mae is the dataset's."""
+    x, labels = _blobs(50)
+    target = np.eye(3)[labels] + 0.25
+    model = _regressor(seed=3)
+    out = model.predict(x)
+    want = float(np.mean(np.abs(out - target)))
+    history = model.fit(x, target, loss="mse", optimizer=gb.optim.SGD(0.0), epochs=2,
+                        batch_size=7, metrics=("mae",), validation_data=(x, target))
+    assert set(history.history) == {"loss", "mae", "val_loss", "val_mae", "lr", "seconds"}
+    np.testing.assert_allclose(history["mae"], [want, want], rtol=1e-12)
+    assert history["val_mae"][-1] == pytest.approx(want, rel=1e-12)
+    assert "  mae " in capsys.readouterr().out
+    result = model.evaluate(x, target, "mse", metrics="mae", batch_size=8)
+    assert result["mae"] == pytest.approx(want, rel=1e-12)
+    # with labels, the raw outputs (logits) against one-hot rows; with accuracy too
+    result = model.evaluate(x, labels, "cross_entropy", metrics=("accuracy", "mae"))
+    assert result["mae"] == pytest.approx(np.mean(np.abs(out - np.eye(3)[labels])), rel=1e-12)
+    assert result["accuracy"] == pytest.approx(np.mean(out.argmax(1) == labels))
+
+
 # --- batches and shuffling --------------------------------------------------------------------
 def _linear(seed: int = 0) -> gb.Sequential:
     return gb.Sequential([gb.Dense(3, 2)], device="cpu", dtype="float64", seed=seed)
