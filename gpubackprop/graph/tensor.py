@@ -664,9 +664,12 @@ class Tensor:
         parents: the gate's input tensors.
         backend: the device's :class:`~gpubackprop.Backend`.
 
-    Operators: ``+ - * /`` (NumPy broadcasting), unary ``-``, ``** scalar``, ``@``;
-    methods ``.T``, ``.reshape``, ``.sum``, ``.mean``, ``.exp``, ``.log``, ``.tanh``,
-    ``.sigmoid``, ``.relu``. Python scalars and arrays mix in as constants.
+    Operators: ``+ - * /`` (NumPy broadcasting), unary ``-``, ``** scalar``, ``@``,
+    indexing ``t[...]``; methods ``.T``, ``.reshape``, ``.sum``, ``.mean``, ``.max``,
+    ``.min``, ``.exp``, ``.log``, ``.tanh``, ``.sigmoid``, ``.relu``, ``.softmax``,
+    ``.log_softmax``; ``float(t)`` and ``.item()`` for one element. Python scalars and
+    arrays mix in as constants (``array * t`` too). A NumPy function on a Tensor
+    (``np.exp(t)``, ``np.asarray(t)``) raises NumpyOnTensorError naming what to use.
     """
 
     __slots__ = ("backend", "data", "gate", "grad", "name", "parents", "requires_grad")
