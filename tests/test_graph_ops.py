@@ -208,6 +208,9 @@ def test_softmax_and_log_softmax_are_stable_for_large_inputs(device: str) -> Non
     np.testing.assert_allclose(to_numpy(x.grad).sum(axis=1), 0, atol=1e-14)  # Σ_i ∂/∂x_i = 0
     with pytest.raises(gb.ShapeError, match=r"axis 2 .*\(2, 3\)"):
         x.softmax(axis=2)
+    with pytest.raises(gb.ShapeError, match=r"softmax\(axis=-1\).*\(2, 0\)"):
+        gb.Tensor(np.ones((2, 0))).softmax()
+    assert gb.Tensor(np.ones((0, 3))).log_softmax().shape == (0, 3)  # an empty batch is fine
 
 
 # --- concatenate / stack ------------------------------------------------------------------------

@@ -135,3 +135,6 @@ def test_graph_tour_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "df/dx = -4, df/dy = -4" in out and "df/dz = 3" in out
     assert "same gradients: True" in out
     assert result["last_loss"] < 0.5 * result["first_loss"]
+    assert result["indexed_xent"] == pytest.approx(result["fused_xent"], rel=1e-12)
+    assert "d/dtable rows = [3. 0. 1.]" in out and "d/dv = [0.  0.5 0.5]" in out
+    assert "NumpyOnTensorError" in out and "t.exp()" in out

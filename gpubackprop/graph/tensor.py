@@ -427,10 +427,12 @@ class SoftmaxGate(Gate):
 
     def forward(self, x: Array) -> Array:
         self.axes = normalize_axes(self.axis, tuple(x.shape))
-        if x.size == 0:
-            raise ShapeError(f"{self.describe()}: the input of shape {tuple(x.shape)} is empty")
         z = x.astype(np.result_type(x.dtype, 1.0), copy=False)
-        z = z - z.max(axis=self.axes, keepdims=True)
+        try:
+            z = z - z.max(axis=self.axes, keepdims=True)
+        except ValueError:
+            raise ShapeError(f"{self.describe()}: shape {tuple(x.shape)} has no elements along "
+                             "the axis") from None
         return self.normalize(z, self.xp.log(self.xp.exp(z).sum(axis=self.axes, keepdims=True)))
 
     def normalize(self, z: Array, log_total: Array) -> Array:
