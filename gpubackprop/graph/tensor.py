@@ -468,8 +468,8 @@ class IndexGate(Gate):
     Basic indices (ints, slices, ``...``, None) and boolean masks pick each element of x
     at most once, so the gradient is written in place: ∂L/∂x[index] = ∂L/∂z. Integer
     arrays may pick an element several times (``x[[0, 0, 1]]``), and every pick adds its
-    gradient: ∂L/∂x_p = Σ_{i: position(z_i) = p} ∂L/∂z_i, a scatter-add. It is computed
-    without atomics by :func:`scatter_add`, so it gives the same bits every run on a GPU too.
+    gradient: ∂L/∂x_p = Σ_{i: position(z_i) = p} ∂L/∂z_i, a scatter-add, computed by
+    :func:`scatter_add` without atomics: the same bits every run on a GPU too.
     """
 
     name = "index"
@@ -522,13 +522,16 @@ def _index_text(part: Any) -> str:
 def scatter_add(xp: ModuleType, positions: Array, values: Array, size: int) -> Array:
     """out = zeros(size); out[p] += v for every pair (p, v) of ``positions``, ``values`` (1-D).
 
-    Repeated positions accumulate, as ``np.add.at(out, positions, values)`` does, but
-    deterministically on every array module (CuPy's scatter-add uses float atomics,
-    whose order changes from run to run): a stable sort groups equal positions, a
-    segmented scan (Hillis–Steele: ⌈log₂ k⌉ steps of shifted adds for at most k
-    repeats) sums each group, and each group's total is written once.
+    Repeated positions accumulate. NumPy's ``np.add.at`` does it in order, so the same
+    bits every run. CuPy's scatter-add uses float atomics, whose order (and so the last
+    bits) changes from run to run; for any other array module a stable sort groups
+    equal positions, a segmented scan (Hillis–Steele: ⌈log₂ k⌉ steps of shifted adds
+    for at most k repeats) sums each group, and each group's total is written once.
     """
     out = xp.zeros(size, dtype=values.dtype)
+    if xp is np:  # 100× faster than the sort on the CPU (1M picks: 2.6 vs 295 ms)
+        np.add.at(out, positions, values)
+        return out
     if positions.size == 0:
         return out
     order = xp.argsort(positions, kind="stable")
@@ -759,18 +762,21 @@ class Tensor:
         return (f"Tensor(shape={self.shape}, dtype={self.dtype.name}, device={self.device!r}"
                 f"{grad}{op}{name})")
 
-    def item(self, what: str = "item()") -> float:
-        """The value of a one-element tensor as a Python float (ShapeError naming the shape
-        otherwise; ``what`` names the caller in it)."""
+    def item(self) -> float:
+        """The value of a one-element tensor as a Python float (else a ShapeError)."""
+        return self._one_value("item()")
+
+    def __float__(self) -> float:
+        return self._one_value("float(t)")
+
+    def _one_value(self, what: str) -> float:
+        """The single element as a Python float; ``what`` names the caller in the ShapeError."""
         if self.size != 1:
             raise ShapeError(
                 f"{what}: the tensor has {self.size} elements (shape {self.shape}); only a "
                 "one-element tensor has a single value"
             )
         return float(self.data.reshape(-1)[0])
-
-    def __float__(self) -> float:
-        return self.item("float(t)")
 
     def __len__(self) -> int:
         if not self.shape:
