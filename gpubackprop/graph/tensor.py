@@ -587,7 +587,7 @@ def _binary(gate: type[Gate], reflected: bool = False) -> Callable[[Tensor, Any]
 #: the ufuncs behind NumPy's operators: ``array + t`` reaches Tensor.__array_ufunc__ as np.add
 _OPERATOR_GATES: dict[str, type[Gate]] = {
     "add": AddGate, "subtract": SubGate, "multiply": MulGate, "divide": DivGate,
-    "matmul": MatMulGate,
+    "true_divide": DivGate, "matmul": MatMulGate,  # true_divide: its name before NumPy 2
 }
 
 #: what to write instead of a NumPy function on a Tensor
