@@ -8,6 +8,8 @@
 5. Layers are coarse gates: a Dense layer, primitive gates and the fused
    softmax cross-entropy in one graph, trained for a few steps.
 6. The Jacobian of a vector function, one backward pass per row.
+7. Indexing, max, log_softmax, stack: the cross-entropy rebuilt from primitives equals
+   the fused loss; a row picked three times gets three gradients; tied maxima share.
 
 Run: python examples/graph_tour.py [--device cpu] [--render docs/graph_example.png]
 """
@@ -101,7 +103,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     w6 = backend.asarray(rng.standard_normal((2, 3)))
     jac = backend.to_numpy(gb.jacobian(lambda t: (w6 @ t).tanh(), backend.asarray(np.ones(3))))
     print(f"6. Jacobian of tanh(W x) at x = 1, shape {jac.shape}:\n{np.round(jac, 4)}")
-    return {"first_loss": losses[0], "last_loss": losses[-1]}
+
+    # 7. new gates: L = −mean_b log softmax(z_b)[y_b] by indexing, vs the fused loss
+    z = tensor(rng.standard_normal((4, 3)).round(2), "z")
+    y7 = [2, 0, 1, 1]
+    primitive = -z.log_softmax()[[0, 1, 2, 3], y7].mean()  # row b, column y_b
+    fused = gb.softmax_cross_entropy(z, backend.asarray(np.array(y7)))
+    print(f"7. cross-entropy from log_softmax + indexing {primitive.item():.6f}, "
+          f"fused {fused.item():.6f}")
+    table = tensor(np.zeros((3, 2)), "table")
+    gb.concatenate([table[[0, 2, 0]], gb.stack([table[0]])]).sum().backward()
+    print(f"   concatenate(table[[0, 2, 0]], stack([table[0]])): d/dtable rows = "
+          f"{backend.to_numpy(table.grad)[:, 0]} (row 0 picked three times)")
+    ties = tensor([1.0, 3.0, 3.0], "v")
+    ties.max().backward()
+    print(f"   max([1, 3, 3]): the tied maxima share, d/dv = {backend.to_numpy(ties.grad)}")
+    try:
+        np.exp(ties)
+    except gb.NumpyOnTensorError as exc:
+        print(f"   np.exp(v) raises {type(exc).__name__}: {exc}")
+    return {"first_loss": losses[0], "last_loss": losses[-1],
+            "indexed_xent": primitive.item(), "fused_xent": fused.item()}
 
 
 if __name__ == "__main__":

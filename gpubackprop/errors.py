@@ -79,3 +79,13 @@ class DeviceMemoryError(GpuBackpropError, MemoryError):
 class CheckpointError(GpuBackpropError, ValueError):
     """A checkpoint file is invalid, corrupted, or does not fit the model (the message
     says what and where)."""
+
+
+class TensorIndexError(GpuBackpropError, IndexError):
+    """An index of a graph Tensor is out of range or not an index (the message names the
+    index and the tensor's shape). An IndexError, so ``for row in t`` stops at the end."""
+
+
+class NumpyOnTensorError(GpuBackpropError, TypeError):
+    """A NumPy function or ufunc was applied to a graph Tensor, which would bypass the graph;
+    the message names the Tensor method or ``gb`` function to use (``np.exp(t)`` -> ``t.exp()``)."""

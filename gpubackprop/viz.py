@@ -38,7 +38,7 @@ def _label(t: Tensor, max_values: int, precision: int) -> str:
     if t.gate is not None:
         title = t.gate.describe() if t.name is None else f"{t.name} = {t.gate.describe()}"
     else:
-        title = t.name if t.name is not None else ("input" if t.requires_grad else "const")
+        title = t.name if t.name is not None else ("param" if t.requires_grad else "const")
     shape = "scalar" if t.ndim == 0 else str(t.shape)
     lines = [title, f"{shape} {t.dtype.name}"]
     if t.size <= max_values:
@@ -52,7 +52,8 @@ def to_dot(tensor: Tensor, *, max_values: int = 6, precision: int = 4) -> str:
     """Graphviz DOT text of the graph that produced ``tensor``, drawn left to right.
 
     One node per tensor (``t0``, ``t1``, … in topological order, ``tensor`` last)
-    labelled with its gate (or leaf name), shape and dtype, plus its value and
+    labelled with its gate (a leaf with its name, else "param" if it requires grad,
+    "const" if not), shape and dtype, plus its value and
     gradient where it has at most ``max_values`` elements (``precision`` digits);
     one edge ``input -> output`` per gate input, so #edges = Σ_gates #inputs, numbered
     0, 1, … in argument order where a gate has several (a − b, A @ B). Leaves that

@@ -47,7 +47,13 @@ def _np_xent_probs(z: np.ndarray, t: np.ndarray) -> float:
     return float(-(t * logp).sum() / z.shape[0])
 
 
+def _np_softmax(z: np.ndarray, axis: int) -> np.ndarray:
+    """e^z / Σ_axis e^z, written directly."""
+    return np.exp(z) / np.exp(z).sum(axis=axis, keepdims=True)
+
+
 LABELS = np.array([2, 0, 1, 2])
+MASK = np.array([[True, False, True, True, False], [False] * 5, [True, True, False, False, True]])
 PROBS = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.1, 0.8, 0.1], [0.0, 0.5, 0.5]])
 
 # (graph function of tensors, the same function in NumPy, makers of the inputs)
@@ -118,6 +124,59 @@ GATE_CASES: dict[str, tuple[Callable, Callable, list[Maker]]] = {
     ),
     "maximum(x, 0)": (
         lambda a: gb.maximum(a, 0.0), lambda a: np.maximum(a, 0.0), [_signed(3, 4)]
+    ),
+    "index int, negative int": (lambda a: a[1, -1], lambda a: a[1, -1], [_normal(3, 5)]),
+    "index slices with steps": (
+        lambda a: a[1:, ::2], lambda a: a[1:, ::2], [_normal(4, 5)]
+    ),
+    "index ..., None": (
+        lambda a: a[..., None, 1], lambda a: a[..., None, 1], [_normal(2, 3, 4)]
+    ),
+    "index int array with repeats": (
+        lambda a: a[[0, 2, 0, 0]], lambda a: a[[0, 2, 0, 0]], [_normal(3, 4)]
+    ),
+    "index two int arrays": (
+        lambda a: a[[0, 1, 1, 2], [3, 3, 0, 3]], lambda a: a[[0, 1, 1, 2], [3, 3, 0, 3]],
+        [_normal(3, 5)],
+    ),
+    "index slice and int array": (
+        lambda a: a[1:, [0, 0, 4]], lambda a: a[1:, [0, 0, 4]], [_normal(3, 5)]
+    ),
+    "index boolean mask": (
+        lambda a: a[MASK], lambda a: a[MASK], [_normal(3, 5)]
+    ),
+    "max": (lambda a: a.max(), lambda a: a.max(), [_normal(3, 5)]),
+    "max axis 1": (lambda a: a.max(axis=1), lambda a: a.max(axis=1), [_normal(3, 5)]),
+    "max axes (0,2) keepdims": (
+        lambda a: a.max(axis=(0, 2), keepdims=True), lambda a: a.max(axis=(0, 2), keepdims=True),
+        [_normal(2, 3, 5)],
+    ),
+    "min axis 0": (lambda a: a.min(axis=0), lambda a: a.min(axis=0), [_normal(3, 5)]),
+    "softmax": (lambda a: a.softmax(), lambda a: _np_softmax(a, -1), [_normal(3, 5)]),
+    "softmax axis 0": (
+        lambda a: a.softmax(axis=0), lambda a: _np_softmax(a, 0), [_normal(3, 5)]
+    ),
+    "log_softmax": (
+        lambda a: a.log_softmax(), lambda a: np.log(_np_softmax(a, -1)), [_normal(3, 5)]
+    ),
+    "log_softmax axis 1 of 3-D": (
+        lambda a: a.log_softmax(axis=1), lambda a: np.log(_np_softmax(a, 1)), [_normal(2, 3, 5)]
+    ),
+    "concatenate axis 0": (
+        lambda a, b: gb.concatenate([a, b]), lambda a, b: np.concatenate([a, b]),
+        [_normal(2, 3), _normal(3, 3)],
+    ),
+    "concatenate axis -1, three": (
+        lambda a, b, c: gb.concatenate((a, b, c), axis=-1),
+        lambda a, b, c: np.concatenate((a, b, c), axis=-1),
+        [_normal(3, 1), _normal(3, 4), _normal(3, 2)],
+    ),
+    "stack axis 0": (
+        lambda a, b: gb.stack([a, b]), lambda a, b: np.stack([a, b]), [_normal(3, 5), _normal(3, 5)]
+    ),
+    "stack axis -1": (
+        lambda a, b, c: gb.stack([a, b, c], axis=-1),
+        lambda a, b, c: np.stack([a, b, c], axis=-1), [_normal(3, 5), _normal(3, 5), _normal(3, 5)],
     ),
     "softmax_cross_entropy labels": (
         lambda z: gb.softmax_cross_entropy(z, LABELS), lambda z: _np_xent(z, LABELS),

@@ -82,6 +82,17 @@ def test_to_dot_escapes_names_and_numbers_the_inputs_of_binary_gates() -> None:
     assert re.search(r't0 -> t2 \[label="0"\]', dot) and re.search(r't1 -> t2 \[label="1"\]', dot)
 
 
+def test_unnamed_leaves_are_params_or_consts_and_named_ones_keep_their_name() -> None:
+    w = gb.Tensor(np.ones((2, 3)), requires_grad=True)
+    b = gb.Tensor(np.ones(3), requires_grad=True, name="b")
+    c = gb.Tensor(np.ones(3))
+    nodes, _ = _parse(gb.to_dot((w[[0, 0]] * c + b).max(axis=1)))
+    titles = [lines[0] for lines in nodes.values()]
+    assert "input" not in titles
+    assert titles.count("param") == 1 and titles.count("const") == 1 and "b" in titles
+    assert "[int[2]]" in titles and titles[-1] == "max(axis=1)"
+
+
 @pytest.mark.skipif(not HAS_DOT, reason="Graphviz `dot` is not installed")
 def test_render_draws_svg_and_png(tmp_path: Path) -> None:
     loss, _ = _two_layer("cpu")
@@ -124,3 +135,6 @@ def test_graph_tour_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "df/dx = -4, df/dy = -4" in out and "df/dz = 3" in out
     assert "same gradients: True" in out
     assert result["last_loss"] < 0.5 * result["first_loss"]
+    assert result["indexed_xent"] == pytest.approx(result["fused_xent"], rel=1e-12)
+    assert "d/dtable rows = [3. 0. 1.]" in out and "d/dv = [0.  0.5 0.5]" in out
+    assert "NumpyOnTensorError" in out and "t.exp()" in out
