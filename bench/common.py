@@ -219,16 +219,19 @@ def flip_bases(
     leaves out those directions.
     """
     last = len(weights) - 1
-    sigma = np.zeros_like(step.outputs[0])
     near = []
+    carried: np.ndarray | None = None  # σ_a² of the layer's input; x is exact
     for i, w in enumerate(weights):
         w2, a = w * w, step.outputs[i]
-        sigma = np.sqrt(w.shape[1] * U32**2 * ((a * a) @ w2.T) + (sigma * sigma) @ w2.T)
+        variance = w.shape[1] * U32**2 * ((a * a) @ w2.T)
+        if carried is not None:
+            variance += carried @ w2.T
+        carried = variance
         kink = net.activation == "relu" and i < last
-        close = np.abs(step.pre_activations[i]) <= FLIP_SIGMAS * sigma
+        close = np.abs(step.pre_activations[i]) <= FLIP_SIGMAS * np.sqrt(variance)
         near.append(np.any(close, axis=1) if kink else None)
     bases: list[np.ndarray | None] = []
-    samples = np.zeros(sigma.shape[0], dtype=bool)
+    samples = np.zeros(len(step.outputs[0]), dtype=bool)
     for i in range(last, -1, -1):
         if near[i] is not None:
             samples |= near[i]
