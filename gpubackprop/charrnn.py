@@ -510,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpubackprop charrnn",
         description=(
             "Train a character-level RNN language model (truncated BPTT, Adam, gradient "
-            "clipping) on a text; print the loss as it goes and samples of generated text."
+            "clipping) on the first 90% of a text; print the training loss and the loss on "
+            "the held-out last 10% (validation) as it goes, and samples of generated text."
         ),
     )
     parser.add_argument("--text", type=Path, default=None,
@@ -532,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH,
                         help="parallel streams per step (default: %(default)s)")
     parser.add_argument("--sample-every", type=int_at_least(0), default=DEFAULT_SAMPLE_EVERY,
-                        help="print the loss and a sample every K steps; 0: only at the end "
+                        help="print the training and validation loss and a sample every K "
+                             "steps; 0: only at the end "
                              "(default: %(default)s)")
     return parser
 
