@@ -2,8 +2,9 @@
 
 * **Parameters**: host copies of a model's ``(W, b)`` per layer, and loading them
   into a model on any device, so every contender starts from the same weights.
-* **The one-step check**: :func:`update_error`, :func:`compare_step`,
-  :func:`summarize_checks`.
+* **The float64 reference step** (:func:`reference_step`: the textbook formulas of
+  :func:`textbook_pass` in float64) and **the one-step check** of every contender
+  against it: :func:`update_error`, :func:`compare_step`, :func:`summarize_checks`.
 * **The PyTorch twin** of a :class:`~bench.networks.Network` (any torch device).
 * **Timing statistics**: :func:`summarize`, :func:`ratio`, :func:`paired_ratio`.
 * **Output**: :func:`format_table`, :func:`write_json`, :func:`one_line`.
@@ -20,6 +21,8 @@ import math
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +33,15 @@ from bench.networks import Network
 from gpubackprop.info import collect_info, format_cuda_version
 
 LR = 0.01
-#: Pass bounds of the one-step check (:func:`compare_step`): relative loss difference,
-#: and per tensor ‖W_other − W_ref‖ / (‖W_ref − W_old‖ + ‖ulp(W_ref)‖) (Frobenius
-#: norms). The update bound allows for ReLU masks that rounding flips at z ≈ 0: on
-#: `wide` (ReLU, batch 4096) two correct float32 steps (PyTorch vs gpubackprop on the
-#: CPU) differ by 1.5e-3 norm-wise on the first layer, 3e-5 or less elsewhere. Real
-#: bugs (lr, loss scale, bias, transpose) give O(1).
-LOSS_RTOL = 1e-4
-UPDATE_RTOL = 1e-2
+#: float32's unit roundoff u = 2^-24: a rounding moves a value by at most u relative.
+U32 = 2.0**-24
+#: A ReLU unit may flip where |z| ≤ FLIP_SIGMAS · σ_z (σ_z: :func:`reference_step`'s
+#: estimate of the rounding error in z; the largest error seen over a million units of
+#: wide-b512 was 1.0 σ_z).
+FLIP_SIGMAS = 16.0
+#: The one-step check's bounds: CHECK_SIGMAS · u · F (F: :func:`rounding_factor`).
+CHECK_SIGMAS = 16.0
+ACTIVATIONS = ("sigmoid", "tanh", "relu")
 
 Params = list[tuple[np.ndarray, np.ndarray]]  # [(W (out, in), b (out,)), ...] per layer
 
@@ -62,50 +66,263 @@ def load_params(model: gb.Sequential, params: Params) -> None:
             views[f"{i}.bias"][...] = model.backend.asarray(b)
 
 
-# --- the one-step check -------------------------------------------------------------------
-def update_error(before: Params, ref: Params, other: Params) -> float:
-    """Worst tensor's ‖other − ref‖ / (‖ref − before‖ + ‖ulp(ref)‖), Frobenius norms.
+# --- the textbook step and the float64 reference -------------------------------------------
+def activate(name: str, z: np.ndarray) -> np.ndarray:
+    """σ(z) of the benchmarks' hidden activations: 1 / (1 + e^−z), tanh z, max(z, 0)."""
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "relu":
+        return np.maximum(z, 0)
+    raise ValueError(f"no textbook formula for activation {name!r}; known: {ACTIVATIONS}")
 
-    The ulp term (one float32 spacing per weight) keeps a layer whose update is
-    below the weights' rounding (deep tanh stacks) from dividing by ~0. NaN
-    anywhere gives NaN.
+
+def activation_slope(name: str, a: np.ndarray) -> np.ndarray:
+    """σ′ from the output a = σ(z): a(1 − a), 1 − a², [a > 0]."""
+    if name == "sigmoid":
+        return a * (1 - a)
+    if name == "tanh":
+        return 1 - a**2
+    return (a > 0).astype(a.dtype)
+
+
+@dataclass(frozen=True)
+class TextbookPass:
+    """What :func:`textbook_pass` computed: the loss, (dW, db) per layer, every z and a."""
+
+    loss: float
+    grads: Params
+    pre_activations: list[np.ndarray]
+    outputs: list[np.ndarray]  # x, then a_l per layer
+
+
+def textbook_pass(
+    net: Network,
+    weights: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+) -> TextbookPass:
+    """Forward, loss and backward with the textbook formulas, in the dtype of ``weights``.
+
+    z_l = a_{l−1} W_lᵀ + b_l, a_l = σ(z_l) (the last layer linear), a_0 = x;
+    MSE: L = mean((a_L − y)²), δ_L = 2 (a_L − y) / size; cross-entropy:
+    L = −mean_i log p_i[y_i] with p = softmax(a_L), δ_L = (p − onehot(y)) / B;
+    dW_l = δ_lᵀ a_{l−1}, db_l = δ_lᵀ 1, δ_{l−1} = (δ_l W_l) ⊙ σ′(a_{l−1}).
+    A new array for every operation (the seed notes' loop).
+    """
+    a = x.astype(weights[0].dtype, copy=False)
+    pre, outputs = [], [a]
+    last = len(weights) - 1
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        z = a @ w.T + b
+        a = z if i == last else activate(net.activation, z)
+        pre.append(z)
+        outputs.append(a)
+    batch = a.shape[0]
+    if net.loss == "mse":
+        diff = a - y
+        loss = np.mean(diff**2)
+        delta = 2 * diff / diff.size
+    else:
+        shifted = a - a.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        probs = exp / exp.sum(axis=1, keepdims=True)
+        rows = np.arange(batch)
+        loss = -np.mean(np.log(probs[rows, y]))
+        delta = probs
+        delta[rows, y] -= 1
+        delta = delta / batch
+    grads = []
+    for i in range(last, -1, -1):
+        grads.append((delta.T @ outputs[i], delta.sum(axis=0)))
+        if i > 0:
+            delta = (delta @ weights[i]) * activation_slope(net.activation, outputs[i])
+    return TextbookPass(float(loss), grads[::-1], pre, outputs)
+
+
+def rounding_factor(net: Network) -> float:
+    """F = Σ √n over the inner dimensions n of every sum a float32 step rounds.
+
+    Forward z_l (fan-in), backward δ_{l−1} = δ_l W_l (fan-out, all layers but the
+    first), dW = δᵀ a (the batch) and the loss (the output width). A sum of n terms
+    rounded independently is off by about u √n relative, and relative errors add
+    along the step: u · F is the step's expected relative error.
+    """
+    forward = sum(math.sqrt(i) for i, _, _ in net.layers)
+    backward = sum(math.sqrt(o) for _, o, _ in net.layers[1:])
+    return forward + backward + math.sqrt(net.batch) + math.sqrt(net.widths[-1])
+
+
+def _augmented(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """[W | b] in float64."""
+    w, b = pair
+    return np.hstack([w, b[:, None]]).astype(np.float64)
+
+
+def _norm_outside(m: np.ndarray, basis: np.ndarray | None) -> float:
+    """‖m (I − Q Qᵀ)‖_F: the Frobenius norm of m's rows with the span of Q left out."""
+    total = float(np.sum(m * m))
+    inside = 0.0 if basis is None else float(np.sum((m @ basis) ** 2))
+    return math.sqrt(max(total - inside, 0.0)) if math.isfinite(total) else math.nan
+
+
+@dataclass(frozen=True)
+class ReferenceStep:
+    """What the one-step check compares a contender's first step with.
+
+    Attributes:
+        before: the initial (W, b) per layer that every contender starts from.
+        loss: the reference loss.
+        after: the reference's updated (W, b) per layer (float64).
+        loss_rtol: bound on |L − L_ref| / |L_ref|.
+        update_rtol: bound on :func:`update_error`.
+        flip_bases: per layer, an orthonormal basis (in + 1, k) of the rows
+            [a_{l−1}, 1] of the samples in which a ReLU unit at layer l or above may
+            flip under float32 rounding, or None (empty: no flippable units).
+    """
+
+    before: Params
+    loss: float
+    after: Params
+    loss_rtol: float
+    update_rtol: float
+    flip_bases: Sequence[np.ndarray | None] = ()
+
+    @property
+    def bases(self) -> list[np.ndarray | None]:
+        """:attr:`flip_bases`, one entry per layer (None where empty)."""
+        return list(self.flip_bases) or [None] * len(self.before)
+
+    @cached_property
+    def update_norms(self) -> list[float]:
+        """‖U‖ per layer: the reference's update [ΔW | Δb], flip directions left out."""
+        return [
+            _norm_outside(_augmented(new) - _augmented(old), basis)
+            for old, new, basis in zip(self.before, self.after, self.bases, strict=True)
+        ]
+
+
+def flip_bases(
+    net: Network, step: TextbookPass, weights: Sequence[np.ndarray]
+) -> list[np.ndarray | None]:
+    """:attr:`ReferenceStep.flip_bases` from a float64 :func:`textbook_pass`.
+
+    The rounding error of z = a Wᵀ + b in float32 is estimated as
+    σ_z² = n u² (a² (W²)ᵀ) + σ_a² (W²)ᵀ: n roundings of size ≤ u |a_j W_ij| each
+    (independent, so variances add), plus the error σ_a = σ_z of the layer below
+    carried through W (every activation here has slope ≤ 1). A ReLU unit with
+    |z| ≤ FLIP_SIGMAS · σ_z may flip in a correct float32 step. A flip at layer k
+    changes δ_k, and every δ below it, in that sample s only, so it moves each
+    [dW_l | db_l] (l ≤ k) only along the sample's row [a_{l−1}(s), 1]: the check
+    leaves out those directions.
+    """
+    last = len(weights) - 1
+    near = []
+    carried: np.ndarray | None = None  # σ_a² of the layer's input; x is exact
+    for i, w in enumerate(weights):
+        w2, a = w * w, step.outputs[i]
+        variance = w.shape[1] * U32**2 * ((a * a) @ w2.T)
+        if carried is not None:
+            variance += carried @ w2.T
+        carried = variance
+        kink = net.activation == "relu" and i < last
+        close = np.abs(step.pre_activations[i]) <= FLIP_SIGMAS * np.sqrt(variance)
+        near.append(np.any(close, axis=1) if kink else None)
+    bases: list[np.ndarray | None] = []
+    samples = np.zeros(len(step.outputs[0]), dtype=bool)
+    for i in range(last, -1, -1):
+        if near[i] is not None:
+            samples |= near[i]
+        rows = step.outputs[i][samples]
+        if len(rows) == 0:
+            bases.append(None)
+            continue
+        bases.append(row_basis(np.hstack([rows, np.ones((len(rows), 1))])))
+    return bases[::-1]
+
+
+def row_basis(rows: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (columns) of the span of ``rows``: Rᵀ V Λ^(−1/2), R Rᵀ = V Λ Vᵀ.
+
+    Eigenvalues below 1e-12 λ_max (dependent rows) are dropped. The Gram matrix is
+    small (one row per flippable sample); LAPACK's QR of the tall Rᵀ is as exact here
+    but ran 20× slower under OpenBLAS threads on a busy machine.
+    """
+    lam, vecs = np.linalg.eigh(rows @ rows.T)
+    keep = lam > 1e-12 * lam.max()
+    return rows.T @ (vecs[:, keep] / np.sqrt(lam[keep]))
+
+
+def reference_step(net: Network, x: np.ndarray, y: np.ndarray, init: Params) -> ReferenceStep:
+    """One SGD step (lr :data:`LR`) of ``net`` from ``init`` on (x, y) in float64.
+
+    The textbook formulas (:func:`textbook_pass`) in NumPy float64: independent of
+    gpubackprop and PyTorch, and exact to ~1e-16, so the only errors the check sees
+    are the contender's. The bounds are CHECK_SIGMAS · u · F (u = 2^−24,
+    F = :func:`rounding_factor`) for the loss and the update, after leaving out the
+    directions in which ReLU units that rounding may flip move the update
+    (:func:`flip_bases`).
+    """
+    weights = [w.astype(np.float64) for w, _ in init]
+    biases = [b.astype(np.float64) for _, b in init]
+    step = textbook_pass(net, weights, biases, x, y)
+    after = [
+        (w - LR * dw, b - LR * db)
+        for w, b, (dw, db) in zip(weights, biases, step.grads, strict=True)
+    ]
+    bound = CHECK_SIGMAS * U32 * rounding_factor(net)
+    return ReferenceStep(init, step.loss, after, bound, bound, flip_bases(net, step, weights))
+
+
+# --- the one-step check -------------------------------------------------------------------
+def update_error(ref: ReferenceStep, params: Params) -> float:
+    """Worst layer's (‖E‖ − ½‖ulp(W)‖)₊ / ‖U‖ over [W | b], Frobenius norms.
+
+    E = contender's [W | b] − the reference's, U = the reference's update, both with
+    the flip directions left out (:attr:`ReferenceStep.flip_bases`); ½ ulp per
+    weight (float32 spacing of the contender's values) is what storing the updated
+    weight in float32 may round, whatever the update. NaN anywhere gives NaN.
     """
     worst = 0.0
-    for old_pair, ref_pair, other_pair in zip(before, ref, other, strict=True):
-        for old, new_ref, new_other in zip(old_pair, ref_pair, other_pair, strict=True):
-            ref64 = new_ref.astype(np.float64)
-            update = float(np.linalg.norm(ref64 - old.astype(np.float64)))
-            ulps = np.spacing(np.abs(new_ref.astype(np.float32))).astype(np.float64)
-            scale = update + float(np.linalg.norm(ulps))
-            diff = float(np.linalg.norm(new_other.astype(np.float64) - ref64))
-            if math.isnan(diff):
-                return math.nan
-            worst = max(worst, diff / scale if scale > 0 else diff)
+    layers = zip(ref.after, params, ref.bases, ref.update_norms, strict=True)
+    for new_ref, new, basis, update in layers:
+        got = _augmented(new)
+        error = _norm_outside(got - _augmented(new_ref), basis)
+        if math.isnan(error):
+            return math.nan
+        storage = 0.5 * float(np.linalg.norm(np.spacing(np.abs(got).astype(np.float32))))
+        excess = max(error - storage, 0.0)
+        worst = max(worst, excess / update if update > 0 else (0.0 if excess == 0 else math.inf))
     return worst
 
 
 def compare_step(
-    before: Params,
-    ref_loss: float,
-    ref_params: Params,
+    ref: ReferenceStep,
     loss: float,
     params: Params,
     *,
-    loss_rtol: float = LOSS_RTOL,
-    update_rtol: float = UPDATE_RTOL,
+    loss_rtol: float | None = None,
+    update_rtol: float | None = None,
 ) -> dict[str, Any]:
     """The check entry of one contender: its first step against the reference step.
 
-    ok ⇔ |L − L_ref| / |L_ref| ≤ ``loss_rtol`` and :func:`update_error` ≤ ``update_rtol``.
+    ok ⇔ |L − L_ref| / |L_ref| ≤ loss_rtol and :func:`update_error` ≤ update_rtol
+    (the reference's bounds unless given).
     """
-    loss_rel = abs(loss - ref_loss) / max(abs(ref_loss), 1e-30)
-    update_rel = update_error(before, ref_params, params)
+    loss_rtol = ref.loss_rtol if loss_rtol is None else loss_rtol
+    update_rtol = ref.update_rtol if update_rtol is None else update_rtol
+    loss_rel = abs(loss - ref.loss) / max(abs(ref.loss), 1e-30)
+    update_rel = update_error(ref, params)
     ok = bool(loss_rel <= loss_rtol and update_rel <= update_rtol)  # False for NaN
     verdict = "ok" if ok else "FAIL"
     return {
         "ok": ok,
         "loss_rel": float(loss_rel),
         "update_rel": float(update_rel),
+        "loss_rtol": loss_rtol,
+        "update_rtol": update_rtol,
         "summary": f"{verdict} (loss {loss_rel:.0e}, dW {update_rel:.0e})",
     }
 
@@ -316,16 +533,23 @@ def resolve_quick(
 
 
 __all__ = [
-    "LOSS_RTOL",
+    "ACTIVATIONS",
+    "CHECK_SIGMAS",
+    "FLIP_SIGMAS",
     "LR",
-    "UPDATE_RTOL",
+    "U32",
     "Params",
+    "ReferenceStep",
+    "TextbookPass",
+    "activate",
+    "activation_slope",
     "bench_parser",
     "build_torch_model",
     "compare_step",
     "core_versions",
     "cpu_model",
     "cuda_version_str",
+    "flip_bases",
     "format_table",
     "gb_params",
     "host_environment",
@@ -333,9 +557,13 @@ __all__ = [
     "one_line",
     "paired_ratio",
     "ratio",
+    "reference_step",
     "resolve_quick",
+    "rounding_factor",
+    "row_basis",
     "summarize",
     "summarize_checks",
+    "textbook_pass",
     "torch_batch",
     "torch_loss_fn",
     "torch_params",

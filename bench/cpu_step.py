@@ -12,11 +12,12 @@ batch and starting from the same weights:
   and ``torch.optim.SGD``, with as many threads as NumPy's BLAS uses;
 * ``textbook numpy``: the seed notes' loop, a new array for every operation.
 
-Before timing, one step of each contender from identical weights must give the
-same loss and the same updated weights within float32 tolerance (the ``check``
-column). Timing: warm-up steps, then rounds in which every contender runs a
-block of steps (order rotated each round, a short pause before each block so the
-other library's idle BLAS/OpenMP worker threads stop spinning on the cores);
+Before timing, one step of each contender from identical weights is compared with
+a float64 step of the textbook formulas (``common.reference_step``): the same loss
+and the same updated weights within float32 rounding (the ``check`` column).
+Timing: warm-up steps, then rounds in which every contender runs a block of steps
+(order rotated each round, a short pause before each block so the other library's
+idle BLAS/OpenMP worker threads stop spinning on the cores);
 each step is timed with ``time.perf_counter_ns``. Reported: median, p10 and p90
 per contender, gpubackprop's median over the others' (the ratios), and the
 median over rounds of the per-round ratio of block medians (the paired ratios,
@@ -49,16 +50,20 @@ if str(_ROOT) not in sys.path:
 import gpubackprop as gb  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import (  # noqa: E402
+    ACTIVATIONS,
     LR,
     Params,
+    ReferenceStep,
     build_torch_model,
     compare_step,
     format_table,
     gb_params,
     paired_ratio,
     ratio,
+    reference_step,
     summarize,
     summarize_checks,
+    textbook_pass,
     torch_batch,
     torch_loss_fn,
     torch_params,
@@ -133,67 +138,22 @@ def torch_contender(net: Network, x: np.ndarray, y: np.ndarray, init: Params) ->
 
 
 class TextbookNumpy:
-    """The seed notes' NumPy loop generalised to L layers: readable, a new array per op."""
+    """The seed notes' NumPy loop generalised to L layers (``common.textbook_pass``) + SGD."""
 
     def __init__(self, net: Network, x: np.ndarray, y: np.ndarray, init: Params) -> None:
-        if net.activation not in ("sigmoid", "tanh", "relu"):
+        if net.activation not in ACTIVATIONS:
             raise ValueError(f"{net.name}: no textbook twin for {net.activation!r}")
-        self.activation = net.activation
-        self.loss = net.loss
+        self.net = net
         self.x, self.y = x, y
         self.weights = [w.copy() for w, _ in init]
         self.biases = [b.copy() for _, b in init]
 
-    def act(self, z: np.ndarray) -> np.ndarray:
-        if self.activation == "sigmoid":
-            return 1 / (1 + np.exp(-z))
-        if self.activation == "tanh":
-            return np.tanh(z)
-        return np.maximum(z, 0)
-
-    def act_grad(self, a: np.ndarray) -> np.ndarray:
-        """σ′ from the activation's output a."""
-        if self.activation == "sigmoid":
-            return a * (1 - a)
-        if self.activation == "tanh":
-            return 1 - a**2
-        return (a > 0).astype(a.dtype)
-
     def step(self) -> float:
-        # forward, keeping every layer's output
-        a = self.x
-        outputs = [a]
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            z = a @ w.T + b
-            a = z if i == last else self.act(z)
-            outputs.append(a)
-        # loss and δ_L = ∂L/∂output
-        batch = a.shape[0]
-        if self.loss == "mse":
-            diff = a - self.y
-            loss = np.mean(diff**2)
-            delta = 2 * diff / diff.size
-        else:
-            shifted = a - a.max(axis=1, keepdims=True)
-            exp = np.exp(shifted)
-            probs = exp / exp.sum(axis=1, keepdims=True)
-            rows = np.arange(batch)
-            loss = -np.mean(np.log(probs[rows, self.y]))
-            delta = probs
-            delta[rows, self.y] -= 1
-            delta = delta / batch
-        # backward
-        grads = []
-        for i in range(last, -1, -1):
-            grads.append((delta.T @ outputs[i], delta.sum(axis=0)))
-            if i > 0:
-                delta = (delta @ self.weights[i]) * self.act_grad(outputs[i])
-        # SGD
-        for i, (dw, db) in enumerate(reversed(grads)):
+        step = textbook_pass(self.net, self.weights, self.biases, self.x, self.y)
+        for i, (dw, db) in enumerate(step.grads):
             self.weights[i] -= LR * dw
             self.biases[i] -= LR * db
-        return float(loss)
+        return step.loss
 
     def params(self) -> Params:
         return [(w.copy(), b.copy()) for w, b in zip(self.weights, self.biases, strict=True)]
@@ -206,17 +166,15 @@ def textbook_contender(net: Network, x: np.ndarray, y: np.ndarray, init: Params)
 
 
 # --- correctness ------------------------------------------------------------------------
-def check_contenders(contenders: list[Contender], before: Params) -> dict[str, dict[str, Any]]:
-    """Step every contender once (all start from ``before``); compare with the first.
+def check_contenders(
+    contenders: list[Contender], reference: ReferenceStep
+) -> dict[str, dict[str, Any]]:
+    """Step every contender once (all start from ``reference.before``); compare each with
+    the float64 reference step.
 
-    Returns name -> ``common.compare_step`` entry for every contender but the first.
+    Returns name -> ``common.compare_step`` entry for every contender.
     """
-    losses = [c.step() for c in contenders]
-    params = [c.params() for c in contenders]
-    return {
-        c.name: compare_step(before, losses[0], params[0], loss, p)
-        for c, loss, p in zip(contenders[1:], losses[1:], params[1:], strict=True)
-    }
+    return {c.name: compare_step(reference, c.step(), c.params()) for c in contenders}
 
 
 # --- timing ------------------------------------------------------------------------------
@@ -423,7 +381,7 @@ def run_network(net: Network, args: argparse.Namespace) -> dict[str, Any]:
     if torch is not None:
         contenders.append(torch_contender(net, x, y, init))
     contenders.append(textbook_contender(net, x, y, init))
-    checks = check_contenders(contenders, init)
+    checks = check_contenders(contenders, reference_step(net, x, y, init))
     timings = measure(contenders, args.repeat_seconds, args.rounds, args.settle_ms / 1e3)
     return {
         **net.summary(),

@@ -28,9 +28,10 @@ process, on the same batch (already on the device) and from the same weights:
   while they run or capture); target: tf32 ≤ 1.0× the faster PyTorch TF32 step.
 
 Before timing, one step of every contender from identical weights is compared
-with gpubackprop's ``train_step`` (loss and updated weights within float32
-tolerance, TF32 rows within TF32 tolerance: the ``check`` column); the GEMM
-floor's products are compared with a float64 product of the same operands.
+with a float64 step of the textbook formulas on the host (``common.reference_step``:
+loss and updated weights within float32 rounding, TF32 rows within TF32 tolerance:
+the ``check`` column); the GEMM floor's products are compared with a float64
+product of the same operands.
 Timing: warm-up steps, then ``--reps`` rounds in which every contender runs a
 block of ``--iters`` steps (order rotated each round), timed with CUDA events
 (the host clock for JAX); a sample is block time / iters; median, p10 and p90
@@ -69,9 +70,9 @@ if str(_ROOT) not in sys.path:
 import gpubackprop as gb  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import (  # noqa: E402
-    LOSS_RTOL,
+    CHECK_SIGMAS,
+    FLIP_SIGMAS,
     LR,
-    UPDATE_RTOL,
     Params,
     build_torch_model,
     compare_step,
@@ -79,6 +80,7 @@ from bench.common import (  # noqa: E402
     gb_params,
     load_params,
     one_line,
+    reference_step,
     summarize,
     torch_batch,
     torch_loss_fn,
@@ -125,12 +127,14 @@ from bench.networks import GPU_NETWORKS, Network, build_model, get_networks, mak
 #: "gpubackprop bench" when ``python -m gpubackprop bench`` runs this file (its usage line)
 PROG = "gpubackprop bench" if __name__ == "gpubackprop_bench" else None
 
-# TF32 rows are checked against the float32 reference step. TF32 rounds GEMM operands
-# to 10 mantissa bits (relative 2^-11 ≈ 5e-4 each). A NumPy emulation (operands rounded
-# to nearest TF32, float32 sums) of one step gave loss 1.3e-5 / update 2.6e-2 on
-# wide-b512 and 7e-6 / 1.3e-2 on wide, both on the first layer (the error grows
-# through the backward pass and its ReLU masks; 2.6e-4 on the last layer). Bugs (lr,
-# loss scale, bias, transpose) give O(1).
+# TF32 rows are checked against the same float64 reference step with these bounds
+# (float32 rows: the reference's own, ``common.reference_step``). TF32 rounds GEMM
+# operands to 10 mantissa bits (relative 2^-11 ≈ 5e-4 each). A NumPy emulation
+# (operands rounded to nearest TF32, float32 sums) of one step gave loss 1.3e-5 /
+# update 2.6e-2 on wide-b512 and 7e-6 / 1.3e-2 on wide against a float32 step, both on
+# the first layer (the error grows through the backward pass and its ReLU masks, which
+# TF32 flips far more often than float32; 2.6e-4 on the last layer). Bugs (lr, loss
+# scale, bias, transpose) give O(1).
 TF32_LOSS_RTOL = 1e-3
 TF32_UPDATE_RTOL = 1e-1
 TF32_TOL = {"loss_rtol": TF32_LOSS_RTOL, "update_rtol": TF32_UPDATE_RTOL}
@@ -236,7 +240,7 @@ class GbpEager(GbpContender):
         self.batch = self.model.prepare_batch(self.x, self.y, net.loss)
 
     def first_step(self) -> tuple[float, Params]:
-        # the public API for the reference step (validation included)
+        # the public API for the first step (validation included)
         value = self.model.train_step(self.x, self.y, self.batch.loss, self.opt)
         return float(value), gb_params(self.model)
 
@@ -796,7 +800,7 @@ def run_network(net: Network, libs: Libraries, args: argparse.Namespace) -> dict
     entries: dict[str, dict[str, Any]] = {}
     live: dict[str, Contender] = {}
     checks: dict[str, dict[str, Any]] = {}
-    reference: tuple[float, Params] | None = None
+    reference = reference_step(net, x, y, init)
 
     def fail(key: str, exc: BaseException, stage: str) -> None:
         print(f"  {LABELS[key]}: {stage} failed: {one_line(exc)}", flush=True)
@@ -832,14 +836,8 @@ def run_network(net: Network, libs: Libraries, args: argparse.Namespace) -> dict
                 checks[key] = live[key].check()  # type: ignore[attr-defined]
             else:
                 loss, params = live[key].first_step()
-                if key == GBP_EAGER:
-                    reference = (loss, params)
-                    checks[key] = compare_step(init, loss, params, loss, params)
-                elif reference is not None:  # else unchecked (gbp eager's failure is shown)
-                    tol = TF32_TOL if key in TF32_CONTENDERS else {}
-                    checks[key] = compare_step(
-                        init, reference[0], reference[1], loss, params, **tol
-                    )
+                tol = TF32_TOL if key in TF32_CONTENDERS else {}
+                checks[key] = compare_step(reference, loss, params, **tol)
         except Exception as exc:
             fail(key, exc, "first step")
     samples, errors = measure(live, args.warmup, args.iters, args.reps)
@@ -998,8 +996,8 @@ def main(argv: list[str] | None = None) -> int:
             "reps": args.reps,
             "seed": args.seed,
             "contenders": list(args.contenders),
-            "loss_rtol": LOSS_RTOL,
-            "update_rtol": UPDATE_RTOL,
+            "check_sigmas": CHECK_SIGMAS,
+            "flip_sigmas": FLIP_SIGMAS,
             "gemm_rtol": GEMM_RTOL,
             "tf32_loss_rtol": TF32_LOSS_RTOL,
             "tf32_update_rtol": TF32_UPDATE_RTOL,

@@ -1,5 +1,8 @@
 """A character-level RNN learns a short story: truncated BPTT, Adam, gradient clipping.
 
+The last 10% of the story is held out: the model never trains on it, and its loss
+there (the validation loss) says how well it predicts text it has not seen.
+
 Run: python examples/char_rnn.py [--steps 300] [--device auto]
 (the full trainer with progress bars is ``python -m gpubackprop charrnn``)
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import gpubackprop as gb
-from gpubackprop.charrnn import default_text, text_streams
+from gpubackprop.charrnn import default_text, split_text, text_loss, text_streams
 
 
 def main(argv: list[str] | None = None) -> list[float]:
@@ -23,8 +26,9 @@ def main(argv: list[str] | None = None) -> list[float]:
     model = gb.CharRNN(len(chars), 96, device=args.device, seed=0, chars=chars)
     print(model, "on", model.device)
 
-    # 16 parallel streams through the text, read in windows of 24 characters
-    inputs, targets = text_streams(model.encode(text), batch=16, seq_len=24)
+    train, held_out = split_text(model.encode(text))  # the last 10% for validation
+    # 16 parallel streams through the training text, read in windows of 24 characters
+    inputs, targets = text_streams(train, batch=16, seq_len=24)
     inputs, targets = model.backend.asarray(inputs), model.backend.asarray(targets)
     windows = inputs.shape[1] // 24
     optimizer = gb.optim.Adam(lr=3e-3)
@@ -41,7 +45,10 @@ def main(argv: list[str] | None = None) -> list[float]:
         optimizer.step(model.flat_params, model.flat_grads)  # RNN and readout in one buffer
         losses.append(loss)
         if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:4d}  loss {loss:.3f} nats/char")
+            print(f"step {step:4d}  training loss {loss:.3f} nats/char")
+
+    validation = text_loss(model, held_out, seq_len=24)  # no gradients, no update
+    print(f"validation loss {validation:.3f} nats/char on {len(held_out)} held-out characters")
 
     print("sample:", "The" + model.sample("The", 160, temperature=0.7, rng=0))
     return losses

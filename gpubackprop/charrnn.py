@@ -18,7 +18,8 @@ not a matmul. Backward is the seed notes' char-RNN (README.md), batch-major::
 The last sum is a GEMM with a one-hot matrix, not a scatter-add: deterministic on
 the GPU too (no float atomics). ``python -m gpubackprop charrnn`` (:func:`main`)
 trains one with truncated BPTT (:func:`run_charrnn`), by default on a short
-original story shipped with the package.
+original story shipped with the package, holding out the text's last tenth to
+report a validation loss (:func:`split_text`, :func:`text_loss`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ CLIP_NORM = 5.0
 #: Characters per printed sample, and the temperature they are drawn at.
 SAMPLE_LENGTH = 240
 SAMPLE_TEMPERATURE = 0.5
-#: The default run should end below this fraction of ln(vocabulary size) nats/char.
+#: The default run should end below this fraction of ln(vocabulary size) nats/char: a
+#: model that has learned nothing gives every character 1/V and scores ln V.
 TARGET_FRACTION = 0.6
+#: The last tenth of the text is held out: never trained on, scored as validation.
+VALIDATION_FRACTION = 0.1
 
 
 def default_text() -> str:
@@ -311,9 +315,45 @@ def text_streams(data: np.ndarray, batch: int, seq_len: int) -> tuple[np.ndarray
     return data[starts], data[starts + 1]
 
 
+def split_text(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(training, validation)``: the last :data:`VALIDATION_FRACTION` of ``data`` held out.
+
+    The two parts are disjoint and in order: data = training ++ validation, with
+    len(validation) = ⌊len(data) · VALIDATION_FRACTION⌋ ≥ 2 (one input, one target).
+    """
+    held_out = int(len(data) * VALIDATION_FRACTION)
+    if held_out < 2:
+        raise ConfigError(
+            f"a text of {len(data)} characters is too short to hold out its last "
+            f"{VALIDATION_FRACTION:.0%} for validation (at least 2 characters); use a longer text"
+        )
+    return data[:-held_out], data[-held_out:]
+
+
+def text_loss(model: CharRNN, data: np.ndarray, seq_len: int) -> float:
+    """Mean cross-entropy per character of predicting ``data[1:]`` from ``data[:-1]``.
+
+    L = 1/(N−1) Σ_t −log softmax(y_t)[data_{t+1}]: the text read as one sequence from a
+    zero state, in windows of ``seq_len`` with the state carried over; no gradients.
+    """
+    seq = model.backend.asarray(data[None, :])
+    total, h = 0.0, None
+    for lo in range(0, len(data) - 1, seq_len):
+        hi = min(lo + seq_len, len(data) - 1)
+        value, h = model.loss(seq[:, lo:hi], seq[:, lo + 1 : hi + 1], h)
+        total += value * (hi - lo)
+    return total / (len(data) - 1)
+
+
 @dataclass
 class CharRNNResult:
-    """What :func:`run_charrnn` did: the model, per-step losses and the final numbers."""
+    """What :func:`run_charrnn` did: the model, the losses and the final numbers.
+
+    ``losses``: the training loss of every step; ``final_loss``: the training loss
+    over one pass of the training text after training; ``validation_losses``:
+    ``(steps done, loss)`` on the held-out text (:func:`split_text`) at the end of
+    every ``sample_every`` chunk, the last one after training (``validation_loss``).
+    """
 
     model: CharRNN
     losses: list[float] = field(default_factory=list)
@@ -321,6 +361,8 @@ class CharRNNResult:
     target_loss: float = math.nan
     seconds: float = 0.0
     sample: str = ""
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)
+    validation_loss: float = math.nan
 
 
 def run_charrnn(
@@ -344,8 +386,11 @@ def run_charrnn(
     state the last one ended in (zeros as a pass starts, at a random offset below
     ``seq_len`` so window boundaries move), clips the BPTT gradients to norm
     :data:`CLIP_NORM` and takes an Adam step. A progress bar with the mean loss and a
-    sample every ``sample_every`` steps (0: at the end; ``quiet``: neither); at the
-    end the loss over one pass of the text, against :data:`TARGET_FRACTION` · ln V.
+    sample every ``sample_every`` steps (0: at the end; ``quiet``: neither). The last
+    :data:`VALIDATION_FRACTION` of the text is held out (:func:`split_text`): never
+    trained on, its loss (:func:`text_loss`) reported after every chunk. At the end
+    the training loss over one pass of the training text and the validation loss,
+    against the target :data:`TARGET_FRACTION` · ln V.
     """
     out = file if file is not None else sys.stdout
     if text is None:
@@ -358,16 +403,17 @@ def run_charrnn(
         check_int(f"charrnn: {label}", count)
     check_int("charrnn: sample_every", sample_every, minimum=0)
     model = CharRNN(len(chars), hidden, device, "float32", seed, chars=chars)
-    data = model.encode(text)
+    data, held_out = split_text(model.encode(text))
     inputs, targets, windows = _device_streams(model, data, batch, seq_len)
     # each pass starts at a random offset, so window boundaries move between passes
     max_offset = min(seq_len - 1, len(data) - 1 - batch * seq_len)
     target_loss = TARGET_FRACTION * math.log(len(chars))
     result = CharRNNResult(model, target_loss=target_loss)
     print(
-        f"char-RNN on {name or 'the text'}: {len(text):,} characters, vocabulary "
-        f"{len(chars)} (ln V = {math.log(len(chars)):.3f}; target < "
-        f"{TARGET_FRACTION:g}·ln V = {target_loss:.3f} nats/char)\n"
+        f"char-RNN on {name or 'the text'}: {len(text):,} characters; training on the "
+        f"first {len(data):,}, the last {len(held_out):,} ({VALIDATION_FRACTION:.0%}) held "
+        f"out for validation\nvocabulary {len(chars)} (ln V = {math.log(len(chars)):.3f}; "
+        f"target < {TARGET_FRACTION:g}·ln V = {target_loss:.3f} nats/char)\n"
         f"device: {model.device} ({model.backend.reason})\n"
         f"{model!r}; batch {batch} x seq-len {seq_len}, {windows} windows per pass, "
         f"{steps} steps, Adam lr {lr:g}, clip {CLIP_NORM:g}",
@@ -397,9 +443,13 @@ def run_charrnn(
             optimizer.step(model.flat_params, model.flat_grads)
             result.losses.append(value)
             if bar is not None and bar.due():
-                bar.update(step - lo + 1, f"loss {np.mean(result.losses[lo:]):.4f}")
+                bar.update(step - lo + 1, f"training loss {np.mean(result.losses[lo:]):.4f}")
+        result.validation_losses.append((hi, text_loss(model, held_out, seq_len)))
         if bar is not None:
-            bar.close(f"loss {np.mean(result.losses[lo:]):.4f}")
+            bar.close(
+                f"training loss {np.mean(result.losses[lo:]):.4f}, "
+                f"validation loss {result.validation_losses[-1][1]:.4f}"
+            )
             if hi < steps:
                 print(_show_sample(model, text[0], rng), file=out)
     result.seconds = time.perf_counter() - start_time
@@ -410,16 +460,34 @@ def run_charrnn(
         value, h = model.loss(inputs[:, cols], targets[:, cols], h)
         total += value
     result.final_loss = total / windows
-    verdict = "below" if result.final_loss < target_loss else "NOT below"
-    print(
-        f"trained {steps} steps in {result.seconds:.1f} s; loss over the text "
-        f"{result.final_loss:.3f} nats/char = {result.final_loss / math.log(len(chars)):.0%} "
-        f"of ln V, {verdict} the target {target_loss:.3f}",
-        file=out,
-    )
+    result.validation_loss = result.validation_losses[-1][1]
+    print(_report(result, len(data), len(held_out)), file=out)
     result.sample = _show_sample(model, text[0], rng)
     print(result.sample, file=out)
     return result
+
+
+def _report(result: CharRNNResult, n_train: int, n_held_out: int) -> str:
+    """The closing lines: training and validation loss, and the target in words."""
+    vocab = result.model.vocab_size
+    ln_v = math.log(vocab)
+
+    def line(label: str, value: float, where: str) -> str:
+        verdict = "below" if value < result.target_loss else "NOT below"
+        return (
+            f"{label} {value:.3f} nats/char ({value / ln_v:.0%} of ln V) over {where}: "
+            f"{verdict} the target"
+        )
+
+    return "\n".join([
+        f"trained {len(result.losses)} steps in {result.seconds:.1f} s",
+        line("training loss  ", result.final_loss, f"the training text ({n_train:,} characters)"),
+        line("validation loss", result.validation_loss,
+             f"the held-out last {VALIDATION_FRACTION:.0%} ({n_held_out:,} characters)"),
+        f"target: a model that has learned nothing gives each of the {vocab} characters "
+        f"probability 1/{vocab} and scores ln V = {ln_v:.3f} nats/char; the target is "
+        f"{TARGET_FRACTION:.0%} of that, {result.target_loss:.3f} nats/char",
+    ])
 
 
 def _device_streams(
@@ -442,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpubackprop charrnn",
         description=(
             "Train a character-level RNN language model (truncated BPTT, Adam, gradient "
-            "clipping) on a text; print the loss as it goes and samples of generated text."
+            "clipping) on the first 90% of a text; print the training loss and the loss on "
+            "the held-out last 10% (validation) as it goes, and samples of generated text."
         ),
     )
     parser.add_argument("--text", type=Path, default=None,
@@ -464,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH,
                         help="parallel streams per step (default: %(default)s)")
     parser.add_argument("--sample-every", type=int_at_least(0), default=DEFAULT_SAMPLE_EVERY,
-                        help="print the loss and a sample every K steps; 0: only at the end "
+                        help="print the training and validation loss and a sample every K "
+                             "steps; 0: only at the end "
                              "(default: %(default)s)")
     return parser
 

@@ -85,14 +85,14 @@ def _entry(key: str, ms: float | None, *, status: str = "ok", **kw: Any) -> dict
     if ms is None:
         return gr.contender_entry(key, "missing", error=kw.pop("error", "torch missing"), **kw)
     timing = common.summarize([ms * 0.98, ms, ms * 1.03])
-    check = kw.pop("check", common.compare_step(*_same_step(), 1.0, _same_step()[2]))
+    check = kw.pop("check", common.compare_step(_same_step(), 1.0, _same_step().after))
     return gr.contender_entry(key, status, timing=timing, check=check, clock="cuda-event", **kw)
 
 
-def _same_step() -> tuple[common.Params, float, common.Params]:
+def _same_step() -> common.ReferenceStep:
     before = [(np.ones((2, 2), np.float32), np.zeros(2, np.float32))]
     after = [(w - 0.1, b - 0.1) for w, b in before]
-    return before, 1.0, after
+    return common.ReferenceStep(before, 1.0, after, loss_rtol=1e-4, update_rtol=1e-2)
 
 
 def _fake_result(name: str, times: dict[str, float | None], **entry_kw: Any) -> dict[str, Any]:
@@ -376,31 +376,36 @@ def test_floor_plan_runs_and_checks_on_numpy(name: str) -> None:
 
 # --- the one-step check, and the PyTorch / JAX twins on the CPU -----------------------------------
 def test_compare_step_flags_a_wrong_update() -> None:
-    before, loss, after = _same_step()
-    assert common.compare_step(before, loss, after, loss, after)["ok"]
-    off = [(w + 0.01, b) for w, b in after]  # 10% of the update
-    check = common.compare_step(before, loss, after, loss, off)
+    ref = _same_step()
+    assert common.compare_step(ref, ref.loss, ref.after)["ok"]
+    off = [(w + 0.01, b) for w, b in ref.after]  # 10% of the update
+    check = common.compare_step(ref, ref.loss, off)
     assert not check["ok"] and check["summary"].startswith("FAIL")
-    assert not common.compare_step(before, loss, after, loss * 1.01, after)["ok"]
-    nan = [(w * np.nan, b) for w, b in after]
-    assert not common.compare_step(before, loss, after, loss, nan)["ok"]
+    assert not common.compare_step(ref, ref.loss * 1.01, ref.after)["ok"]
+    nan = [(w * np.nan, b) for w, b in ref.after]
+    assert not common.compare_step(ref, ref.loss, nan)["ok"]
 
 
-def _gb_reference(
+def _reference(
     name: str,
-) -> tuple[Any, np.ndarray, np.ndarray, common.Params, float, common.Params]:
+) -> tuple[Any, np.ndarray, np.ndarray, common.Params, common.ReferenceStep]:
+    """A network's batch, initial weights and float64 reference step (gpubackprop's
+    ``train_step`` on the CPU passes the check against it)."""
     net = BY_NAME[name]
     x, y = make_batch(net)
     model = build_model(net, device="cpu", seed=0)
     init = common.gb_params(model)
+    ref = common.reference_step(net, x, y, init)
     loss = model.train_step(x, y, net.loss, gb.optim.SGD(common.LR))
-    return net, x, y, init, loss, common.gb_params(model)
+    check = common.compare_step(ref, loss, common.gb_params(model))
+    assert check["ok"], check
+    return net, x, y, init, ref
 
 
 @pytest.mark.parametrize("name", CPU_SIZED)
 def test_torch_twin_matches_gpubackprop_on_cpu(name: str) -> None:
     torch = pytest.importorskip("torch")
-    net, x, y, init, ref_loss, ref_params = _gb_reference(name)
+    net, x, y, init, ref = _reference(name)
     device = torch.device("cpu")
     model = common.build_torch_model(net, init, device)
     assert [p.dtype for p in model.parameters()] == [torch.float32] * (2 * len(net.layers))
@@ -408,9 +413,7 @@ def test_torch_twin_matches_gpubackprop_on_cpu(name: str) -> None:
     opt = common.torch_sgd(model)
     tx, ty = common.torch_batch(x, y, device)
     loss = common.torch_train_step(model, opt, common.torch_loss_fn(net), tx, ty)
-    check = common.compare_step(
-        init, ref_loss, ref_params, float(loss.item()), common.torch_params(model)
-    )
+    check = common.compare_step(ref, float(loss.item()), common.torch_params(model))
     assert check["ok"], check
 
 
@@ -429,7 +432,7 @@ def test_gb_params_round_trip_through_load_params() -> None:
 def test_jax_twin_matches_gpubackprop_on_cpu(name: str) -> None:
     jax = pytest.importorskip("jax")
     jax.config.update("jax_default_matmul_precision", "highest")
-    net, x, y, init, ref_loss, ref_params = _gb_reference(name)
+    net, x, y, init, ref = _reference(name)
     device = jax.devices("cpu")[0]
     step = jax.jit(jt.make_jax_step(net), donate_argnums=(0,))
     params = jt.jax_params(init, device)
@@ -437,7 +440,7 @@ def test_jax_twin_matches_gpubackprop_on_cpu(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "donated buffers were not usable" on the CPU
         new, loss = step(params, jx, jy)
-    check = common.compare_step(init, ref_loss, ref_params, float(loss), jt.jax_to_host(new))
+    check = common.compare_step(ref, float(loss), jt.jax_to_host(new))
     assert check["ok"], check
 
 
@@ -524,12 +527,12 @@ def test_run_network_contains_each_failure(
 def test_jax_contender_class_runs_on_cpu() -> None:
     jax = pytest.importorskip("jax")
     jax.config.update("jax_default_matmul_precision", "highest")
-    net, x, y, init, ref_loss, ref_params = _gb_reference("mnist-mlp")
+    net, x, y, init, ref = _reference("mnist-mlp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # donation is not implemented on the CPU
         c = gs.JaxJit(jax, jax.devices("cpu")[0], net, init, x, y)
         loss, params = c.first_step()
-        assert common.compare_step(init, ref_loss, ref_params, loss, params)["ok"]
+        assert common.compare_step(ref, loss, params)["ok"]
         c.warmup(2)
         assert c.time_block(3) > 0
     assert c.clock == "wall"

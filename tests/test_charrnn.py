@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
 import time
 from pathlib import Path
@@ -240,6 +241,47 @@ def test_text_streams_cut_parallel_windows() -> None:
         charrnn.text_streams(data, 4, 6)
 
 
+def test_split_text_holds_out_the_last_tenth() -> None:
+    data = np.arange(105)
+    train, held_out = charrnn.split_text(data)
+    np.testing.assert_array_equal(train, np.arange(95))
+    np.testing.assert_array_equal(held_out, np.arange(95, 105))  # ⌊105 / 10⌋ = 10
+    with pytest.raises(gb.ConfigError, match="too short to hold out"):
+        charrnn.split_text(np.arange(19))
+
+
+def test_text_loss_reads_the_text_as_one_sequence() -> None:
+    model = small_model()
+    data = np.random.default_rng(5).integers(0, len(CHARS), 23)
+    whole = model.loss(data[None, :-1], data[None, 1:])[0]
+    for seq_len in (1, 4, 22, 50):  # windows with the state carried, the last one short
+        assert charrnn.text_loss(model, data, seq_len) == pytest.approx(whole, rel=1e-12)
+
+
+def test_training_never_sees_the_held_out_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[np.ndarray] = []
+    original = gb.CharRNN.loss_and_grad
+
+    def recording(self, inputs, targets, h0=None):  # type: ignore[no-untyped-def]
+        seen.extend([np.asarray(inputs), np.asarray(targets)])
+        return original(self, inputs, targets, h0)
+
+    monkeypatch.setattr(gb.CharRNN, "loss_and_grad", recording)
+    story = "the cat sat on the mat. " * 20  # 480 characters
+    tail = ("xyz" * 18)[:53]  # ⌊533 / 10⌋ = 53: exactly the held-out part
+    result = charrnn.run_charrnn(
+        story + tail, device="cpu", steps=40, hidden=16, seq_len=12, batch=4, lr=0.01,
+        sample_every=20, quiet=True, file=io.StringIO(),
+    )
+    held_out = {result.model.encode(c)[0] for c in "xyz"}
+    assert len(seen) == 80
+    assert not any(np.isin(a, list(held_out)).any() for a in seen)
+    assert [s for s, _ in result.validation_losses] == [20, 40]
+    assert math.isfinite(result.validation_loss)
+    assert result.validation_loss == result.validation_losses[-1][1]
+    assert result.validation_loss > 2 * result.final_loss  # never trained on x, y, z
+
+
 def test_the_default_text_ships_with_the_package() -> None:
     text = charrnn.default_text()
     assert len(text) > 4000 and "public domain" in text
@@ -272,7 +314,15 @@ def test_main_prints_loss_lines_and_samples(tmp_path: Path, capsys) -> None:
     assert len(loss_lines) == 2 and all("loss " in line for line in loss_lines)
     assert "3/3" in loss_lines[0]
     assert out.count("--- sample") == 2  # one after the first chunk, one at the end
+    assert all("training loss" in line and "validation loss" in line for line in loss_lines)
     assert "trained 6 steps" in out and "nats/char" in out
+    assert "the first 209, the last 23 (10%) held out for validation" in out
+    final = {line.split()[0]: line for line in out.splitlines() if " nats/char (" in line}
+    assert set(final) == {"training", "validation"}
+    value = float(final["validation"].split()[2])
+    assert math.isfinite(value) and 0 < value < 10
+    assert "held-out last 10% (23 characters)" in final["validation"]
+    assert "learned nothing" in out and "scores ln V = " in out and "the target is 60%" in out
 
 
 def test_main_quiet_and_errors(tmp_path: Path, capsys) -> None:
@@ -308,7 +358,9 @@ def test_default_run_gets_below_60_percent_of_ln_vocab(tmp_path: Path) -> None:
         result = charrnn.run_charrnn(device="cpu", file=log)
     vocab = result.model.vocab_size
     assert result.target_loss == pytest.approx(0.6 * math.log(vocab))
-    assert result.final_loss < result.target_loss
+    assert result.final_loss < result.target_loss  # the training loss
+    assert [step for step, _ in result.validation_losses] == [250, 500, 750, 1000]
+    assert all(math.isfinite(v) for _, v in result.validation_losses)
     assert time.perf_counter() - start < 120
 
 
