@@ -12,6 +12,7 @@ before rendering this extension rewrites each docstring:
 * a role that resolves to nothing becomes a link to the name as written, which
   autorefs cannot find: ``mkdocs build --strict`` fails on it, naming it;
 * ``text::`` before an indented block becomes ``text:`` (the block stays code);
+* a paragraph of formulas, one per line and aligned with spaces, becomes code;
 * runs of ``>>>`` / ``...`` lines become a fenced ``pycon`` block.
 
 Used by mkdocs.yml (``extensions: [docs/sphinx_roles.py]``); not part of the package.
@@ -38,7 +39,15 @@ def convert(text: str, resolve: Resolver) -> str:
     """The docstring ``text`` in Markdown: roles as links or code, ``::`` and ``>>>`` blocks."""
     text = ROLE.sub(lambda m: _role(m.group(1), resolve), text)
     text = re.sub(r"(\S)::$", r"\1:", text, flags=re.MULTILINE)
-    return _fence_doctests(text)
+    return _fence_doctests("\n\n".join(map(_fence_aligned, text.split("\n\n"))))
+
+
+def _fence_aligned(paragraph: str) -> str:
+    """Lines of formulas aligned with spaces, as code: Markdown would join them into one line."""
+    lines = paragraph.splitlines()
+    formulas = all("=" in line and not line.startswith((" ", ">>>")) for line in lines)
+    aligned = any(re.search(r"\S {2,}\S", line) for line in lines)
+    return f"```text\n{paragraph}\n```" if len(lines) > 1 and formulas and aligned else paragraph
 
 
 def _role(content: str, resolve: Resolver) -> str:
