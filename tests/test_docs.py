@@ -1,5 +1,6 @@
-"""The API reference's sources: every public name has an entry, and the docstring
-rewriting of docs/sphinx_roles.py (run by ``mkdocs build --strict`` in .ci/run)."""
+"""The API reference's sources: every public name has an entry; the docstring rewriting
+of docs/sphinx_roles.py and the link rewriting of docs/repo_links.py (both run by
+``mkdocs build --strict`` in .ci/run)."""
 
 from __future__ import annotations
 
@@ -34,14 +35,18 @@ def test_every_module_has_a_reference_page() -> None:
     assert modules - documented == set()
 
 
-@pytest.fixture(scope="module")
-def roles() -> ModuleType:
-    pytest.importorskip("griffe")
-    spec = importlib.util.spec_from_file_location("sphinx_roles", ROOT / "docs" / "sphinx_roles.py")
+def _docs_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def roles() -> ModuleType:
+    pytest.importorskip("griffe")
+    return _docs_module("sphinx_roles")
 
 
 KNOWN = {
@@ -70,3 +75,20 @@ KNOWN = {
 )
 def test_convert(roles: ModuleType, docstring: str, markdown: str) -> None:
     assert roles.convert(docstring, KNOWN.get) == markdown
+
+
+@pytest.mark.parametrize(
+    ("markdown", "expected"),
+    [
+        ("[tour](../examples/quickstart.py)", '<a href="../examples/quickstart.py">tour</a>'),
+        ("[b](../bench/README.md#timing)", '<a href="../bench/README.md#timing">b</a>'),
+        ("[graph](graph.md)", "[graph](graph.md)"),  # a docs page: MkDocs checks it
+        ("[gone](../examples/gone.py)", "[gone](../examples/gone.py)"),  # --strict fails
+        ("![pic](../examples/quickstart.py)", "![pic](../examples/quickstart.py)"),
+        ("[w](https://example.org/x.py)", "[w](https://example.org/x.py)"),
+        ("```\n[t](../examples/quickstart.py)\n```", "```\n[t](../examples/quickstart.py)\n```"),
+    ],
+)
+def test_links_outside_docs_become_html(markdown: str, expected: str) -> None:
+    docs = ROOT / "docs"
+    assert _docs_module("repo_links").outside_links(markdown, docs, docs) == expected
