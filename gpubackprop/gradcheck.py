@@ -244,10 +244,11 @@ def gradcheck(
             of Tensors returning a scalar Tensor (a graph function: ``x`` and
             ``y``, when given, are its inputs; see :func:`graph_gradcheck`).
         x: the input batch (the prediction for a loss).
-        y, loss: target and loss for L; without a loss, L = Σ output ⊙ R for
-            a fixed random R.
+        y: the target for L (with ``loss``).
+        loss: the loss L; without one, L = Σ output ⊙ R for a fixed random R.
         eps: the finite-difference step ε.
-        atol, rtol: pass where |analytic − numeric| ≤ atol + rtol·|numeric|.
+        atol: an entry passes where |analytic − numeric| ≤ atol + rtol·|numeric|.
+        rtol: see ``atol``.
         max_checks_per_tensor: check a random subset of this many entries per
             tensor (None: every entry).
         check_input: also check ∂L/∂x.
