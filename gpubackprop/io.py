@@ -306,9 +306,9 @@ def _read(path: str) -> _File:
     first, then the ``safetensors`` library's of the layout as it reads, then the SHA-256."""
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
-        head = file.read(8)
+        head = file.read(9)  # the header length, then the header's opening "{"
         _check_magic(head, size)
-        header_len = int.from_bytes(head, "little")
+        header_len = int.from_bytes(head[:8], "little")
         if header_len > MAX_HEADER_BYTES:
             raise CheckpointError(
                 f"header length field says {header_len} bytes, more than the "
@@ -319,6 +319,7 @@ def _read(path: str) -> _File:
                 f"truncated or corrupted: the header length field says {header_len} bytes "
                 f"but only {size - 8} follow it"
             )
+        file.seek(8)
         header = _loads(file.read(header_len), "the header")
         if not isinstance(header, dict):
             raise CheckpointError("the header must be a JSON object")
@@ -358,7 +359,9 @@ def _check_magic(head: bytes, size: int) -> None:
             "this is a zip archive (a NumPy .npz or PyTorch .pt file?), not a gpubackprop "
             "checkpoint"
         )
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+    # A safetensors header length can start with these two bytes too (640, 896, 1152,
+    # 1408 bytes, ... + k·65536): only a file without the header's "{" at byte 8 is a pickle.
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[8:9] != b"{":
         raise CheckpointError(
             f"this is a Python pickle (protocol {head[1]}), not a gpubackprop checkpoint; "
             "gpubackprop never unpickles"
