@@ -540,8 +540,9 @@ class Sequential(FlatParameters):
         rows; each metric is its sum over rows divided by N.
 
         Args:
-            x, y: inputs (N, in) and targets (labels (N,) or (N, out)), NumPy arrays
-                (copied batch by batch) or arrays on the model's device.
+            x: inputs (N, in), a NumPy array (copied batch by batch) or an array on
+                the model's device.
+            y: targets, labels (N,) or (N, out), likewise.
             loss: a :class:`~gpubackprop.losses.Loss` or its name (``"mse"``, ...).
             metrics: names from :data:`gpubackprop.train.METRICS` (``"accuracy"``,
                 ``"mae"``); None (the default): by loss, ``accuracy`` for
@@ -584,9 +585,9 @@ class Sequential(FlatParameters):
         update), and likewise each metric.
 
         Args:
-            x, y: inputs (N, in) and targets (labels (N,) or (N, out)): NumPy arrays
-                (rows copied to the device batch by batch) or arrays on the model's
-                device.
+            x: inputs (N, in): a NumPy array (rows copied to the device batch by
+                batch) or an array on the model's device.
+            y: targets, labels (N,) or (N, out), likewise.
             loss: a :class:`~gpubackprop.losses.Loss` or its name (``"cross_entropy"``).
             optimizer: a gpubackprop optimizer, e.g. ``gb.optim.Adam(1e-3)``.
             epochs: passes over the data (0: no step).
