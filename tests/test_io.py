@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io as stdio
+import itertools
 import json
 import os
 import re
@@ -735,12 +736,18 @@ def test_optimizer_guards_survive_a_checkpoint(tmp_path) -> None:
     assert "max_grad_norm=0.5" in repr(loaded)
 
 
-@pytest.mark.parametrize("widths", [(4, 8, 3), (2, 32, 32, 3), (3, 5, 2), (7, 1)])
+PICKLE_LIKE_WIDTHS = [(4, 8, 3), (2, 32, 32, 3), (3, 5, 2), (7, 1)]
+
+
+def _tanh_model(widths: tuple[int, ...]) -> gb.Sequential:
+    return gb.Sequential([gb.Dense(a, b, "tanh") for a, b in itertools.pairwise(widths)], seed=0)
+
+
+@pytest.mark.parametrize("widths", PICKLE_LIKE_WIDTHS)
 def test_headers_whose_length_looks_like_a_pickle_opcode_load(tmp_path: Path, widths) -> None:
     """A header of 640, 896, 1152 or 1408 bytes (+ k·65536) starts the file with the
     bytes 0x80 0x02..0x05 of a pickle's PROTO opcode: such checkpoints must load."""
-    layers = [gb.Dense(a, b, "tanh") for a, b in zip(widths, widths[1:])]
-    model = gb.Sequential(layers, seed=0)
+    model = _tanh_model(widths)
     path = tmp_path / "m.safetensors"
     model.save(path, gb.optim.Adam(lr=1e-3))
     loaded = gb.load(path, device="cpu")
@@ -751,10 +758,9 @@ def test_headers_whose_length_looks_like_a_pickle_opcode_load(tmp_path: Path, wi
 def test_some_saved_header_length_starts_like_a_pickle(tmp_path: Path) -> None:
     """The regression above is real: among these models one header starts with 0x80 0x0N."""
     starts = set()
-    for widths in [(4, 8, 3), (2, 32, 32, 3), (3, 5, 2), (7, 1)]:
-        layers = [gb.Dense(a, b, "tanh") for a, b in zip(widths, widths[1:])]
-        path = tmp_path / f"{len(starts)}.safetensors"
-        gb.Sequential(layers, seed=0).save(path, gb.optim.Adam(lr=1e-3))
+    for i, widths in enumerate(PICKLE_LIKE_WIDTHS):
+        path = tmp_path / f"{i}.safetensors"
+        _tanh_model(widths).save(path, gb.optim.Adam(lr=1e-3))
         head = path.read_bytes()[:2]
         starts.add(head[0] == 0x80 and 2 <= head[1] <= 5)
     assert True in starts
