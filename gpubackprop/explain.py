@@ -146,26 +146,29 @@ def explain(
     """The layer-by-layer account of batch ``x`` as an :class:`Explanation` (not printed).
 
     With ``y`` and ``loss`` the batch is also run backward (the gradient buffer is
-    written, no parameter changes) and each layer shows its δ and gradient norms.
+    written, no parameter changes) and each layer shows its δ and gradient norms. Runs
+    in eval mode (Dropout is the identity; the model's mode is restored afterwards).
     """
     backend = model.backend
     xb = model.prepare_input(x if backend.is_native(x) else model.to_device(x))
     batch, width = xb.shape
     resolved = None if loss is None else get_loss(loss)
     outputs: list[Array] = []
-    model.forward_batch(xb, outputs)
-    value = None
-    if resolved is not None:
-        if y is None:
-            raise ConfigError("explain: a loss needs the target y")
-        y = y if backend.is_native(y) else backend.asarray(y)
-        value = float(model.loss_and_grad_batch(model.prepare_batch(xb, y, resolved)))
+    with model.mode(False):
+        model.forward_batch(xb, outputs)
+        value = None
+        if resolved is not None:
+            if y is None:
+                raise ConfigError("explain: a loss needs the target y")
+            y = y if backend.is_native(y) else backend.asarray(y)
+            value = float(model.loss_and_grad_batch(model.prepare_batch(xb, y, resolved)))
 
     lines = [
         f"{type(model).__name__} on {model.device}, {model.dtype.name}, batch B = {batch}: "
         f"{model.num_parameters:,} parameters in one flat buffer",
         "Convention: batch-major activations (B, n); W is (out, in) as in z = W a + b, "
         "so a layer computes z = a Wᵀ + b.",
+        "Mode: eval (as evaluate and predict run: Dropout is the identity).",
         f"input x {_shape(batch, width)}: {_stats(backend, xb)}",
     ]
     grads, params = model.gradients(), model.parameters()
