@@ -13,7 +13,8 @@ import numpy as np
 
 from .arrays import Array
 from .errors import ConfigError
-from .kernels import LaunchArgs, column_sum_lanes, get_kernel, matrix_argument
+from . import kernels
+from .kernels import LaunchArgs, column_sum_lanes, matrix_argument
 
 #: rows (warps) per block of the LayerNorm forward
 ROWS_PER_BLOCK = 8
@@ -41,7 +42,7 @@ def layer_norm_forward(
     rstd = args.array("rstd", rstd, shape=(rows,), output=True)
     args.no_overlap()
     if rows and cols:
-        kernel = get_kernel("layer_norm_forward", x.dtype)
+        kernel = kernels.get_kernel("layer_norm_forward", x.dtype)
         grid = _blocks(-(-rows // ROWS_PER_BLOCK))
         launch_args = (x, weight, bias, out, mean, rstd, np.int32(rows), np.int32(cols))
         args.launch(kernel, grid, (32, ROWS_PER_BLOCK), (*launch_args, args.scalar(eps)))
@@ -71,7 +72,7 @@ def layer_norm_backward(
     lanes = column_sum_lanes(rows)
     row_blocks = 0 if dx is None or not rows else _blocks(-(-rows // lanes))
     strips = _blocks(-(-cols // _STRIP_COLS))
-    kernel = get_kernel("layer_norm_backward", delta.dtype)
+    kernel = kernels.get_kernel("layer_norm_backward", delta.dtype)
     launch_args = (delta, x, weight, mean, rstd, dx, dweight, dbias)
     sizes = (np.int32(rows), np.int32(cols), np.int32(row_blocks))
     args.launch(kernel, row_blocks + strips, (_STRIP_COLS, lanes), (*launch_args, *sizes))
@@ -95,7 +96,7 @@ def dropout_forward(
             f"kernels.dropout_forward: threshold must be in [0, 2**32], got {threshold}"
         )
     n = int(x.size)
-    kernel = get_kernel("dropout_forward", x.dtype)
+    kernel = kernels.get_kernel("dropout_forward", x.dtype)
     launch_args = (x, out, mask, state, np.uint64(threshold), args.scalar(scale), np.int64(n))
     args.grid_stride(kernel, -(-n // 4), launch_args)
     return out
@@ -110,7 +111,7 @@ def dropout_backward(delta: Array, mask: Array, dx: Array, *, scale: float) -> A
     args.no_overlap()
     n = int(delta.size)
     if n:
-        kernel = get_kernel("dropout_backward", delta.dtype)
+        kernel = kernels.get_kernel("dropout_backward", delta.dtype)
         args.grid_stride(kernel, n, (delta, mask, dx, args.scalar(scale), np.int64(n)))
     return dx
 
