@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .arrays import Array
 from .errors import ConfigError
-from . import kernels
 from .kernels import LaunchArgs, column_sum_lanes, matrix_argument
 
 #: rows (warps) per block of the LayerNorm forward

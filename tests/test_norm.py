@@ -150,7 +150,7 @@ def test_layer_norm_bad_arguments_and_inputs() -> None:
         layer.forward(np.zeros((2, 5)))
     with pytest.raises(gb.ShapeError, match="backward called before forward"):
         gb.LayerNorm(4).build("cpu").backward(np.zeros((2, 4)), True)
-    with pytest.raises(gb.ShapeError, match="LayerNorm 5.*expects 5 input features"):
+    with pytest.raises(gb.ShapeError, match=r"LayerNorm 5.*expects 5 input features"):
         gb.Sequential([gb.Dense(3, 4), gb.LayerNorm(5)], device="cpu")
 
 
