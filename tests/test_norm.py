@@ -352,3 +352,10 @@ def test_norm_reference_ops_take_only_what_cupy_takes(
         results.append((out, mean, rstd, dx, dw, db, mask, dropped, ddx))
     for a, c in zip(*results, strict=True):
         np.testing.assert_array_equal(a, c)
+
+
+def test_dropout_gradcheck_alone(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((6, 9))
+    assert gb.gradcheck(gb.Dropout(0.4), x)  # wrapped in a float64 model, training mode
+    assert gb.gradcheck(_dropout(0.4, seed=2), x)  # built standalone
+    assert gb.LayerNorm.input_kind == gb.Dropout.input_kind == "features"
