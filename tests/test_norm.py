@@ -311,7 +311,9 @@ def test_fit_trains_in_training_mode_evaluate_and_predict_in_eval(
     with model.mode(False):
         np.testing.assert_array_equal(out, model.forward(x))
     print(model.explain(x[:3]), file=io.StringIO())
-    assert "Mode: eval" in str(model.explain(x[:3]))
+    text = str(model.explain(x[:3], y[:3], "cross_entropy"))
+    assert "Mode: eval" in text and "eval mode: a_2 = a_1" in text
+    assert "(g − mean(g) − x̂ mean(g ⊙ x̂))" in text
     assert dropout.generator_state()[1] == 8 and model.training
 
 
