@@ -94,4 +94,6 @@ def dropout_words(xp: ModuleType, n: int, seed: int, step: int) -> Array:
     return words.reshape(-1)[:n]
 
 
-__all__ = ["CHUNK", "M0", "M1", "ROUNDS", "W0", "W1", "dropout_words", "keep_threshold", "philox4x32_10"]
+__all__ = [
+    "CHUNK", "M0", "M1", "ROUNDS", "W0", "W1", "dropout_words", "keep_threshold", "philox4x32_10",
+]
