@@ -361,3 +361,14 @@ def test_dropout_gradcheck_alone(rng: np.random.Generator) -> None:
     assert gb.gradcheck(gb.Dropout(0.4), x)  # wrapped in a float64 model, training mode
     assert gb.gradcheck(_dropout(0.4, seed=2), x)  # built standalone
     assert gb.LayerNorm.input_kind == gb.Dropout.input_kind == "features"
+
+
+def test_dropout_words_in_chunks_equal_one_philox_call() -> None:
+    from gpubackprop.philox import CHUNK
+
+    n, seed, step = 4 * CHUNK + 4 * 3 + 2, 2**63 + 12345, 2**33 + 1
+    groups = -(-n // 4)
+    j = np.arange(groups, dtype=np.uint64)
+    counter = np.stack([j & 0xFFFFFFFF, j >> 32, np.full(groups, 1), np.full(groups, 2)])
+    block = philox4x32_10(np, counter.astype(np.uint64), (12345, 2**31))
+    np.testing.assert_array_equal(dropout_words(np, n, seed, step), block.T.reshape(-1)[:n])
