@@ -67,9 +67,11 @@ class LayerNorm(Layer):
             raise ConfigError(f"LayerNorm: eps must be a number > 0, got {eps!r}")
         self.eps = float(eps)
         self._input: Array | None = None
+        self._mean: Array | None = None
+        self._rstd: Array | None = None
         self._lead: tuple[int, ...] = ()
 
-    _BACKWARD_STATE = ("_input", "_lead")
+    _BACKWARD_STATE = ("_input", "_mean", "_rstd", "_lead")
 
     def describe(self) -> str:
         return f"LayerNorm {self.features}" + ("" if self.eps == 1e-5 else f", eps={self.eps:g}")
@@ -111,10 +113,11 @@ class LayerNorm(Layer):
             eps=self.eps,
         )
         self._input, self._lead = x, lead
+        self._mean, self._rstd = ws["mean"].reshape(-1), ws["rstd"].reshape(-1)
         return ws["out"]
 
     def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
-        if self._input is None:
+        if self._input is None or self._mean is None or self._rstd is None:
             raise ShapeError(f"{self.label}: backward called before forward")
         assert self.backend is not None
         self._check_delta(delta, (*self._lead, self.features))
@@ -122,8 +125,7 @@ class LayerNorm(Layer):
         f = self.features
         self.backend.ops.layer_norm_backward(
             delta.reshape(-1, f), self._input.reshape(-1, f), self.params["weight"],
-            ws["mean"].reshape(-1), ws["rstd"].reshape(-1),
-            ws["dx"].reshape(-1, f) if need_input_grad else None,
+            self._mean, self._rstd, ws["dx"].reshape(-1, f) if need_input_grad else None,
             self.grads["weight"], self.grads["bias"],
         )
         return ws["dx"] if need_input_grad else None

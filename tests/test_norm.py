@@ -372,3 +372,18 @@ def test_dropout_words_in_chunks_equal_one_philox_call() -> None:
     counter = np.stack([j & 0xFFFFFFFF, j >> 32, np.full(groups, 1), np.full(groups, 2)])
     block = philox4x32_10(np, counter.astype(np.uint64), (12345, 2**31))
     np.testing.assert_array_equal(dropout_words(np, n, seed, step), block.T.reshape(-1)[:n])
+
+
+def test_layers_called_twice_in_a_graph(rng: np.random.Generator) -> None:
+    """As graph gates each call keeps its own μ, r and mask (backward_state), so a layer
+    used twice gets the sum of both calls' gradients."""
+    norm = _layer_norm(6, rng)
+    drop = _dropout(0.3, seed=5)
+    a, b = rng.standard_normal((4, 6)), rng.standard_normal((4, 6)) * 3 + 2
+    states = drop.generator_state()
+
+    def f(x: gb.Tensor, y: gb.Tensor) -> gb.Tensor:
+        drop.set_generator_state(states)  # the same masks at every evaluation
+        return (drop(norm(x)) * drop(norm(y)) * norm(x)).sum()
+
+    assert gb.graph_gradcheck(f, a, b)
