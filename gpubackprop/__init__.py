@@ -47,6 +47,7 @@ from .graph import (
 )
 from .io import load
 from .layers import Activation, Dense, Layer
+from .layers_norm import Dropout, LayerNorm
 from .model import Sequential
 from .onnx_export import export_onnx
 from .optim import StepReport
@@ -70,6 +71,7 @@ __all__ = [
     "Dense",
     "DeviceError",
     "DeviceMemoryError",
+    "Dropout",
     "Explanation",
     "Gate",
     "GpuBackpropError",
@@ -79,6 +81,7 @@ __all__ = [
     "History",
     "LabelError",
     "Layer",
+    "LayerNorm",
     "NumericalError",
     "NumpyOnTensorError",
     "Sequential",

@@ -143,9 +143,13 @@ class CompiledStep:
         static_x[...] = x
         static_y[...] = y
         # Warm-up: every buffer allocated, every kernel compiled; parameters untouched
-        # (backward only overwrites the gradient buffer).
+        # (backward only overwrites the gradient buffer), random generators (Dropout's
+        # step counters) put back. The step is recorded in training mode.
         batch = Batch(static_x, static_y, loss)
-        model.loss_and_grad_batch(batch)
+        generators = model.generator_states()
+        with model.mode(True):
+            model.loss_and_grad_batch(batch)
+        model.set_generator_states(generators)
         optimizer.prepare(model.flat_params, model.flat_grads)
         pinned = [
             buf for layer in model.layers if layer.workspaces is not None
@@ -160,7 +164,8 @@ class CompiledStep:
             cast("CupyOps", model.backend.ops).blas.bind()
             stream.begin_capture()
             try:
-                value = model.loss_and_grad_batch(batch)
+                with model.mode(True):
+                    value = model.loss_and_grad_batch(batch)
                 optimizer.apply_update(model.flat_params, model.flat_grads)
             except Exception as exc:
                 with contextlib.suppress(Exception):  # already invalid; report the cause

@@ -21,6 +21,7 @@ from .arrays import Array
 from .backend import Backend
 from .errors import ConfigError
 from .layers import Activation, Dense
+from .layers_norm import Dropout, LayerNorm
 from .losses import MSE, BCEWithLogits, Loss, SoftmaxCrossEntropy, get_loss
 
 if TYPE_CHECKING:
@@ -116,6 +117,27 @@ def _activation_lines(layer: Activation, batch: int, width: int, k: int, first: 
     ]
 
 
+def _layer_norm_lines(layer: LayerNorm, batch: int, k: int, first: bool) -> list[str]:
+    a_prev = "x" if first else f"a_{k - 1}"
+    rows, f = _shape(batch, layer.features), _shape(layer.features)
+    return [
+        f"  forward   μ, σ² = mean, biased variance of each row of {a_prev}   {rows}",
+        f"            a_{k} = ({a_prev} − μ)/√(σ² + {layer.eps:g}) ⊙ weight + bias   "
+        f"(x̂ = ({a_prev} − μ)/√(σ² + ε))",
+        f"  backward  g = ∂L/∂a_{k} ⊙ weight;  ∂L/∂{a_prev} = (g − mean(g) − x̂ mean(g ⊙ x̂))"
+        "/√(σ² + ε)",
+        f"            dweight = Σ_rows ∂L/∂a_{k} ⊙ x̂ {f}    dbias = Σ_rows ∂L/∂a_{k} {f}",
+    ]
+
+
+def _dropout_lines(layer: Dropout, batch: int, width: int, k: int, first: bool) -> list[str]:
+    a_prev = "x" if first else f"a_{k - 1}"
+    return [
+        f"  eval mode: a_{k} = {a_prev} and ∂L/∂{a_prev} = ∂L/∂a_{k}   {_shape(batch, width)}",
+        f"  (training: a_{k} = {a_prev} ⊙ mask/(1 − {layer.p:g}), a Philox mask per step)",
+    ]
+
+
 def _loss_lines(loss: Loss, batch: int, width: int, k: int) -> list[str]:
     out = f"a_{k}"
     if isinstance(loss, SoftmaxCrossEntropy):
@@ -146,26 +168,29 @@ def explain(
     """The layer-by-layer account of batch ``x`` as an :class:`Explanation` (not printed).
 
     With ``y`` and ``loss`` the batch is also run backward (the gradient buffer is
-    written, no parameter changes) and each layer shows its δ and gradient norms.
+    written, no parameter changes) and each layer shows its δ and gradient norms. Runs
+    in eval mode (Dropout is the identity; the model's mode is restored afterwards).
     """
     backend = model.backend
     xb = model.prepare_input(x if backend.is_native(x) else model.to_device(x))
     batch, width = xb.shape
     resolved = None if loss is None else get_loss(loss)
     outputs: list[Array] = []
-    model.forward_batch(xb, outputs)
-    value = None
-    if resolved is not None:
-        if y is None:
-            raise ConfigError("explain: a loss needs the target y")
-        y = y if backend.is_native(y) else backend.asarray(y)
-        value = float(model.loss_and_grad_batch(model.prepare_batch(xb, y, resolved)))
+    with model.mode(False):
+        model.forward_batch(xb, outputs)
+        value = None
+        if resolved is not None:
+            if y is None:
+                raise ConfigError("explain: a loss needs the target y")
+            y = y if backend.is_native(y) else backend.asarray(y)
+            value = float(model.loss_and_grad_batch(model.prepare_batch(xb, y, resolved)))
 
     lines = [
         f"{type(model).__name__} on {model.device}, {model.dtype.name}, batch B = {batch}: "
         f"{model.num_parameters:,} parameters in one flat buffer",
         "Convention: batch-major activations (B, n); W is (out, in) as in z = W a + b, "
         "so a layer computes z = a Wᵀ + b.",
+        "Mode: eval (as evaluate and predict run: Dropout is the identity).",
         f"input x {_shape(batch, width)}: {_stats(backend, xb)}",
     ]
     grads, params = model.gradients(), model.parameters()
@@ -175,6 +200,10 @@ def explain(
             lines += _dense_lines(layer, batch, k, first=layer.index == 0)
         elif isinstance(layer, Activation):
             lines += _activation_lines(layer, batch, int(out.shape[1]), k, layer.index == 0)
+        elif isinstance(layer, LayerNorm):
+            lines += _layer_norm_lines(layer, batch, k, layer.index == 0)
+        elif isinstance(layer, Dropout):
+            lines += _dropout_lines(layer, batch, int(out.shape[1]), k, layer.index == 0)
         else:
             lines.append(f"  {type(layer).__name__}: see its docstring")
         lines.append(f"  values    a_{k}: {_stats(backend, out)}")

@@ -3,6 +3,10 @@
 Every kind of target is checked the same way (:func:`gradcheck`): the analytic
 gradients of its backward pass against :func:`central_difference` in float64, entry
 by entry; without a loss, L = Σ output ⊙ R for a fixed random R exercises every output.
+
+A model is checked in the mode it is in (training by default). Layers with a random
+generator (Dropout) get their generator state back before every forward pass: the
+finite differences and the analytic gradient all see the same mask (a fixed counter).
 """
 
 from __future__ import annotations
@@ -135,8 +139,13 @@ def _check_model(
         batch = model.prepare_batch(xb, backend.asarray(y), loss)
         xb, target = batch.x, batch.y
 
+    generators = model.generator_states()
+
     def value_and_grad() -> tuple[float, Array]:
-        """(L, ∂L/∂out): L = loss(model(x), y), or Σ model(x) ⊙ R without a loss."""
+        """(L, ∂L/∂out): L = loss(model(x), y), or Σ model(x) ⊙ R without a loss. Every
+        call starts from the same generator states: a Dropout layer in training mode
+        draws the same mask each time, so L is one function of the parameters."""
+        model.set_generator_states(generators)
         out = model.forward_batch(xb)
         if loss is None:
             return float(backend.xp.vdot(out, projection)), projection

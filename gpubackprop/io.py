@@ -29,9 +29,13 @@ Tensors (all of the model's dtype, ``F32`` or ``F64``):
   seed was not an int), "precision": "fp32" | "tf32" (the model's matmul precision;
   files without it are "fp32"), "layers":
   [{"type": "Dense", "in_features", "out_features", "activation", "bias"} |
-  {"type": "Activation", "activation"}, ...]}``.
+  {"type": "Activation", "activation"} | {"type": "LayerNorm", "normalized_shape", "eps"} |
+  {"type": "Dropout", "p"}, ...]}``.
 - ``rng``: JSON of ``model.rng.bit_generator.state`` (the generator that shuffles in
   :meth:`Sequential.fit`), so resumed training draws the same batches.
+- ``generators`` (only when a layer has a random generator: Dropout): JSON
+  ``{"<i>": [seed, step], ...}``, layer i's Philox key and step counter, so a resumed
+  run draws the same dropout masks.
 - ``optimizer`` (only when one was saved): JSON ``{"type", "hyperparameters",
   "step_count", "num_params", "state": [names of the stored arrays]}``.
 - ``sha256``: hex SHA-256 over a canonical JSON of the other metadata and of every
@@ -61,6 +65,7 @@ from . import optim
 from .backend import PRECISIONS, Backend, get_backend
 from .errors import CheckpointError, ConfigError, GpuBackpropError
 from .layers import Activation, Dense, Layer
+from .layers_norm import Dropout, LayerNorm
 from .model import Sequential, check_optimizer
 from .optim import Optimizer
 from .params import resolve_dtype
@@ -83,13 +88,17 @@ _CODE_OF = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
 _REQUIRED_METADATA = frozenset(
     {"format", "format_version", "gpubackprop_version", "dtype", "architecture", "rng", "sha256"}
 )
-_OPTIONAL_METADATA = frozenset({"optimizer"})
+_OPTIONAL_METADATA = frozenset({"optimizer", "generators"})
 _ARCH_KEYS = frozenset({"class", "seed", "precision", "layers"})
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 _LAYER_KEYS = {
     "Dense": frozenset({"type", "in_features", "out_features", "activation", "bias"}),
     "Activation": frozenset({"type", "activation"}),
+    "LayerNorm": frozenset({"type", "normalized_shape", "eps"}),
+    "Dropout": frozenset({"type", "p"}),
 }
+#: the layer types checkpoints hold, in words
+_LAYER_NAMES = ", ".join(_LAYER_KEYS)
 _OPTIMIZER_KEYS = frozenset({"type", "hyperparameters", "step_count", "num_params", "state"})
 _OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)
@@ -139,6 +148,9 @@ def save(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) 
         ),
         "rng": _dumps(model.rng.bit_generator.state),
     }
+    generators = model.generator_states()
+    if generators:
+        metadata["generators"] = _dumps({str(i): list(state) for i, state in generators.items()})
     if optimizer is not None:
         record, arrays = _optimizer_record(model, optimizer)
         metadata["optimizer"] = _dumps(record)
@@ -172,7 +184,7 @@ def _dumps(value: object) -> str:
 
 
 def _layer_spec(layer: Layer) -> dict[str, object]:
-    """The JSON description of a Dense or Activation layer; CheckpointError otherwise."""
+    """The JSON description of a layer of :data:`_LAYER_KEYS`; CheckpointError otherwise."""
     if type(layer) is Dense:
         return {
             "type": "Dense",
@@ -183,9 +195,11 @@ def _layer_spec(layer: Layer) -> dict[str, object]:
         }
     if type(layer) is Activation:
         return {"type": "Activation", "activation": layer.activation.name}
-    raise CheckpointError(
-        f"checkpoints hold Dense and Activation layers only, got {layer.label}"
-    )
+    if type(layer) is LayerNorm:
+        return {"type": "LayerNorm", "normalized_shape": layer.features, "eps": layer.eps}
+    if type(layer) is Dropout:
+        return {"type": "Dropout", "p": layer.p}
+    raise CheckpointError(f"checkpoints hold {_LAYER_NAMES} layers only, got {layer.label}")
 
 
 def _optimizer_record(
@@ -522,7 +536,7 @@ def _layer_from_spec(index: int, spec: object) -> Layer:
         spec["type"] not in _LAYER_KEYS
     ):
         raise CheckpointError(
-            f"architecture layer {index}: expected a Dense or Activation layer, "
+            f"architecture layer {index}: expected one of the layer types {_LAYER_NAMES}, "
             f"got {_short(spec)}"
         )
     keys = _LAYER_KEYS[spec["type"]]
@@ -534,6 +548,10 @@ def _layer_from_spec(index: int, spec: object) -> Layer:
     try:
         if spec["type"] == "Activation":
             return Activation(spec["activation"])
+        if spec["type"] == "LayerNorm":
+            return LayerNorm(spec["normalized_shape"], spec["eps"])
+        if spec["type"] == "Dropout":
+            return Dropout(spec["p"])
         if not isinstance(spec["bias"], bool):
             raise ConfigError(f"bias must be true or false, got {_short(spec['bias'])}")
         return Dense(
@@ -631,6 +649,25 @@ def _rng(file: _File) -> np.random.Generator:
     return np.random.Generator(bit_generator)
 
 
+def _generators(file: _File, layers: list[Layer]) -> dict[int, tuple[int, ...]]:
+    """The stored generator states, layer index -> (seed, step), checked against ``layers``
+    (only Dropout layers have one); {} when the file stores none."""
+    raw = file.metadata.get("generators")
+    if raw is None:
+        return {}
+    record = _loads(raw, "generators")
+    wanted = {str(i) for i, layer in enumerate(layers) if type(layer) is Dropout}
+    if not isinstance(record, dict) or set(record) != wanted or not all(
+        isinstance(v, list) and len(v) == 2 and all(_is_int(w) and 0 <= w < 2**64 for w in v)
+        for v in record.values()
+    ):
+        raise CheckpointError(
+            f"generators must map the index of each Dropout layer {sorted(wanted)} to "
+            f"[seed, step] (ints in [0, 2**64)), got {_short(raw)}"
+        )
+    return {int(i): tuple(v) for i, v in record.items()}
+
+
 def _compare(
     file: _File,
     dtype: np.dtype,
@@ -682,6 +719,7 @@ def _commit(
     rng: np.random.Generator,
     optimizer: Optimizer | None,
     spec: _OptimizerSpec | None,
+    generators: dict[int, tuple[int, ...]],
 ) -> None:
     """Copy the validated state in: the optimizer first (its own load_state_dict
     validates fully before it assigns), so a refusal leaves the model unchanged."""
@@ -695,6 +733,7 @@ def _commit(
         for name, view in model.parameters().items():
             view[...] = model.backend.asarray(file.tensors[f"model.{name}"])
     model.rng = rng
+    model.set_generator_states(generators)
 
 
 @contextlib.contextmanager
@@ -766,13 +805,14 @@ def load(
             _check_hyperparameter_names(spec, optimizer)
         _compare(file, dtype, expected, spec, [])
         rng = _rng(file)
+        generators = _generators(file, layers)
         try:
             model = Sequential(
                 layers, device=backend, dtype=dtype, seed=arch["seed"], precision=arch["precision"]
             )
         except GpuBackpropError as exc:  # ShapeError: widths that do not chain
             raise CheckpointError(f"architecture: {exc}") from exc
-        _commit(model, file, rng, optimizer, spec)
+        _commit(model, file, rng, optimizer, spec, generators)
     return Checkpoint(model, optimizer) if with_optimizer else model
 
 
@@ -816,4 +856,5 @@ def load_state(model: Sequential, path: PathLike, optimizer: Optimizer | None = 
                 )
             _check_hyperparameter_names(spec, optimizer)
         rng = _rng(file)
-        _commit(model, file, rng, optimizer, spec)
+        generators = _generators(file, model.layers)
+        _commit(model, file, rng, optimizer, spec, generators)

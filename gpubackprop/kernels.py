@@ -47,6 +47,7 @@ __all__ = [
     "CTYPES",
     "FAMILIES",
     "KERNELS",
+    "LaunchArgs",
     "act_backward",
     "act_backward_colsum",
     "activation_types",
@@ -61,6 +62,7 @@ __all__ = [
     "instantiation_source",
     "kernel_dir",
     "kernel_name",
+    "matrix_argument",
     "mse_grad",
     "name_expressions",
     "sgd_step",
@@ -77,7 +79,10 @@ PACKAGED_KERNEL_DIR = Path(__file__).resolve().parent / "_kernels"
 REPO_KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 
 #: family -> source file
-FAMILIES: dict[str, str] = {"dense": "dense.cu", "losses": "losses.cu", "optim": "optim.cu"}
+FAMILIES: dict[str, str] = {
+    "dense": "dense.cu", "losses": "losses.cu", "optim": "optim.cu",
+    "norm": "norm.cu", "dropout": "dropout.cu",
+}
 #: NumPy dtype -> C++ element type
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 #: kernel -> (family, templated over the activation functor)
@@ -94,6 +99,11 @@ KERNELS: dict[str, tuple[str, bool]] = {
     "sgd_step": ("optim", False),
     "adam_prepare": ("optim", False),
     "adam_step": ("optim", False),
+    # launched by gpubackprop.kernels_norm
+    "layer_norm_forward": ("norm", False),
+    "layer_norm_backward": ("norm", False),
+    "dropout_forward": ("dropout", False),
+    "dropout_backward": ("dropout", False),
 }
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
 
@@ -440,6 +450,11 @@ class _Args:
             self.grid_stride(kernel, strips, args, per_block=1, per_sm=32, block=block)
 
 
+#: the argument checker and launcher of every wrapper, public for the launcher modules
+#: beside this one (gpubackprop.kernels_norm)
+LaunchArgs = _Args
+
+
 def _matrix(args: _Args, name: str, x: Any, **kwargs: Any) -> tuple[Array, int, int]:
     """A 2-D (rows, cols) float array and its two sizes, each within int32."""
     x = args.array(name, x, ndim=2, **kwargs)
@@ -450,6 +465,10 @@ def _matrix(args: _Args, name: str, x: Any, **kwargs: Any) -> tuple[Array, int, 
                 f"limit {_INT32_MAX}"
             )
     return x, int(x.shape[0]), int(x.shape[1])
+
+
+#: a checked (rows, cols) argument and its sizes, for the launcher modules beside this one
+matrix_argument = _matrix
 
 
 def _one(args: _Args, name: str, x: Any, *, output: bool = False) -> Array:

@@ -49,6 +49,9 @@ class Layer:
 
     #: position in the model, set by Sequential (None while unattached)
     index: int | None = None
+    #: training mode (True) or eval mode; ``Sequential.train()`` / ``.eval()`` set it on
+    #: every layer. Only layers that act differently (Dropout) read it.
+    training: bool = True
 
     def __init__(self) -> None:
         self.backend: Backend | None = None
@@ -151,6 +154,17 @@ class Layer:
         """Make ``state`` (from :meth:`backward_state`) what the next :meth:`backward` reads."""
         for name, value in state.items():
             setattr(self, name, value)
+
+    # --- random generator (layers that draw random numbers: Dropout) --------------------
+    def generator_state(self) -> tuple[int, ...] | None:
+        """The state of the layer's random generator as host integers (None: it has none).
+
+        Checkpoints save it and :func:`~gpubackprop.gradcheck` holds it fixed, so the
+        same random numbers are drawn again after :meth:`set_generator_state`."""
+        return None
+
+    def set_generator_state(self, state: tuple[int, ...]) -> None:
+        """Restore a state from :meth:`generator_state` (no generator: nothing to do)."""
 
     # --- the door to gpubackprop.graph -------------------------------------------------
     def __call__(self, x: Tensor | Array) -> Tensor:
@@ -360,6 +374,7 @@ class LayerParameters(FlatParameters):
     def __init__(self, layer: Layer, backend: Backend, dtype: np.dtype, seed: int | None) -> None:
         self.backend = backend
         self.dtype = dtype
+        self.seed = seed
         shapes = layer.param_shapes()
         self.flat_params, self.flat_grads, params, grads = allocate_flat(
             backend, dtype, shapes, layer.describe()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 import numpy as np
@@ -246,6 +246,47 @@ class Sequential(FlatParameters):
             (f"{layer.index}.{name}", view)
             for layer in self.layers for name, view in getattr(layer, which).items()
         )
+
+    # --- train / eval mode ---------------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        """True when every layer is in training mode (the default; see :meth:`train`)."""
+        return all(layer.training for layer in self.layers)
+
+    def train(self, mode: bool = True) -> Sequential:
+        """Put every layer in training mode (``mode`` true: Dropout drops) or eval mode
+        (false: Dropout is the identity); returns the model."""
+        for layer in self.layers:
+            layer.training = bool(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        """Put every layer in eval mode (``train(False)``); returns the model."""
+        return self.train(False)
+
+    @contextlib.contextmanager
+    def mode(self, training: bool) -> Iterator[Sequential]:
+        """Every layer in training (``training`` true) or eval mode inside the block, and
+        back to the mode each layer had before it afterwards (how ``fit``, ``evaluate``,
+        ``predict`` and ``explain`` switch)."""
+        saved = [layer.training for layer in self.layers]
+        self.train(training)
+        try:
+            yield self
+        finally:
+            for layer, was in zip(self.layers, saved, strict=True):
+                layer.training = was
+
+    def generator_states(self) -> dict[int, tuple[int, ...]]:
+        """Layer index -> the state of that layer's random generator, for every layer that
+        has one (Dropout: (seed, step)); host integers (a device read on a GPU)."""
+        states = {layer.index or 0: layer.generator_state() for layer in self.layers}
+        return {i: state for i, state in states.items() if state is not None}
+
+    def set_generator_states(self, states: dict[int, tuple[int, ...]]) -> None:
+        """Restore states from :meth:`generator_states` (the same draws follow)."""
+        for index, state in states.items():
+            self.layers[index].set_generator_state(state)
 
     # --- input checks ------------------------------------------------------------------
     def to_device(self, x: Any) -> Array:
@@ -485,7 +526,8 @@ class Sequential(FlatParameters):
         """Layer by layer, the shapes and the exact formulas used forward and backward
         for batch ``x`` (z = a Wᵀ + b, δ = ∂L/∂a ⊙ σ′, dW = δᵀ a, db = δᵀ 1,
         ∂L/∂a_prev = δ W), with statistics of the actual values; given ``y`` and
-        ``loss``, also the loss and the gradient norms. No parameter changes.
+        ``loss``, also the loss and the gradient norms. No parameter changes. Runs in
+        eval mode (Dropout is the identity) and restores the model's mode afterwards.
         Returns an :class:`~gpubackprop.explain.Explanation`, shown once by a REPL or
         notebook; ``print(model.explain(x))`` prints it.
         """
@@ -499,7 +541,8 @@ class Sequential(FlatParameters):
         Returns a :class:`~gpubackprop.capture.CompiledStep`: call it as
         ``step(x, y)`` with device arrays; it records a graph on the first call
         (and again when the batch shape changes) and replays it after that.
-        GPU models only.
+        GPU models only. The graph is recorded in training mode (Dropout draws a new
+        mask at every replay, from its generator state on the device).
         """
         from .capture import CompiledStep
 
@@ -519,6 +562,7 @@ class Sequential(FlatParameters):
         NumPy in gives NumPy out (each batch is copied to the device and back); an
         array on the model's device gives an array on that device. The data is not
         checked for NaN/Inf: a non-finite input row gives a non-finite output row.
+        Runs in eval mode (Dropout is the identity); the model's mode is restored after.
         """
         from .train import predict
 
@@ -537,7 +581,8 @@ class Sequential(FlatParameters):
         """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``.
 
         The loss is the mean over rows, L = (1/N) Σ_b B_b L_b over batches b of B_b
-        rows; each metric is its sum over rows divided by N.
+        rows; each metric is its sum over rows divided by N. Runs in eval mode (Dropout
+        is the identity); the model's mode is restored after.
 
         Args:
             x: inputs (N, in), a NumPy array (copied batch by batch) or an array on
@@ -582,7 +627,8 @@ class Sequential(FlatParameters):
         generator when ``shuffle``; the last batch may be shorter. Each batch is one
         :meth:`step`: θ ← update(θ, ∂L/∂θ) with L the batch's mean loss. The
         epoch's loss is the mean over rows, (1/N) Σ_b B_b L_b (before each step's
-        update), and likewise each metric.
+        update), and likewise each metric. Trains in training mode (Dropout drops),
+        evaluates ``validation_data`` in eval mode, and restores the model's mode after.
 
         Args:
             x: inputs (N, in): a NumPy array (rows copied to the device batch by

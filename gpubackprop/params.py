@@ -152,6 +152,8 @@ class FlatParameters:
 
     backend: Backend
     flat_params: Array
+    #: the seed the parameters were initialised from (None: fresh entropy)
+    seed: Any = None
 
     @property
     def device(self) -> str:

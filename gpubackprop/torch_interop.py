@@ -20,6 +20,9 @@ gelu_tanh      ``GELU(approximate="tanh")``
 silu           ``SiLU()``
 =============  ====================================================
 
+A :class:`~gpubackprop.LayerNorm` is ``torch.nn.LayerNorm(F, eps)`` (the same weight
+and bias) and a :class:`~gpubackprop.Dropout` is ``torch.nn.Dropout(p)``, both ways.
+
 PyTorch is optional: it is imported inside the functions, never by
 ``import gpubackprop``.
 """
@@ -34,6 +37,7 @@ import numpy as np
 from .activations import ELU_ALPHA, LEAKY_RELU_SLOPE
 from .errors import ConfigError, DTypeError
 from .layers import Activation, Dense, Layer
+from .layers_norm import Dropout, LayerNorm
 from .model import Sequential
 
 if TYPE_CHECKING:
@@ -92,20 +96,30 @@ def to_torch(model: Sequential) -> Any:
             linear = nn.Linear(
                 layer.in_features, layer.out_features, bias=layer.use_bias, dtype=dtype
             )
-            with torch.no_grad():
-                for name, view in layer.params.items():
-                    getattr(linear, name).copy_(torch.from_numpy(model.backend.to_numpy(view)))
-            modules.append(linear)
+            modules.append(_copy_params(torch, model, layer, linear))
             if not layer.activation.is_identity:
                 modules.append(_activation_module(nn, layer.activation.name))
         elif isinstance(layer, Activation):
             modules.append(_activation_module(nn, layer.activation.name))
+        elif isinstance(layer, LayerNorm):
+            norm = nn.LayerNorm(layer.features, eps=layer.eps, dtype=dtype)
+            modules.append(_copy_params(torch, model, layer, norm))
+        elif isinstance(layer, Dropout):
+            modules.append(nn.Dropout(layer.p))
         else:
             raise ConfigError(
                 f"to_torch: {layer.label} has no PyTorch conversion; "
-                "supported: Dense, Activation"
+                "supported: Dense, Activation, LayerNorm, Dropout"
             )
     return nn.Sequential(*modules)
+
+
+def _copy_params(torch: ModuleType, model: Sequential, layer: Layer, module: Any) -> Any:
+    """``module`` with each of ``layer``'s parameters copied into its namesake; returns it."""
+    with torch.no_grad():
+        for name, view in layer.params.items():
+            getattr(module, name).copy_(torch.from_numpy(model.backend.to_numpy(view)))
+    return module
 
 
 def _activation_module(nn: ModuleType, name: str) -> Any:
@@ -119,7 +133,8 @@ def from_torch(
     """A gpubackprop :class:`~gpubackprop.Sequential` equal to a PyTorch module.
 
     ``module`` is an ``nn.Sequential`` (nested ones are flattened), an
-    ``nn.Linear`` or an activation module. An ``nn.Linear`` followed by an
+    ``nn.Linear``, an activation module, an ``nn.LayerNorm`` over the last axis (with
+    weight and bias) or an ``nn.Dropout``. An ``nn.Linear`` followed by an
     activation module becomes one Dense(in, out, f) (bias=False stays without a
     bias); an activation module after anything else becomes an Activation layer;
     ``nn.Identity`` is dropped. Weights are copied: z = x Wᵀ + b with the same W.
@@ -132,11 +147,18 @@ def from_torch(
     """
     torch = _torch()
     layers: list[Layer] = []
-    linears: dict[int, Any] = {}  # index in layers -> the nn.Linear of that Dense
+    sources: dict[int, Any] = {}  # index in layers -> the module its parameters come from
     for path, item in _flatten(torch.nn, module, ""):
         if isinstance(item, torch.nn.Linear):
-            linears[len(layers)] = item
+            sources[len(layers)] = item
             layers.append(Dense(item.in_features, item.out_features, bias=item.bias is not None))
+            continue
+        if isinstance(item, torch.nn.LayerNorm):
+            sources[len(layers)] = item
+            layers.append(_layer_norm(path, item))
+            continue
+        if isinstance(item, torch.nn.Dropout):
+            layers.append(Dropout(item.p))
             continue
         name = _activation_name(torch.nn, path, item)
         if name == "identity":
@@ -151,11 +173,24 @@ def from_torch(
     model = Sequential(layers, device=device, dtype=_dtype(module, dtype), seed=seed)
     params = model.parameters()
     with model.backend.activate():
-        for index, linear in linears.items():
-            for name, tensor in linear.named_parameters():
+        for index, source in sources.items():
+            for name, tensor in source.named_parameters():
                 host = tensor.detach().to("cpu", torch.float64).numpy()
                 params[f"{index}.{name}"][...] = model.backend.asarray(host, dtype=model.dtype)
     return model
+
+
+def _layer_norm(path: str, item: Any) -> LayerNorm:
+    """The LayerNorm of an ``nn.LayerNorm`` over the last axis with weight and bias, or
+    ConfigError naming module ``path``."""
+    if len(item.normalized_shape) != 1 or item.weight is None or item.bias is None:
+        raise ConfigError(
+            f"from_torch: module {path} (LayerNorm{tuple(item.normalized_shape)}, "
+            f"elementwise_affine={item.weight is not None}, bias={item.bias is not None}) "
+            "has no gpubackprop layer: gb.LayerNorm normalises the last axis, with weight "
+            "and bias"
+        )
+    return LayerNorm(item.normalized_shape[0], item.eps)
 
 
 def _flatten(nn: ModuleType, module: Any, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -174,7 +209,8 @@ def _flatten(nn: ModuleType, module: Any, prefix: str) -> Iterator[tuple[str, An
 def _activation_name(nn: ModuleType, path: str, item: Any) -> str:
     """The gpubackprop activation ``item`` is, or ConfigError naming module ``path``."""
     kind = type(item).__name__
-    supported = ", ".join(dict.fromkeys(["Linear", *(c for c, _ in TORCH_ACTIVATIONS.values())]))
+    kinds = ["Linear", *(c for c, _ in TORCH_ACTIVATIONS.values()), "LayerNorm", "Dropout"]
+    supported = ", ".join(dict.fromkeys(kinds))
     matches = [n for n, (c, _) in TORCH_ACTIVATIONS.items() if type(item) is getattr(nn, c)]
     if not matches:
         raise ConfigError(

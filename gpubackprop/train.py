@@ -231,9 +231,10 @@ def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
         raise ShapeError("predict: x has no rows")
     model.check_input(data.shape, data.dtype)
     parts = []
-    for start in range(0, len(data), batch_size):
-        out = model.forward_batch(_take(model, data, slice(start, start + batch_size)))
-        parts.append(out.copy() if on_device else model.backend.to_numpy(out).copy())
+    with model.mode(False):
+        for start in range(0, len(data), batch_size):
+            out = model.forward_batch(_take(model, data, slice(start, start + batch_size)))
+            parts.append(out.copy() if on_device else model.backend.to_numpy(out).copy())
     xp = model.backend.xp if on_device else np
     return xp.concatenate(parts, axis=0)
 
@@ -262,11 +263,11 @@ def evaluate(
 def _evaluate(
     model: Sequential, data: Batch, metrics: Sequence[str], batch_size: int
 ) -> dict[str, float]:
-    """:func:`evaluate` on a dataset already checked by :func:`_dataset`."""
+    """:func:`evaluate` on a dataset already checked by :func:`_dataset`, in eval mode."""
     loss = data.loss
     backend = model.backend
     xp = backend.xp
-    with backend.activate():
+    with backend.activate(), model.mode(False):
         totals = _Totals(model, metrics)  # on the device: one read at the end, none per batch
         grad = None
         for start in range(0, len(data.x), batch_size):
@@ -340,7 +341,7 @@ def fit(
     eager = check_finite or guarded or not (capture and backend.is_gpu)
     compiled = None if eager else model.compile_step(loss, optimizer)
     on_device = backend.is_gpu and (backend.is_native(data.x) or backend.is_native(data.y))
-    with detect_anomaly(check_finite):
+    with detect_anomaly(check_finite), model.mode(True):
         for epoch in range(epochs):
             started = time.perf_counter()
             order = model.rng.permutation(n) if shuffle else None

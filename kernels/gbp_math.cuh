@@ -190,6 +190,19 @@ __device__ __forceinline__ A warp_max(A v) {
     return v;
 }
 
+// Called by every thread of every block after the block's last read of a device-side
+// counter it advances: true in one thread of the whole grid, thread 0 of the last block
+// to finish, which then advances the counter (every block has read it). `done` counts
+// finished blocks and is reset to 0 for the next launch (integer atomics on it only).
+__device__ __forceinline__ bool last_block_done(unsigned int* done) {
+    __syncthreads();
+    if (threadIdx.x != 0 || threadIdx.y != 0) return false;
+    __threadfence();
+    if (atomicAdd(done, 1u) != gridDim.x - 1) return false;
+    *done = 0u;
+    return true;
+}
+
 // Fixed-order tree over `count` shared-memory partials laid out with a stride:
 // data[k * stride] for k in [0, count), the result in data[0]. Every thread of
 // the block calls it; `lane` is the thread's index along the reduced axis

@@ -63,15 +63,9 @@ __global__ void sgd_step(T* __restrict__ p, const T* __restrict__ g, T* __restri
         if (use_buf) buf[i] = store<T>(bi);
     }
     // the last block to finish advances the step counter (every block has read it)
-    __syncthreads();
-    if (threadIdx.x == 0) {
+    if (last_block_done(reinterpret_cast<unsigned int*>(step_state + 1))) {
+        step_state[0] = steps_taken + 1;
         __threadfence();
-        unsigned int* done = reinterpret_cast<unsigned int*>(step_state + 1);
-        if (atomicAdd(done, 1u) == gridDim.x - 1) {
-            step_state[0] = steps_taken + 1;
-            *done = 0u;
-            __threadfence();
-        }
     }
 }
 

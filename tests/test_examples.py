@@ -39,3 +39,10 @@ def test_interop_runs_or_skips_what_is_missing(capsys) -> None:
     assert all(d < 1e-6 for d in diffs.values()), diffs
     out = capsys.readouterr().out
     assert ("zero-copy input: True" in out) == ("to_torch" in diffs)
+
+
+def test_dropout_layernorm_trains_and_resumes_bit_for_bit(capsys) -> None:
+    metrics = _load("dropout_layernorm").main(["--device", "cpu"])
+    assert metrics["accuracy"] > 0.9
+    assert metrics["resumed_same"] == 1.0
+    assert "eval mode is deterministic: True" in capsys.readouterr().out

@@ -370,7 +370,8 @@ def test_save_refuses_unknown_layers_and_foreign_optimizers(tmp_path: Path) -> N
         pass
 
     odd = gb.Sequential([MyDense(2, 2)], device="cpu")
-    with pytest.raises(gb.CheckpointError, match="Dense and Activation layers only"):
+    only = "Dense, Activation, LayerNorm, Dropout layers only"
+    with pytest.raises(gb.CheckpointError, match=only):
         odd.save(tmp_path / "odd.safetensors")
 
     other = gb.Sequential([gb.Dense(2, 2)], device="cpu", seed=0)
@@ -497,7 +498,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "unknown layer": (
         lambda p: _edit(p, _edit_meta_json(
             "architecture", lambda a: a["layers"].append({"type": "Conv2d"})), sign=True),
-        "expected a Dense or Activation layer"),
+        "expected one of the layer types Dense, Activation, LayerNorm, Dropout"),
     "unknown activation": (
         lambda p: _edit(p, _edit_meta_json(
             "architecture", lambda a: a["layers"][1].update(activation="swish")), sign=True),
@@ -764,3 +765,63 @@ def test_some_saved_header_length_starts_like_a_pickle(tmp_path: Path) -> None:
         head = path.read_bytes()[:2]
         starts.add(head[0] == 0x80 and 2 <= head[1] <= 5)
     assert True in starts
+
+
+# --- LayerNorm and Dropout (the "norm" layers) ---------------------------------------------
+def _norm_model(seed: int | None = 3, device: str = "cpu") -> gb.Sequential:
+    return gb.Sequential(
+        [gb.Dense(4, 8, "relu"), gb.Dropout(0.5), gb.LayerNorm(8, eps=1e-4), gb.Dense(8, 3)],
+        device=device, seed=seed,
+    )
+
+
+@pytest.mark.parametrize("seed", [3, None])
+def test_norm_layers_round_trip_and_resume_the_same_masks(
+    tmp_path: Path, seed: int | None, device: str
+) -> None:
+    """A resumed run draws the dropout masks the uninterrupted run draws (the generator
+    state is in the file), also for an unseeded model (its random key is stored)."""
+    x, y = _data()
+    model = _norm_model(seed, device)
+    opt = gb.optim.Adam(1e-2)
+    model.fit(x, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=32, verbose=False)
+    path = tmp_path / "norm.safetensors"
+    model.save(path, optimizer=opt)
+    arch = json.loads(safetensors.safe_open(str(path), "np").metadata()["architecture"])
+    assert arch["layers"][1:3] == [
+        {"type": "Dropout", "p": 0.5},
+        {"type": "LayerNorm", "normalized_shape": 8, "eps": 1e-4},
+    ]
+    loaded, opt2 = gb.load(path, device=device, with_optimizer=True)
+    assert [layer.describe() for layer in loaded.layers] == [
+        layer.describe() for layer in model.layers
+    ]
+    assert loaded.generator_states() == model.generator_states() == {1: (
+        model.layers[1].generator_state()[0], 3,
+    )}
+    _assert_same_arrays(_params(loaded), _params(model))
+    assert opt2 is not None
+    for m, o in ((model, opt), (loaded, opt2)):
+        m.fit(x, y, loss="cross_entropy", optimizer=o, epochs=1, batch_size=32, verbose=False)
+    _assert_same_arrays(_params(loaded), _params(model))
+    again = _norm_model(seed, device)
+    again.load_state(path)
+    assert again.generator_states() == {1: (model.layers[1].generator_state()[0], 3)}
+
+
+def test_checkpoint_rejects_bad_generator_records(tmp_path: Path) -> None:
+    path = tmp_path / "norm.safetensors"
+    _norm_model().save(path)
+    assert json.loads(
+        safetensors.safe_open(str(path), "np").metadata()["generators"]
+    )["1"][1] == 0
+    for bad in ({"0": [1, 2]}, {"1": [1]}, {"1": [1, -2]}, {"1": [1, 2**64]}, [1, 2]):
+        _edit(path, _set_meta("generators", bad), sign=True)
+        with pytest.raises(gb.CheckpointError, match="generators must map the index of each"):
+            gb.load(path, device="cpu")
+    bad_p = tmp_path / "p.safetensors"
+    _norm_model().save(bad_p)
+    _edit(bad_p, _edit_meta_json(
+        "architecture", lambda a: a["layers"][1].update(p=1.5)), sign=True)
+    with pytest.raises(gb.CheckpointError, match=r"layer 1: Dropout: p must be"):
+        gb.load(bad_p, device="cpu")

@@ -288,3 +288,70 @@ def test_host_adam_element_is_bit_exact(
 
 
 # =========================================================================================
+
+
+# --- Philox4x32-10 of kernels/dropout.cu on the host -------------------------------------------
+PHILOX_HARNESS = r"""
+// Host harness: gbp::dropout_words (and so gbp::philox4x32_10) of dropout.cu on the CPU.
+// argv: seed step n out_path; writes the n uint32 words u_0 .. u_{n-1}.
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include "dropout.cu"
+
+int main(int argc, char** argv) {
+    if (argc != 5) return 2;
+    const unsigned long long seed = std::strtoull(argv[1], nullptr, 10);
+    const unsigned long long step = std::strtoull(argv[2], nullptr, 10);
+    const long long n = std::strtoll(argv[3], nullptr, 10);
+    std::vector<unsigned int> words(static_cast<size_t>(n));
+    for (long long j = 0; 4 * j < n; ++j) {
+        unsigned int u[4];
+        gbp::dropout_words(seed, step, j, u);
+        for (int w = 0; w < 4 && 4 * j + w < n; ++w) words[static_cast<size_t>(4 * j + w)] = u[w];
+    }
+    FILE* f = std::fopen(argv[4], "wb");
+    if (!f) return 3;
+    std::fwrite(words.data(), sizeof(unsigned int), words.size(), f);
+    std::fclose(f);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def philox_harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if NVCC is None:
+        pytest.skip("nvcc is not on PATH")
+    folder = tmp_path_factory.mktemp("philox_harness")
+    src, exe = folder / "philox.cu", folder / "philox"
+    src.write_text(PHILOX_HARNESS)
+    done = subprocess.run(
+        [NVCC, "-std=c++17", "-I", str(kernels.kernel_dir()), "-o", str(exe), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return exe
+
+
+@needs_nvcc
+@pytest.mark.parametrize(
+    "seed,step,n",
+    [(0, 0, 1), (2**64 - 1, 2**64 - 1, 7), (0x0123456789ABCDEF, 2**32 + 5, 1031), (42, 3, 4096)],
+)
+def test_host_philox_matches_numpy_bit_for_bit(
+    philox_harness: Path, seed: int, step: int, n: int
+) -> None:
+    """The device function's words = gpubackprop.philox.dropout_words (the same counter
+    scheme on both devices, so the CPU and GPU masks agree bit for bit)."""
+    from gpubackprop.philox import dropout_words
+
+    out = philox_harness.parent / f"words-{n}.bin"
+    done = subprocess.run(
+        [str(philox_harness), str(seed), str(step), str(n), str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(
+        np.fromfile(out, dtype=np.uint32), dropout_words(np, n, seed, step)
+    )

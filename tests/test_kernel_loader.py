@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpubackprop import kernels
+from gpubackprop import kernels, kernels_norm
 from gpubackprop.activations import ACTIVATIONS
 from gpubackprop.errors import ConfigError, DeviceError, DTypeError, ShapeError
 
@@ -197,10 +197,16 @@ def _check_launch_arguments(
             assert isinstance(arg, _FakeDeviceArray) and arg.dtype == np.int64, what
         elif ctype == "int*":
             assert isinstance(arg, _FakeDeviceArray) and arg.dtype == np.int32, what
+        elif ctype in ("unsigned char*", "unsigned long long*"):
+            want = np.uint8 if ctype == "unsigned char*" else np.uint64
+            assert isinstance(arg, _FakeDeviceArray) and arg.dtype == want, what
         elif ctype == "T":
             assert type(arg) is dtype.type, what
         else:
-            scalar = {"int": np.int32, "long long": np.int64, "double": np.float64}[ctype]
+            scalar = {
+                "int": np.int32, "long long": np.int64, "double": np.float64,
+                "unsigned long long": np.uint64,
+            }[ctype]
             assert type(arg) is scalar, what
 
 
@@ -278,6 +284,16 @@ def test_every_wrapper_launches_with_the_kernel_signature(
     kernels.adam_update(
         p, g, _dev(n, dt), _dev(n, dt), lr, state, scalars, betas=(0.9, 0.999), eps=1e-8
     )
+    vec = _dev(rows, dt)
+    kernels_norm.layer_norm_forward(z, _dev(cols, dt), _dev(cols, dt), m, vec, _dev(rows, dt), 1e-5)
+    for dx in (m, None):
+        kernels_norm.layer_norm_backward(
+            z, _dev((rows, cols), dt), _dev(cols, dt), vec, _dev(rows, dt), dx, _dev(cols, dt),
+            _dev(cols, dt),
+        )
+    mask, rng_state = _dev((rows, cols), np.uint8), _dev(3, np.uint64)
+    kernels_norm.dropout_forward(z, m, mask, rng_state, threshold=2**31, scale=2.0)
+    kernels_norm.dropout_backward(z, mask, m, scale=2.0)
     params = _kernel_parameters()
     assert set(params) == set(kernels.KERNELS)
     launched = set()

@@ -107,8 +107,8 @@ def test_the_first_unsupported_module_is_named() -> None:
     with pytest.raises(gb.ConfigError, match=r"from_torch: module 2 \(Conv2d\) has no "
                        r"gpubackprop layer; supported: Linear, Identity, Sigmoid"):
         gb.from_torch(module, device="cpu")
-    nested = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Tanh(), nn.Dropout()))
-    with pytest.raises(gb.ConfigError, match=r"module 1\.1 \(Dropout\)"):
+    nested = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Tanh(), nn.Softmax(dim=1)))
+    with pytest.raises(gb.ConfigError, match=r"module 1\.1 \(Softmax\)"):
         gb.from_torch(nested, device="cpu")
 
 
@@ -159,3 +159,31 @@ def test_a_gpu_model_converts_both_ways() -> None:
     x = _x("float64")
     np.testing.assert_allclose(model.predict(x), _torch_out(module, x), atol=1e-12)
     np.testing.assert_allclose(_torch_out(gb.to_torch(model), x), model.predict(x), atol=1e-12)
+
+
+def test_layer_norm_and_dropout_convert_both_ways() -> None:
+    """gb.LayerNorm <-> nn.LayerNorm (same weight and bias), gb.Dropout <-> nn.Dropout;
+    in eval mode the two models agree to float64 rounding."""
+    model = gb.Sequential(
+        [gb.Dense(5, 8, "tanh"), gb.Dropout(0.25), gb.LayerNorm(8, eps=1e-3), gb.Dense(8, 2)],
+        device="cpu", dtype="float64", seed=0,
+    )
+    model.parameters()["2.weight"][...] = np.linspace(0.5, 2.0, 8)
+    model.parameters()["2.bias"][...] = np.linspace(-1.0, 1.0, 8)
+    net = gb.to_torch(model).eval()
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Linear", "Tanh", "Dropout", "LayerNorm", "Linear"]
+    assert net[2].p == 0.25 and net[3].eps == 1e-3
+    x = np.random.default_rng(0).standard_normal((6, 5))
+    with torch.no_grad():
+        ours = model.eval().predict(x)
+        np.testing.assert_allclose(net(torch.from_numpy(x)).numpy(), ours, rtol=0, atol=1e-12)
+    back = gb.from_torch(net, device="cpu")
+    assert [layer.describe() for layer in back.layers] == [
+        layer.describe() for layer in model.layers
+    ]
+    np.testing.assert_array_equal(back.flat_params, model.flat_params)
+    with pytest.raises(gb.ConfigError, match=r"module 0 \(LayerNorm\(3, 4\).*last axis"):
+        gb.from_torch(nn.LayerNorm((3, 4)), device="cpu")
+    with pytest.raises(gb.ConfigError, match=r"elementwise_affine=False"):
+        gb.from_torch(nn.LayerNorm(4, elementwise_affine=False), device="cpu")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import kernels
+from .. import kernels, kernels_norm
 from ..activations import ActivationSpec
 from ..arrays import Array
 from .cublas import CublasHandle
@@ -190,6 +190,32 @@ class CupyOps(NumpyOps):
             params, grads, exp_avg, exp_avg_sq, work["lr"], work["step_state"],
             work["scalars"], **hyper,
         )
+
+    # --- norm: LayerNorm and Dropout (kernels/norm.cu, kernels/dropout.cu) -------------------
+    def layer_norm_forward(
+        self, x: Array, weight: Array, bias: Array, out: Array, mean: Array, rstd: Array,
+        *, eps: float,
+    ) -> Array:
+        """As the reference, in one fused launch (a warp per row, fixed order)."""
+        return kernels_norm.layer_norm_forward(x, weight, bias, out, mean, rstd, eps)
+
+    def layer_norm_backward(
+        self, delta: Array, x: Array, weight: Array, mean: Array, rstd: Array,
+        dx: Array | None, dweight: Array, dbias: Array,
+    ) -> Array | None:
+        """As the reference, in one launch (rows for dx, column strips for the parameters)."""
+        return kernels_norm.layer_norm_backward(delta, x, weight, mean, rstd, dx, dweight, dbias)
+
+    def dropout_forward(
+        self, x: Array, out: Array, mask: Array, state: Array, *, threshold: int, scale: float
+    ) -> Array:
+        """As the reference; the step counter is read and advanced on the device."""
+        return kernels_norm.dropout_forward(
+            x, out, mask, state, threshold=threshold, scale=scale
+        )
+
+    def dropout_backward(self, delta: Array, mask: Array, dx: Array, *, scale: float) -> Array:
+        return kernels_norm.dropout_backward(delta, mask, dx, scale=scale)
 
 
 __all__ = ["CupyOps"]

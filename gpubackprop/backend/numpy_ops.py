@@ -21,6 +21,7 @@ import numpy as np
 
 from ..activations import ActivationSpec, times_nonzero
 from ..arrays import Array
+from ..philox import dropout_words
 
 #: elements per block of an optimizer update: a scratch block written by one pass is
 #: read back from cache by the next (a whole large buffer would go through memory)
@@ -322,6 +323,82 @@ class NumpyOps:
             xp.divide(tmp2, tmp, out=tmp2)
             xp.add(p, tmp2, out=p)
         return params
+
+    # --- norm: LayerNorm and Dropout (rows of a (rows, F) view) -----------------------------
+    def layer_norm_forward(
+        self, x: Array, weight: Array, bias: Array, out: Array, mean: Array, rstd: Array,
+        *, eps: float,
+    ) -> Array:
+        """PyTorch's LayerNorm over the rows of ``x`` (rows, F), biased variance::
+
+            μ = (1/F) Σ_j x_j     σ² = (1/F) Σ_j (x_j − μ)²     r = 1/√(σ² + ε)
+            out = (x − μ)·r ⊙ weight + bias
+
+        Writes μ into ``mean`` (rows,), r into ``rstd`` (rows,), returns ``out``."""
+        xp = self.xp
+        x.mean(axis=1, out=mean)
+        xp.subtract(x, mean[:, None], out=out)
+        xp.multiply(out, out).mean(axis=1, out=rstd)
+        rstd += eps
+        xp.sqrt(rstd, out=rstd)
+        xp.divide(1.0, rstd, out=rstd)
+        out *= rstd[:, None]
+        out *= weight
+        out += bias
+        return out
+
+    def layer_norm_backward(
+        self, delta: Array, x: Array, weight: Array, mean: Array, rstd: Array,
+        dx: Array | None, dweight: Array, dbias: Array,
+    ) -> Array | None:
+        """The gradients of :meth:`layer_norm_forward` for Δ = ``delta`` (rows, F), with
+        x̂ = (x − μ)·r and g = Δ ⊙ weight::
+
+            dbias = Σ_rows Δ      dweight = Σ_rows Δ ⊙ x̂
+            dx = r·(g − mean_F(g) − x̂·mean_F(g ⊙ x̂))      (when ``dx`` is not None)
+
+        Returns ``dx``. The column sums are :meth:`column_sum` (deterministic)."""
+        xp = self.xp
+        xhat = xp.subtract(x, mean[:, None])
+        xhat *= rstd[:, None]
+        self.column_sum(delta, out=dbias)
+        self.column_sum(delta * xhat, out=dweight)
+        if dx is None:
+            return None
+        g = delta * weight
+        g_mean = g.mean(axis=1, keepdims=True)
+        gx_mean = (g * xhat).mean(axis=1, keepdims=True)
+        xhat *= gx_mean
+        xp.subtract(g, g_mean, out=dx)
+        dx -= xhat
+        dx *= rstd[:, None]
+        return dx
+
+    def dropout_forward(
+        self, x: Array, out: Array, mask: Array, state: Array, *, threshold: int, scale: float
+    ) -> Array:
+        """Inverted dropout of ``x`` (any shape, C-contiguous) at the generator ``state``
+        (uint64 [seed, step, 0]), then step += 1 (in the array: a CUDA graph replays it)::
+
+            keep_i = u_i ≥ threshold      out_i = x_i·scale if keep_i else 0
+
+        u_i from :func:`gpubackprop.philox.dropout_words` (seed, step); ``mask``
+        (uint8, x's shape) gets keep. Returns ``out``."""
+        xp = self.xp
+        seed, step = (int(v) for v in state[:2])
+        words = dropout_words(xp, int(x.size), seed, step)
+        xp.greater_equal(
+            words.astype(np.uint64), np.uint64(threshold), out=mask.reshape(-1), casting="unsafe"
+        )
+        state[1] = (step + 1) & 0xFFFFFFFFFFFFFFFF
+        return self.dropout_backward(x, mask, out, scale=scale)
+
+    def dropout_backward(self, delta: Array, mask: Array, dx: Array, *, scale: float) -> Array:
+        """dx_i = delta_i·scale where ``mask`` (uint8) keeps i, else 0; returns ``dx``."""
+        xp = self.xp
+        xp.multiply(delta, scale, out=dx)
+        xp.copyto(dx, 0, where=mask == 0)
+        return dx
 
 
 __all__ = ["NumpyOps"]
