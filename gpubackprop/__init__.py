@@ -47,6 +47,7 @@ from .graph import (
 )
 from .io import load
 from .layers import Activation, Dense, Layer
+from .layers_recurrent import GRU, LSTM
 from .model import Sequential
 from .onnx_export import export_onnx
 from .optim import StepReport
@@ -58,6 +59,8 @@ from .viz import render, to_dot
 
 __all__ = [
     "ACTIVATIONS",
+    "GRU",
+    "LSTM",
     "RNN",
     "Activation",
     "Backend",
