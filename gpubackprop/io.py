@@ -29,7 +29,8 @@ Tensors (all of the model's dtype, ``F32`` or ``F64``):
   seed was not an int), "precision": "fp32" | "tf32" (the model's matmul precision;
   files without it are "fp32"), "layers":
   [{"type": "Dense", "in_features", "out_features", "activation", "bias"} |
-  {"type": "Activation", "activation"}, ...]}``.
+  {"type": "Activation", "activation"} | {"type": "LSTM" | "GRU", "input_size",
+  "hidden_size"} | {"type": "RNN", "input_size", "hidden_size", "nonlinearity"}, ...]}``.
 - ``rng``: JSON of ``model.rng.bit_generator.state`` (the generator that shuffles in
   :meth:`Sequential.fit`), so resumed training draws the same batches.
 - ``optimizer`` (only when one was saved): JSON ``{"type", "hyperparameters",
@@ -61,9 +62,11 @@ from . import optim
 from .backend import PRECISIONS, Backend, get_backend
 from .errors import CheckpointError, ConfigError, GpuBackpropError
 from .layers import Activation, Dense, Layer
+from .layers_recurrent import GRU, LSTM
 from .model import Sequential, check_optimizer
 from .optim import Optimizer
 from .params import resolve_dtype
+from .rnn import RNN
 from .version import __version__
 
 __all__ = ["FORMAT_VERSION", "MAX_HEADER_BYTES", "Checkpoint", "load", "load_state", "save"]
@@ -89,7 +92,14 @@ _TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 _LAYER_KEYS = {
     "Dense": frozenset({"type", "in_features", "out_features", "activation", "bias"}),
     "Activation": frozenset({"type", "activation"}),
+    "LSTM": frozenset({"type", "input_size", "hidden_size"}),
+    "GRU": frozenset({"type", "input_size", "hidden_size"}),
+    "RNN": frozenset({"type", "input_size", "hidden_size", "nonlinearity"}),
 }
+#: the gated recurrent layers, rebuilt from (input_size, hidden_size)
+_GATED: dict[str, type[LSTM | GRU]] = {"LSTM": LSTM, "GRU": GRU}
+#: "Dense, Activation, ... and RNN": the layer types a checkpoint holds, for messages
+_LAYER_NAMES = ", ".join(list(_LAYER_KEYS)[:-1]) + f" and {list(_LAYER_KEYS)[-1]}"
 _OPTIMIZER_KEYS = frozenset({"type", "hyperparameters", "step_count", "num_params", "state"})
 _OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)
@@ -172,7 +182,7 @@ def _dumps(value: object) -> str:
 
 
 def _layer_spec(layer: Layer) -> dict[str, object]:
-    """The JSON description of a Dense or Activation layer; CheckpointError otherwise."""
+    """The JSON description of a layer of :data:`_LAYER_KEYS`; CheckpointError otherwise."""
     if type(layer) is Dense:
         return {
             "type": "Dense",
@@ -183,9 +193,17 @@ def _layer_spec(layer: Layer) -> dict[str, object]:
         }
     if type(layer) is Activation:
         return {"type": "Activation", "activation": layer.activation.name}
-    raise CheckpointError(
-        f"checkpoints hold Dense and Activation layers only, got {layer.label}"
-    )
+    if type(layer) in (LSTM, GRU, RNN):
+        assert isinstance(layer, (LSTM, GRU, RNN))
+        spec: dict[str, object] = {
+            "type": type(layer).__name__,
+            "input_size": layer.input_size,
+            "hidden_size": layer.hidden_size,
+        }
+        if isinstance(layer, RNN):
+            spec["nonlinearity"] = layer.activation.name
+        return spec
+    raise CheckpointError(f"checkpoints hold {_LAYER_NAMES} layers only, got {layer.label}")
 
 
 def _optimizer_record(
@@ -519,7 +537,7 @@ def _layer_from_spec(index: int, spec: object) -> Layer:
         spec["type"] not in _LAYER_KEYS
     ):
         raise CheckpointError(
-            f"architecture layer {index}: expected a Dense or Activation layer, "
+            f"architecture layer {index}: expected one of the {_LAYER_NAMES} layers, "
             f"got {_short(spec)}"
         )
     keys = _LAYER_KEYS[spec["type"]]
@@ -531,6 +549,11 @@ def _layer_from_spec(index: int, spec: object) -> Layer:
     try:
         if spec["type"] == "Activation":
             return Activation(spec["activation"])
+        if spec["type"] in _GATED:
+            return _GATED[spec["type"]](spec["input_size"], spec["hidden_size"])
+        if spec["type"] == "RNN":  # its own buffers are a placeholder: the model's replace them
+            return RNN(spec["input_size"], spec["hidden_size"], spec["nonlinearity"],
+                       device="cpu")
         if not isinstance(spec["bias"], bool):
             raise ConfigError(f"bias must be true or false, got {_short(spec['bias'])}")
         return Dense(
