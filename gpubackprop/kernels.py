@@ -47,6 +47,7 @@ __all__ = [
     "CTYPES",
     "FAMILIES",
     "KERNELS",
+    "LaunchArgs",
     "act_backward",
     "act_backward_colsum",
     "activation_types",
@@ -77,7 +78,9 @@ PACKAGED_KERNEL_DIR = Path(__file__).resolve().parent / "_kernels"
 REPO_KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 
 #: family -> source file
-FAMILIES: dict[str, str] = {"dense": "dense.cu", "losses": "losses.cu", "optim": "optim.cu"}
+FAMILIES: dict[str, str] = {
+    "dense": "dense.cu", "losses": "losses.cu", "optim": "optim.cu", "recurrent": "recurrent.cu",
+}
 #: NumPy dtype -> C++ element type
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 #: kernel -> (family, templated over the activation functor)
@@ -94,6 +97,11 @@ KERNELS: dict[str, tuple[str, bool]] = {
     "sgd_step": ("optim", False),
     "adam_prepare": ("optim", False),
     "adam_step": ("optim", False),
+    # launched by gpubackprop.kernels_recurrent
+    "lstm_cell_forward": ("recurrent", False),
+    "lstm_cell_backward": ("recurrent", False),
+    "gru_cell_forward": ("recurrent", False),
+    "gru_cell_backward": ("recurrent", False),
 }
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
 
@@ -438,6 +446,11 @@ class _Args:
             strips = -(-cols // _STRIP_COLS)
             block = (_STRIP_COLS, column_sum_lanes(rows))
             self.grid_stride(kernel, strips, args, per_block=1, per_sm=32, block=block)
+
+
+#: the argument checker and launcher, public for the launchers of other modules
+#: (:mod:`gpubackprop.kernels_recurrent`)
+LaunchArgs = _Args
 
 
 def _matrix(args: _Args, name: str, x: Any, **kwargs: Any) -> tuple[Array, int, int]:

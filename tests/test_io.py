@@ -369,7 +369,7 @@ def test_save_refuses_unknown_layers_and_foreign_optimizers(tmp_path: Path) -> N
         pass
 
     odd = gb.Sequential([MyDense(2, 2)], device="cpu")
-    with pytest.raises(gb.CheckpointError, match="hold Dense, Activation, .* layers only"):
+    with pytest.raises(gb.CheckpointError, match=r"hold Dense, Activation, .* layers only"):
         odd.save(tmp_path / "odd.safetensors")
 
     other = gb.Sequential([gb.Dense(2, 2)], device="cpu", seed=0)

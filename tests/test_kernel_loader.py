@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpubackprop import kernels
+from gpubackprop import kernels, kernels_recurrent
 from gpubackprop.activations import ACTIVATIONS
 from gpubackprop.errors import ConfigError, DeviceError, DTypeError, ShapeError
 
@@ -278,6 +278,12 @@ def test_every_wrapper_launches_with_the_kernel_signature(
     kernels.adam_update(
         p, g, _dev(n, dt), _dev(n, dt), lr, state, scalars, betas=(0.9, 0.999), eps=1e-8
     )
+    b, h = 33, 65  # the recurrent cells: (rows, H) states, (rows, G·H) gates
+    g4, g3, s = _dev((b, 4 * h), dt), _dev((b, 3 * h), dt), [_dev((b, h), dt) for _ in range(5)]
+    kernels_recurrent.lstm_cell_forward(g4, _dev((b, 4 * h), dt), *s[:4])
+    kernels_recurrent.lstm_cell_backward(g4, *s, _dev((b, 4 * h), dt))
+    kernels_recurrent.gru_cell_forward(g3, _dev((b, 3 * h), dt), _dev(3 * h, dt), *s[:3])
+    kernels_recurrent.gru_cell_backward(g3, *s, _dev((b, 3 * h), dt), _dev((b, 3 * h), dt))
     params = _kernel_parameters()
     assert set(params) == set(kernels.KERNELS)
     launched = set()

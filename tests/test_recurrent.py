@@ -311,3 +311,19 @@ def test_cell_ops_run_on_cupy_like(rng: np.random.Generator) -> None:
     expected, got = run(reference, arrays), run(portable, arrays)
     for name in arrays:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+@pytest.mark.parametrize("hidden", [1, 2, 5])
+@pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
+def test_float32_agrees_with_float64(
+    cls: type[Recurrent], hidden: int, rng: np.random.Generator
+) -> None:
+    """Every hidden size, H = 1 included (the gate columns are then views with a 16-byte
+    stride, where NumPy 2.4's in-place float32 np.negative is wrong)."""
+    wide, narrow = (cls(3, hidden).build("cpu", dt, seed=0) for dt in ("float64", "float32"))
+    x, d = rng.standard_normal((37, 4, 3)), rng.standard_normal((37, 4, hidden))
+    np.testing.assert_allclose(narrow.forward(x.astype(np.float32)), wide.forward(x), atol=1e-6)
+    dx = narrow.backward(d.astype(np.float32), True)
+    np.testing.assert_allclose(dx, wide.backward(d, True), atol=1e-6)
+    for name in NAMES:
+        np.testing.assert_allclose(narrow.grads[name], wide.grads[name], rtol=1e-4, atol=1e-5)

@@ -342,9 +342,12 @@ class NumpyOps:
         sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
         xp.add(gates, hh, out=gates)
         i, f, g, o = (gates[:, k * n:(k + 1) * n] for k in range(4))
-        sigmoid.forward(xp, gates[:, : 2 * n], gates[:, : 2 * n])
-        tanh.forward(xp, g, g)
-        sigmoid.forward(xp, o, o)
+        a_g = g.copy()
+        # σ over the whole contiguous block, then tanh over g: no activation runs in place
+        # on a strided column view (NumPy 2.4's float32 np.negative(x, out=x) is wrong
+        # for a 16-byte stride, i.e. H = 1 here)
+        sigmoid.forward(xp, gates, gates)
+        tanh.forward(xp, a_g, g)
         xp.multiply(f, c_prev, out=c)
         xp.multiply(i, g, out=tanh_c)
         xp.add(c, tanh_c, out=c)
