@@ -37,3 +37,9 @@ def test_interop_runs_or_skips_what_is_missing(capsys) -> None:
     assert all(d < 1e-6 for d in diffs.values()), diffs
     out = capsys.readouterr().out
     assert ("zero-copy input: True" in out) == ("to_torch" in diffs)
+
+
+def test_lstm_sequence_beats_the_baseline(capsys) -> None:
+    mse = _load("lstm_sequence").main(["--device", "cpu"])
+    assert mse["last"] < 0.6 * mse["baseline"] and mse["last"] < 0.1 * mse["first"], mse
+    assert "state carried across windows" in capsys.readouterr().out
