@@ -18,9 +18,12 @@ nothing. The formulas are in docs/recurrent.md and the ops' docstrings.
 
 State: ``forward_with_state(x, state) -> (out, final_state)`` for custom loops; inside a
 Sequential, ``forward(x)`` starts from :attr:`initial_state` (None = zeros) and leaves
-the final state in :attr:`final_state`. The final state is a new array (detached):
-truncated BPTT sets ``layer.initial_state = layer.final_state`` between windows, and
-backward stops there. LSTM's state is a pair (h, c), GRU's an array h, each (B, H).
+the final state in :attr:`final_state`. The final state is detached: truncated BPTT sets
+``layer.initial_state = layer.final_state`` between windows, and backward stops there.
+``forward_with_state`` returns it as new arrays; :attr:`final_state` holds views of the
+layer's buffers (overwritten by the next forward, after it has read its initial state),
+so a step in a Sequential allocates nothing and can be captured into a CUDA graph.
+LSTM's state is a pair (h, c), GRU's an array h, each (B, H).
 """
 
 from __future__ import annotations
@@ -75,9 +78,10 @@ class Recurrent(Layer):
         self.hidden_size = check_int(f"{name}: hidden_size", hidden_size)
         #: the state :meth:`forward` starts from (None: zeros); see the module docstring
         self.initial_state: Any = None
-        #: the state after the last :meth:`forward` (new arrays, detached)
+        #: the state after the last :meth:`forward` (detached; the layer's buffers: copy it
+        #: to keep it past the next forward)
         self.final_state: Any = None
-        #: ∂L/∂initial_state after the last :meth:`backward` (new arrays)
+        #: ∂L/∂initial_state after the last :meth:`backward` (the layer's buffers)
         self.grad_initial_state: Any = None
         self._last: dict[str, Array] | None = None
 
@@ -168,7 +172,7 @@ class Recurrent(Layer):
         raise NotImplementedError
 
     def _grad_initial(self, ws: dict[str, Array]) -> tuple[Array, ...]:
-        """∂L/∂state_0 as new arrays, after the backward loop."""
+        """∂L/∂state_0 (in work buffers), after the backward loop."""
         raise NotImplementedError
 
     # --- passes ----------------------------------------------------------------------------------
@@ -179,6 +183,11 @@ class Recurrent(Layer):
         own buffer, overwritten by the next forward of this shape), ``final_state`` the last
         step's state as new arrays (detached: the next window's ``state``).
         """
+        out, final = self._forward(x, state)
+        return out, self._public_state(tuple(part.copy() for part in final))
+
+    def _forward(self, x: Array, state: Any) -> tuple[Array, tuple[Array, ...]]:
+        """:meth:`forward_with_state` with the final state as views of the buffers."""
         assert self.backend is not None
         self.backend.check_array(x, f"{self.label}: x")
         if x.dtype.kind not in "biuf":
@@ -200,13 +209,14 @@ class Recurrent(Layer):
                 self._step_forward(ws, t)
             ws["out"][...] = ws["H"][1:].transpose(1, 0, 2)
             self._last = ws
-            final = tuple(ws[name][steps].copy() for name in self.STATES)
-        return ws["out"], self._public_state(final)
+            final = tuple(ws[name][steps] for name in self.STATES)
+        return ws["out"], final
 
     def forward(self, x: Array) -> Array:
         """``out`` of :meth:`forward_with_state` from :attr:`initial_state`; the final
         state goes to :attr:`final_state`."""
-        out, self.final_state = self.forward_with_state(x, self.initial_state)
+        out, final = self._forward(x, self.initial_state)
+        self.final_state = self._public_state(final)
         return out
 
     def backward_with_state(
@@ -219,6 +229,13 @@ class Recurrent(Layer):
         ``(dx, grad_initial_state)``: ∂L/∂x (B, T, input), the layer's own buffer, or None
         without ``need_input_grad``; ∂L/∂initial_state as new arrays.
         """
+        dx, grad_initial = self._backward(delta, grad_final_state, need_input_grad)
+        return dx, self._public_state(tuple(part.copy() for part in grad_initial))
+
+    def _backward(
+        self, delta: Array, grad_final_state: Any, need_input_grad: bool
+    ) -> tuple[Array | None, tuple[Array, ...]]:
+        """:meth:`backward_with_state` with ∂L/∂initial state in the buffers."""
         if self._last is None:
             raise ShapeError(f"{self.label}: backward called before forward")
         assert self.backend is not None
@@ -242,7 +259,7 @@ class Recurrent(Layer):
             ops.matmul(rows_x, ws["X"].reshape(steps * batch, n_in), out=g["weight_ih"],
                        trans_a=True)
             ops.column_sum(rows_x, out=g["bias_ih"])
-            grad_initial = self._public_state(self._grad_initial(ws))
+            grad_initial = self._grad_initial(ws)
             if not need_input_grad:
                 return None, grad_initial
             ops.matmul(rows_x, p["weight_ih"], out=ws["dX"].reshape(steps * batch, n_in))
@@ -252,9 +269,8 @@ class Recurrent(Layer):
     def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
         """:meth:`backward_with_state` with no gradient on the final state; ∂L/∂initial
         state goes to :attr:`grad_initial_state`."""
-        dx, self.grad_initial_state = self.backward_with_state(
-            delta, None, need_input_grad
-        )
+        dx, grad_initial = self._backward(delta, None, need_input_grad)
+        self.grad_initial_state = self._public_state(grad_initial)
         return dx
 
 
@@ -302,7 +318,7 @@ class LSTM(Recurrent):
         return ws["dG"].reshape(steps * batch, gh)  # both biases enter the gates alike
 
     def _grad_initial(self, ws: dict[str, Array]) -> tuple[Array, ...]:
-        return ws["dh_rec"].copy(), ws["carry"].copy()
+        return ws["dh_rec"], ws["carry"]
 
 
 class GRU(Recurrent):
@@ -352,7 +368,7 @@ class GRU(Recurrent):
 
     def _grad_initial(self, ws: dict[str, Array]) -> tuple[Array, ...]:
         assert self.backend is not None
-        return (self.backend.xp.add(ws["dh_rec"], ws["carry"]),)
+        return (self.backend.xp.add(ws["dh_rec"], ws["carry"], out=ws["carry"]),)
 
 
 __all__ = ["GRU", "LSTM", "Recurrent", "check_sequence"]

@@ -154,13 +154,15 @@ class RNN(Layer, NamedParameters):
         )
         self.workspaces = Workspaces(self.backend, self.describe)
         self._last: dict[str, Array] | None = None  # buffers of the last forward
-        #: ∂L/∂h0 of the last :meth:`backward` (a new array), None before one
+        #: ∂L/∂h0 of the last :meth:`backward` (a new array; as a layer, the RNN's buffer),
+        #: None before one
         self.grad_h0: Array | None = None
         #: as a layer: the h0 :meth:`forward` starts from (None: zeros)
         self.initial_state: Array | None = None
-        #: as a layer: h_T of the last :meth:`forward` (a new array, detached)
+        #: as a layer: h_T of the last :meth:`forward` (detached; a view of the RNN's
+        #: buffers, overwritten by the next forward: copy it to keep it)
         self.final_state: Array | None = None
-        #: as a layer: ∂L/∂h0 of the last :meth:`backward` (a new array)
+        #: as a layer: ∂L/∂h0 of the last :meth:`backward` (the RNN's buffer)
         self.grad_initial_state: Array | None = None
 
     _BACKWARD_STATE = ("_last",)
@@ -286,6 +288,11 @@ class RNN(Layer, NamedParameters):
         the RNN's own buffer (overwritten by the next forward of this shape), and h_T
         (B, hidden) as a new array, the next window's ``h0`` (detached: module docstring).
         """
+        out, h_last = self._forward(x, h0)
+        return out, h_last.copy()
+
+    def _forward(self, x: Any, h0: Any) -> tuple[Array, Array]:
+        """:meth:`forward_with_state` with h_T as a view of the buffers."""
         x = self._float_array(x, "x")
         batch, steps, n_in = check_sequence(self._who, x, self.input_size)
         h0 = None if h0 is None else self.check_state(h0, batch, "h0")
@@ -304,7 +311,7 @@ class RNN(Layer, NamedParameters):
             self._last = ws
             hs = ws["H"]
             ws["out"][...] = hs[1:].transpose(1, 0, 2)
-            return ws["out"], hs[steps].copy()
+            return ws["out"], hs[steps]
 
     def forward(self, x: Any, h0: Any = None) -> Any:
         """Standalone: new arrays ``(H, h_T)`` of :meth:`forward_with_state` from ``h0``.
@@ -313,7 +320,7 @@ class RNN(Layer, NamedParameters):
         h_T left in :attr:`final_state`.
         """
         if self.owner is not None:
-            out, self.final_state = self.forward_with_state(x, self.initial_state)
+            out, self.final_state = self._forward(x, self.initial_state)
             return out
         hs, h_last = self.forward_with_state(x, h0)
         return hs.copy(), h_last
@@ -330,6 +337,13 @@ class RNN(Layer, NamedParameters):
         dWhh and db_h (overwriting) and returns ``(dx, dh0)``: ∂L/∂x (B, T, input_size)
         in the RNN's own buffer (None without ``need_input_grad``) and ∂L/∂h0 (a new array).
         """
+        dx, dh0 = self._backward(grad_h, grad_h_last, need_input_grad)
+        return dx, dh0.copy()
+
+    def _backward(
+        self, grad_h: Any, grad_h_last: Any, need_input_grad: bool
+    ) -> tuple[Array | None, Array]:
+        """:meth:`backward_with_state` with ∂L/∂h0 in the ``dhnext`` buffer."""
         if self._last is None:
             raise ShapeError(f"{self._who}: backward called before forward")
         ws = self._last
@@ -346,7 +360,7 @@ class RNN(Layer, NamedParameters):
         ops = self.backend.ops
         with self.backend.activate():
             ws["dH"][...] = grad_h.transpose(1, 0, 2)
-            dh0 = self.run_backward(ws, grad_h_last).copy()
+            dh0 = self.run_backward(ws, grad_h_last)
             rows = ws["dhraw"].reshape(steps * batch, self.hidden_size)
             ops.matmul(rows, ws["X"].reshape(steps * batch, n_in), out=self.grads["Wxh"],
                        trans_a=True)
@@ -365,8 +379,8 @@ class RNN(Layer, NamedParameters):
         needed) and ∂L/∂h0 goes to :attr:`grad_initial_state` (and :attr:`grad_h0`).
         """
         if self.owner is not None:
-            dx, self.grad_h0 = self.backward_with_state(grad_h, None, bool(grad_h_last))
-            self.grad_initial_state = self.grad_h0
+            dx, self.grad_initial_state = self._backward(grad_h, None, bool(grad_h_last))
+            self.grad_h0 = self.grad_initial_state
             return dx
         dx, self.grad_h0 = self.backward_with_state(grad_h, grad_h_last)
         assert dx is not None
