@@ -48,6 +48,7 @@ from .graph import (
 from .io import load
 from .layers import Activation, Dense, Layer
 from .layers_norm import Dropout, LayerNorm
+from .layers_recurrent import GRU, LSTM
 from .model import Sequential
 from .onnx_export import export_onnx
 from .optim import StepReport
@@ -59,6 +60,8 @@ from .viz import render, to_dot
 
 __all__ = [
     "ACTIVATIONS",
+    "GRU",
+    "LSTM",
     "RNN",
     "Activation",
     "Backend",

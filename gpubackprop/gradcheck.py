@@ -133,7 +133,7 @@ def _check_model(
     backend = model.backend
     xb = model.prepare_input(model.to_device(x))
     if loss is None:
-        out_shape = (xb.shape[0], model.output_width(xb.shape[1]))
+        out_shape = (*xb.shape[:-1], model.output_width(xb.shape[-1]))
         projection = backend.asarray(rng.standard_normal(out_shape))
     else:
         batch = model.prepare_batch(xb, backend.asarray(y), loss)

@@ -30,7 +30,8 @@ Tensors (all of the model's dtype, ``F32`` or ``F64``):
   files without it are "fp32"), "layers":
   [{"type": "Dense", "in_features", "out_features", "activation", "bias"} |
   {"type": "Activation", "activation"} | {"type": "LayerNorm", "normalized_shape", "eps"} |
-  {"type": "Dropout", "p"}, ...]}``.
+  {"type": "Dropout", "p"} | {"type": "LSTM" | "GRU", "input_size", "hidden_size"} |
+  {"type": "RNN", "input_size", "hidden_size", "nonlinearity"}, ...]}``.
 - ``rng``: JSON of ``model.rng.bit_generator.state`` (the generator that shuffles in
   :meth:`Sequential.fit`), so resumed training draws the same batches.
 - ``generators`` (only when a layer has a random generator: Dropout): JSON
@@ -66,9 +67,11 @@ from .backend import PRECISIONS, Backend, get_backend
 from .errors import CheckpointError, ConfigError, GpuBackpropError
 from .layers import Activation, Dense, Layer
 from .layers_norm import Dropout, LayerNorm
+from .layers_recurrent import GRU, LSTM
 from .model import Sequential, check_optimizer
 from .optim import Optimizer
 from .params import resolve_dtype
+from .rnn import RNN
 from .version import __version__
 
 __all__ = ["FORMAT_VERSION", "MAX_HEADER_BYTES", "Checkpoint", "load", "load_state", "save"]
@@ -96,9 +99,14 @@ _LAYER_KEYS = {
     "Activation": frozenset({"type", "activation"}),
     "LayerNorm": frozenset({"type", "normalized_shape", "eps"}),
     "Dropout": frozenset({"type", "p"}),
+    "LSTM": frozenset({"type", "input_size", "hidden_size"}),
+    "GRU": frozenset({"type", "input_size", "hidden_size"}),
+    "RNN": frozenset({"type", "input_size", "hidden_size", "nonlinearity"}),
 }
-#: the layer types checkpoints hold, in words
-_LAYER_NAMES = ", ".join(_LAYER_KEYS)
+#: the gated recurrent layers, rebuilt from (input_size, hidden_size)
+_GATED: dict[str, type[LSTM | GRU]] = {"LSTM": LSTM, "GRU": GRU}
+#: "Dense, Activation, ... and RNN": the layer types a checkpoint holds, for messages
+_LAYER_NAMES = ", ".join(list(_LAYER_KEYS)[:-1]) + f" and {list(_LAYER_KEYS)[-1]}"
 _OPTIMIZER_KEYS = frozenset({"type", "hyperparameters", "step_count", "num_params", "state"})
 _OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)
@@ -199,6 +207,16 @@ def _layer_spec(layer: Layer) -> dict[str, object]:
         return {"type": "LayerNorm", "normalized_shape": layer.features, "eps": layer.eps}
     if type(layer) is Dropout:
         return {"type": "Dropout", "p": layer.p}
+    if type(layer) in (LSTM, GRU, RNN):
+        assert isinstance(layer, (LSTM, GRU, RNN))
+        spec: dict[str, object] = {
+            "type": type(layer).__name__,
+            "input_size": layer.input_size,
+            "hidden_size": layer.hidden_size,
+        }
+        if isinstance(layer, RNN):
+            spec["nonlinearity"] = layer.activation.name
+        return spec
     raise CheckpointError(f"checkpoints hold {_LAYER_NAMES} layers only, got {layer.label}")
 
 
@@ -536,7 +554,7 @@ def _layer_from_spec(index: int, spec: object) -> Layer:
         spec["type"] not in _LAYER_KEYS
     ):
         raise CheckpointError(
-            f"architecture layer {index}: expected one of the layer types {_LAYER_NAMES}, "
+            f"architecture layer {index}: expected one of the {_LAYER_NAMES} layers, "
             f"got {_short(spec)}"
         )
     keys = _LAYER_KEYS[spec["type"]]
@@ -552,6 +570,11 @@ def _layer_from_spec(index: int, spec: object) -> Layer:
             return LayerNorm(spec["normalized_shape"], spec["eps"])
         if spec["type"] == "Dropout":
             return Dropout(spec["p"])
+        if spec["type"] in _GATED:
+            return _GATED[spec["type"]](spec["input_size"], spec["hidden_size"])
+        if spec["type"] == "RNN":  # its own buffers are a placeholder: the model's replace them
+            return RNN(spec["input_size"], spec["hidden_size"], spec["nonlinearity"],
+                       device="cpu")
         if not isinstance(spec["bias"], bool):
             raise ConfigError(f"bias must be true or false, got {_short(spec['bias'])}")
         return Dense(

@@ -81,7 +81,7 @@ REPO_KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 #: family -> source file
 FAMILIES: dict[str, str] = {
     "dense": "dense.cu", "losses": "losses.cu", "optim": "optim.cu",
-    "norm": "norm.cu", "dropout": "dropout.cu",
+    "norm": "norm.cu", "dropout": "dropout.cu", "recurrent": "recurrent.cu",
 }
 #: NumPy dtype -> C++ element type
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -104,6 +104,11 @@ KERNELS: dict[str, tuple[str, bool]] = {
     "layer_norm_backward": ("norm", False),
     "dropout_forward": ("dropout", False),
     "dropout_backward": ("dropout", False),
+    # launched by gpubackprop.kernels_recurrent
+    "lstm_cell_forward": ("recurrent", False),
+    "lstm_cell_backward": ("recurrent", False),
+    "gru_cell_forward": ("recurrent", False),
+    "gru_cell_backward": ("recurrent", False),
 }
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
 
@@ -451,7 +456,7 @@ class _Args:
 
 
 #: the argument checker and launcher of every wrapper, public for the launcher modules
-#: beside this one (gpubackprop.kernels_norm)
+#: beside this one (gpubackprop.kernels_norm, gpubackprop.kernels_recurrent)
 LaunchArgs = _Args
 
 

@@ -308,7 +308,13 @@ class Sequential(FlatParameters):
             )
         want = self.input_features
         shape = tuple(shape)
-        if len(shape) != 2 or (want is not None and shape[1] != want):
+        if getattr(first, "input_kind", "features") == "sequence":
+            if len(shape) != 3 or (want is not None and shape[2] != want):
+                raise ShapeError(
+                    f"{first.label}: expected {what} of shape (batch, time, {want or 'n'}), "
+                    f"got shape {shape}"
+                )
+        elif len(shape) != 2 or (want is not None and shape[1] != want):
             hint = " (a single sample? use x[None, :])" if len(shape) == 1 else ""
             raise ShapeError(
                 f"{first.label}: expected {what} of shape (batch, {want or 'n'}), "

@@ -24,6 +24,9 @@ once per (B, T), so the time loops allocate nothing.
 
 Truncated BPTT: pass the previous window's ``h_T`` as the next ``h0``. ``forward``
 returns h_T as a new array, so it is *detached*: backward stops at h0.
+
+:class:`RNN` is also a :class:`~gpubackprop.Layer` (``input_kind = "sequence"``) that can
+stand in a :class:`~gpubackprop.Sequential`: see its docstring for the two protocols.
 :func:`clip_grad_norm` rescales gradients whose global L2 norm is too large.
 """
 
@@ -41,6 +44,8 @@ from .arrays import Array
 from .backend import Backend, backend_of, get_backend, is_cupy_array
 from .checks import check_int, check_real
 from .errors import ConfigError, DTypeError, ShapeError
+from .layers import Layer
+from .layers_recurrent import check_sequence
 from .params import (
     FlatParameters,
     Workspaces,
@@ -83,7 +88,7 @@ class NamedParameters(FlatParameters):
         return OrderedDict(self.grads)
 
 
-class RNN(NamedParameters):
+class RNN(Layer, NamedParameters):
     """A vanilla RNN over a batch of sequences: h_t = f(x_t Wxhᵀ + h_{t−1} Whhᵀ + b_h).
 
     Args:
@@ -102,7 +107,22 @@ class RNN(NamedParameters):
     normal, std √(2/input), for relu; Whh a uniformly random orthogonal matrix (QR of
     a Gaussian, column signs fixed): singular values of 1 keep ‖h_{t−1} Whhᵀ‖ =
     ‖h_{t−1}‖, so signals neither explode nor vanish through it; b_h = 0.
+
+    Two protocols. *Standalone* (as constructed, with parameters of its own on
+    ``device``): ``forward(x, h0) -> (H, h_T)`` and ``backward(grad_h, grad_h_last) -> dx``
+    return new arrays. *As a layer* (once a :class:`~gpubackprop.Sequential` or
+    :meth:`~gpubackprop.Layer.build` gave it parameters: ``owner`` is set; the model
+    initialises them afresh from its seed, in its own buffers, on its device):
+    ``forward(x) -> H`` starts from :attr:`initial_state` (None: zeros) and leaves h_T in
+    :attr:`final_state`; ``backward(delta, need_input_grad) -> dx`` leaves ∂L/∂h0 in
+    :attr:`grad_initial_state`; the results are the layer's own buffers. Both protocols
+    run :meth:`forward_with_state` / :meth:`backward_with_state`.
     """
+
+    input_kind = "sequence"
+    #: always set (a Layer's are None until it has parameters)
+    backend: Backend
+    dtype: np.dtype
 
     def __init__(
         self,
@@ -114,6 +134,7 @@ class RNN(NamedParameters):
         dtype: Any = "float32",
         seed: int | np.random.Generator | None = None,
     ) -> None:
+        Layer.__init__(self)
         self.input_size = check_int("RNN: input_size", input_size)
         self.hidden_size = check_int("RNN: hidden_size", hidden_size)
         if nonlinearity not in NONLINEARITIES:
@@ -129,12 +150,22 @@ class RNN(NamedParameters):
         )
         rng = seeded_rng(seed)
         initialise(
-            self.backend, self.flat_params, shapes, lambda host: self._init_params(rng, host)
+            self.backend, self.flat_params, shapes, lambda host: self.init_params(rng, host)
         )
-        self._workspaces = Workspaces(self.backend, self.describe)
+        self.workspaces = Workspaces(self.backend, self.describe)
         self._last: dict[str, Array] | None = None  # buffers of the last forward
-        #: ∂L/∂h0 of the last :meth:`backward` (a new array), None before one
+        #: ∂L/∂h0 of the last :meth:`backward` (a new array; as a layer, the RNN's buffer),
+        #: None before one
         self.grad_h0: Array | None = None
+        #: as a layer: the h0 :meth:`forward` starts from (None: zeros)
+        self.initial_state: Array | None = None
+        #: as a layer: h_T of the last :meth:`forward` (detached; a view of the RNN's
+        #: buffers, overwritten by the next forward: copy it to keep it)
+        self.final_state: Array | None = None
+        #: as a layer: ∂L/∂h0 of the last :meth:`backward` (the RNN's buffer)
+        self.grad_initial_state: Array | None = None
+
+    _BACKWARD_STATE = ("_last",)
 
     # --- description -------------------------------------------------------------
     def describe(self) -> str:
@@ -146,13 +177,27 @@ class RNN(NamedParameters):
             f"device={self.device!r}, dtype={self.dtype.name!r})"
         )
 
+    @property
+    def _who(self) -> str:
+        """How errors name it: the layer label in a model, else its description."""
+        return self.label if self.owner is not None else self.describe()
+
+    # --- structure ---------------------------------------------------------------------
+    @property
+    def input_features(self) -> int:
+        return self.input_size
+
+    def output_features(self, input_features: int | None) -> int:
+        return self.hidden_size
+
     def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """Names and shapes of the parameters, in buffer order."""
         h = self.hidden_size
         return [("Wxh", (h, self.input_size)), ("Whh", (h, h)), ("bh", (h,))]
 
     # --- parameters ------------------------------------------------------------------
-    def _init_params(self, rng: np.random.Generator, host: dict[str, np.ndarray]) -> None:
+    def init_params(self, rng: np.random.Generator, host: dict[str, np.ndarray]) -> None:
+        """Wxh He or Xavier, Whh random orthogonal, b_h = 0 (class docstring)."""
         h = self.hidden_size
         host["Wxh"][...] = he_or_xavier(rng, self.activation.init, h, self.input_size)
         q, r = np.linalg.qr(rng.standard_normal((h, h)))
@@ -185,7 +230,8 @@ class RNN(NamedParameters):
         shapes: dict[str, tuple[tuple[int, ...], Any]] = {"H": ((steps + 1, batch, h), d)}
         shapes |= {name: ((steps, batch, h), d) for name in ("U", "dH", "dhraw")}
         shapes |= {name: ((batch, h), d) for name in ("dh", "dhnext")}
-        return self._workspaces.get((batch, steps, *sorted(extra)), {**shapes, **extra})
+        assert self.workspaces is not None
+        return self.workspaces.get((batch, steps, *sorted(extra)), {**shapes, **extra})
 
     def run_forward(self, ws: dict[str, Array], h0: Array | None) -> None:
         """H[t+1] = f(H[t] Whhᵀ + U[t]) for t = 0 .. T−1, with H[0] = h0 (or 0)."""
@@ -222,42 +268,40 @@ class RNN(NamedParameters):
 
     # --- input checks ------------------------------------------------------------------
     def _float_array(self, x: Any, what: str) -> Array:
-        return checked_array(self.backend, x, f"{self.describe()}: {what}", "biuf", "real numbers")
+        return checked_array(self.backend, x, f"{self._who}: {what}", "biuf", "real numbers")
 
     def check_state(self, h: Any, batch: int, what: str) -> Array:
         """A (batch, hidden) state such as h0 or dh_T, validated."""
         h = self._float_array(h, what)
         if tuple(h.shape) != (batch, self.hidden_size):
             raise ShapeError(
-                f"{self.describe()}: expected {what} of shape (batch, hidden) = "
+                f"{self._who}: expected {what} of shape (batch, hidden) = "
                 f"({batch}, {self.hidden_size}), got shape {tuple(h.shape)}"
             )
         return h
 
     # --- passes ----------------------------------------------------------------------------
-    def forward(self, x: Any, h0: Any = None) -> tuple[Array, Array]:
+    def forward_with_state(self, x: Any, h0: Any = None) -> tuple[Array, Array]:
         """Run the sequences ``x`` (B, T, input_size) from ``h0`` (B, hidden) or zeros.
 
-        Returns new arrays ``(H, h_T)``: every hidden state H (B, T, hidden), H[:, t] =
-        h_{t+1}, and h_T (B, hidden), the next window's ``h0`` (detached: module docstring).
+        Returns ``(H, h_T)``: every hidden state H (B, T, hidden), H[:, t] = h_{t+1}, in
+        the RNN's own buffer (overwritten by the next forward of this shape), and h_T
+        (B, hidden) as a new array, the next window's ``h0`` (detached: module docstring).
         """
+        out, h_last = self._forward(x, h0)
+        return out, h_last.copy()
+
+    def _forward(self, x: Any, h0: Any) -> tuple[Array, Array]:
+        """:meth:`forward_with_state` with h_T as a view of the buffers."""
         x = self._float_array(x, "x")
-        if x.ndim != 3 or x.shape[2] != self.input_size:
-            hint = " (one sequence? use x[None])" if x.ndim == 2 else ""
-            raise ShapeError(
-                f"{self.describe()}: expected x of shape (batch, time, {self.input_size}), "
-                f"got shape {tuple(x.shape)}{hint}"
-            )
-        batch, steps, n_in = x.shape
-        if batch == 0 or steps == 0:
-            raise ShapeError(f"{self.describe()}: empty input (x of shape {tuple(x.shape)})")
+        batch, steps, n_in = check_sequence(self._who, x, self.input_size)
         h0 = None if h0 is None else self.check_state(h0, batch, "h0")
-        ops = self.backend.ops
+        ops, d = self.backend.ops, self.dtype
         with self.backend.activate():
-            ws = self.recurrence_buffers(
-                batch, steps,
-                {"X": ((steps, batch, n_in), self.dtype), "dX": ((steps, batch, n_in), self.dtype)},
-            )
+            ws = self.recurrence_buffers(batch, steps, {
+                "X": ((steps, batch, n_in), d), "dX": ((steps, batch, n_in), d),
+                "out": ((batch, steps, self.hidden_size), d), "dx": ((batch, steps, n_in), d),
+            })
             ws["X"][...] = x.transpose(1, 0, 2)
             us = ws["U"].reshape(steps * batch, self.hidden_size)
             ops.matmul(ws["X"].reshape(steps * batch, n_in), self.params["Wxh"], out=us,
@@ -266,27 +310,49 @@ class RNN(NamedParameters):
             self.run_forward(ws, h0)
             self._last = ws
             hs = ws["H"]
-            return hs[1:].transpose(1, 0, 2).copy(), hs[steps].copy()
+            ws["out"][...] = hs[1:].transpose(1, 0, 2)
+            return ws["out"], hs[steps]
+
+    def forward(self, x: Any, h0: Any = None) -> Any:
+        """Standalone: new arrays ``(H, h_T)`` of :meth:`forward_with_state` from ``h0``.
+
+        As a layer (class docstring): H (its own buffer) from :attr:`initial_state`,
+        h_T left in :attr:`final_state`.
+        """
+        if self.owner is not None:
+            out, self.final_state = self._forward(x, self.initial_state)
+            return out
+        hs, h_last = self.forward_with_state(x, h0)
+        return hs.copy(), h_last
 
     __call__ = forward
 
-    def backward(self, grad_h: Any, grad_h_last: Any = None) -> Array:
+    def backward_with_state(
+        self, grad_h: Any, grad_h_last: Any = None, need_input_grad: bool = True
+    ) -> tuple[Array | None, Array]:
         """Backprop through time for the last :meth:`forward`.
 
         ``grad_h`` is ∂L/∂H (B, T, hidden), like forward's H; ``grad_h_last`` an extra
         ∂L/∂h_T (B, hidden), e.g. from a loss on the final state, or None. Writes dWxh,
-        dWhh and db_h (overwriting), sets :attr:`grad_h0` = ∂L/∂h0 and returns ∂L/∂x
-        (B, T, input_size) as a new array.
+        dWhh and db_h (overwriting) and returns ``(dx, dh0)``: ∂L/∂x (B, T, input_size)
+        in the RNN's own buffer (None without ``need_input_grad``) and ∂L/∂h0 (a new array).
         """
+        dx, dh0 = self._backward(grad_h, grad_h_last, need_input_grad)
+        return dx, dh0.copy()
+
+    def _backward(
+        self, grad_h: Any, grad_h_last: Any, need_input_grad: bool
+    ) -> tuple[Array | None, Array]:
+        """:meth:`backward_with_state` with ∂L/∂h0 in the ``dhnext`` buffer."""
         if self._last is None:
-            raise ShapeError(f"{self.describe()}: backward called before forward")
+            raise ShapeError(f"{self._who}: backward called before forward")
         ws = self._last
         steps, batch, n_in = ws["X"].shape
         grad_h = self._float_array(grad_h, "grad_h")
         expected = (batch, steps, self.hidden_size)
         if tuple(grad_h.shape) != expected:
             raise ShapeError(
-                f"{self.describe()}: expected grad_h of shape {expected} (the shape of the "
+                f"{self._who}: expected grad_h of shape {expected} (the shape of the "
                 f"last forward's H), got shape {tuple(grad_h.shape)}"
             )
         if grad_h_last is not None:
@@ -295,12 +361,30 @@ class RNN(NamedParameters):
         with self.backend.activate():
             ws["dH"][...] = grad_h.transpose(1, 0, 2)
             dh0 = self.run_backward(ws, grad_h_last)
-            self.grad_h0 = dh0.copy()
             rows = ws["dhraw"].reshape(steps * batch, self.hidden_size)
             ops.matmul(rows, ws["X"].reshape(steps * batch, n_in), out=self.grads["Wxh"],
                        trans_a=True)
+            if not need_input_grad:
+                return None, dh0
             ops.matmul(rows, self.params["Wxh"], out=ws["dX"].reshape(steps * batch, n_in))
-            return ws["dX"].transpose(1, 0, 2).copy()
+            ws["dx"][...] = ws["dX"].transpose(1, 0, 2)
+            return ws["dx"], dh0
+
+    def backward(self, grad_h: Any, grad_h_last: Any = None) -> Any:
+        """Standalone: ∂L/∂x as a new array; :attr:`grad_h0` = ∂L/∂h0 (see
+        :meth:`backward_with_state`; ``grad_h_last`` an extra ∂L/∂h_T or None).
+
+        As a layer, Sequential calls ``backward(delta, need_input_grad)``: the second
+        argument is that flag; ∂L/∂x comes in the layer's own buffer (None when not
+        needed) and ∂L/∂h0 goes to :attr:`grad_initial_state` (and :attr:`grad_h0`).
+        """
+        if self.owner is not None:
+            dx, self.grad_initial_state = self._backward(grad_h, None, bool(grad_h_last))
+            self.grad_h0 = self.grad_initial_state
+            return dx
+        dx, self.grad_h0 = self.backward_with_state(grad_h, grad_h_last)
+        assert dx is not None
+        return dx.copy()
 
 
 def clip_grad_norm(grads: Any, max_norm: float) -> float:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from gpubackprop import kernels
 from gpubackprop.activations import ACTIVATIONS
 from gpubackprop.optim import Adam, AdamW
 
@@ -117,3 +120,19 @@ def opt_data(n: int, dtype: Any, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+
+
+def compile_host_harness(tmp_path_factory: pytest.TempPathFactory, name: str, source: str) -> Path:
+    """A host program from ``source`` (which includes kernels/*.cu) compiled with nvcc,
+    FMA contraction off; skips without nvcc. Returns the executable."""
+    if NVCC is None:
+        pytest.skip("nvcc is not on PATH")
+    folder = tmp_path_factory.mktemp(name)
+    src, exe = folder / "harness.cu", folder / "harness"
+    src.write_text(source)
+    cmd = [NVCC, "-std=c++17", "-I", str(kernels.kernel_dir()), "-Xcompiler", "-ffp-contract=off"]
+    done = subprocess.run(
+        [*cmd, "-o", str(exe), str(src)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return exe

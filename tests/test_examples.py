@@ -46,3 +46,9 @@ def test_dropout_layernorm_trains_and_resumes_bit_for_bit(capsys) -> None:
     assert metrics["accuracy"] > 0.9
     assert metrics["resumed_same"] == 1.0
     assert "eval mode is deterministic: True" in capsys.readouterr().out
+
+
+def test_lstm_sequence_beats_the_baseline(capsys) -> None:
+    mse = _load("lstm_sequence").main(["--device", "cpu"])
+    assert mse["last"] < 0.6 * mse["baseline"] and mse["last"] < 0.1 * mse["first"], mse
+    assert "state carried across windows" in capsys.readouterr().out

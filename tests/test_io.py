@@ -370,8 +370,7 @@ def test_save_refuses_unknown_layers_and_foreign_optimizers(tmp_path: Path) -> N
         pass
 
     odd = gb.Sequential([MyDense(2, 2)], device="cpu")
-    only = "Dense, Activation, LayerNorm, Dropout layers only"
-    with pytest.raises(gb.CheckpointError, match=only):
+    with pytest.raises(gb.CheckpointError, match=r"hold Dense, Activation, .* layers only"):
         odd.save(tmp_path / "odd.safetensors")
 
     other = gb.Sequential([gb.Dense(2, 2)], device="cpu", seed=0)
@@ -498,7 +497,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "unknown layer": (
         lambda p: _edit(p, _edit_meta_json(
             "architecture", lambda a: a["layers"].append({"type": "Conv2d"})), sign=True),
-        "expected one of the layer types Dense, Activation, LayerNorm, Dropout"),
+        "expected one of the Dense, Activation"),
     "unknown activation": (
         lambda p: _edit(p, _edit_meta_json(
             "architecture", lambda a: a["layers"][1].update(activation="swish")), sign=True),

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpubackprop import kernels
 from gpubackprop.backend.numpy_ops import NumpyOps
 from gpubackprop.optim import SGD, AdamW
 
@@ -26,11 +25,11 @@ from .kernel_helpers import (
     DTYPES,
     FINITE_EDGES,
     INF,
-    NVCC,
     OPT_STEPS,
     SGD_CONFIGS,
     assert_close,
     check_activation_values,
+    compile_host_harness,
     needs_nvcc,
     opt_data,
     tolerances,
@@ -171,17 +170,7 @@ int main(int argc, char** argv) {  // harness MODE DTYPE ARG IN OUT
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The host harness, compiled once (a few seconds)."""
-    if NVCC is None:
-        pytest.skip("nvcc is not on PATH")
-    folder = tmp_path_factory.mktemp("kernel_harness")
-    src, exe = folder / "harness.cu", folder / "harness"
-    src.write_text(HARNESS)
-    cmd = [NVCC, "-std=c++17", "-I", str(kernels.kernel_dir()), "-Xcompiler", "-ffp-contract=off"]
-    done = subprocess.run(
-        [*cmd, "-o", str(exe), str(src)], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return exe
+    return compile_host_harness(tmp_path_factory, "kernel_harness", HARNESS)
 
 
 def _run_harness(exe: Path, mode: str, dtype: Any, arg: str, data: np.ndarray) -> np.ndarray:
@@ -321,17 +310,7 @@ int main(int argc, char** argv) {
 
 @pytest.fixture(scope="module")
 def philox_harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if NVCC is None:
-        pytest.skip("nvcc is not on PATH")
-    folder = tmp_path_factory.mktemp("philox_harness")
-    src, exe = folder / "philox.cu", folder / "philox"
-    src.write_text(PHILOX_HARNESS)
-    done = subprocess.run(
-        [NVCC, "-std=c++17", "-I", str(kernels.kernel_dir()), "-o", str(exe), str(src)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return exe
+    return compile_host_harness(tmp_path_factory, "philox_harness", PHILOX_HARNESS)
 
 
 @needs_nvcc

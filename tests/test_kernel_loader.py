@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpubackprop import kernels, kernels_norm
+from gpubackprop import kernels, kernels_norm, kernels_recurrent
 from gpubackprop.activations import ACTIVATIONS
 from gpubackprop.errors import ConfigError, DeviceError, DTypeError, ShapeError
 
@@ -294,6 +294,12 @@ def test_every_wrapper_launches_with_the_kernel_signature(
     mask, rng_state = _dev((rows, cols), np.uint8), _dev(3, np.uint64)
     kernels_norm.dropout_forward(z, m, mask, rng_state, threshold=2**31, scale=2.0)
     kernels_norm.dropout_backward(z, mask, m, scale=2.0)
+    b, h = 33, 65  # the recurrent cells: (rows, H) states, (rows, G·H) gates
+    g4, g3, s = _dev((b, 4 * h), dt), _dev((b, 3 * h), dt), [_dev((b, h), dt) for _ in range(5)]
+    kernels_recurrent.lstm_cell_forward(g4, _dev((b, 4 * h), dt), *s[:4])
+    kernels_recurrent.lstm_cell_backward(g4, *s, _dev((b, 4 * h), dt))
+    kernels_recurrent.gru_cell_forward(g3, _dev((b, 3 * h), dt), _dev(3 * h, dt), *s[:3])
+    kernels_recurrent.gru_cell_backward(g3, *s, _dev((b, 3 * h), dt), _dev((b, 3 * h), dt))
     params = _kernel_parameters()
     assert set(params) == set(kernels.KERNELS)
     launched = set()

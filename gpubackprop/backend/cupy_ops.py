@@ -9,7 +9,9 @@ faster GPU path; the math is the reference's and the tests compare the two:
   gradient Δᵀ1 in one deterministic kernel backward;
 * each loss: gradient and terms in one kernel, value by one fixed-order reduction;
 * an optimizer update: one fused kernel (two for Adam) reading η and the step
-  counter from device memory, so a captured graph follows a schedule.
+  counter from device memory, so a captured graph follows a schedule;
+* the pointwise part of an LSTM or GRU step: one kernel each way
+  (:mod:`gpubackprop.kernels_recurrent`).
 
 Nothing allocates once a shape has been seen (a step can be captured): loss scratch
 buffers and the loss value are cached by (purpose, shape, dtype); the value returned
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import kernels, kernels_norm
+from .. import kernels, kernels_norm, kernels_recurrent
 from ..activations import ActivationSpec
 from ..arrays import Array
 from .cublas import CublasHandle
@@ -216,6 +218,34 @@ class CupyOps(NumpyOps):
 
     def dropout_backward(self, delta: Array, mask: Array, dx: Array, *, scale: float) -> Array:
         return kernels_norm.dropout_backward(delta, mask, dx, scale=scale)
+
+
+    # --- rnn: one fused kernel per LSTM / GRU step, each way ------------------------------
+    def lstm_cell_forward(
+        self, gates: Array, hh: Array, c_prev: Array, c: Array, h: Array, tanh_c: Array
+    ) -> Array:
+        return kernels_recurrent.lstm_cell_forward(gates, hh, c_prev, c, h, tanh_c)
+
+    def lstm_cell_backward(
+        self, gates: Array, c_prev: Array, tanh_c: Array, dh_out: Array, dh_next: Array,
+        dc: Array, dgates: Array,
+    ) -> Array:
+        return kernels_recurrent.lstm_cell_backward(
+            gates, c_prev, tanh_c, dh_out, dh_next, dc, dgates
+        )
+
+    def gru_cell_forward(
+        self, gates: Array, hh: Array, bias_hh: Array, h_prev: Array, h: Array, hn: Array
+    ) -> Array:
+        return kernels_recurrent.gru_cell_forward(gates, hh, bias_hh, h_prev, h, hn)
+
+    def gru_cell_backward(
+        self, gates: Array, hn: Array, h_prev: Array, dh_out: Array, dh_rec: Array,
+        dh_carry: Array, dgx: Array, dgh: Array,
+    ) -> Array:
+        return kernels_recurrent.gru_cell_backward(
+            gates, hn, h_prev, dh_out, dh_rec, dh_carry, dgx, dgh
+        )
 
 
 __all__ = ["CupyOps"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..activations import ActivationSpec, times_nonzero
+from ..activations import ACTIVATIONS, ActivationSpec, times_nonzero
 from ..arrays import Array
 from ..philox import dropout_words
 
@@ -399,6 +399,142 @@ class NumpyOps:
         xp.multiply(delta, scale, out=dx)
         xp.copyto(dx, 0, where=mask == 0)
         return dx
+
+    # --- rnn: the pointwise part of one LSTM / GRU step (one kernel each way on the GPU) ---
+    def lstm_cell_forward(
+        self, gates: Array, hh: Array, c_prev: Array, c: Array, h: Array, tanh_c: Array
+    ) -> Array:
+        """One LSTM step after its GEMMs; (B, 4H) gate columns in PyTorch's order i, f, g, o.
+
+        With a = gates + hh (``gates`` = x Wᵢₕᵀ + b_ih + b_hh, ``hh`` = h_prev W_hhᵀ)::
+
+            i, f, o = σ(a_i), σ(a_f), σ(a_o)      g = tanh(a_g)
+            c = f ⊙ c_prev + i ⊙ g      tanh_c = tanh(c)      h = o ⊙ tanh_c
+
+        ``gates`` is overwritten with [i, f, g, o] (what backward reads); ``c``, ``h`` and
+        ``tanh_c`` (B, H) are written. Returns ``h``.
+        """
+        xp = self.xp
+        n = c.shape[1]
+        sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
+        xp.add(gates, hh, out=gates)
+        i, f, g, o = (gates[:, k * n:(k + 1) * n] for k in range(4))
+        a_g = g.copy()
+        # σ over the whole contiguous block, then tanh over g: no activation runs in place
+        # on a strided column view (NumPy 2.4's float32 np.negative(x, out=x) is wrong
+        # for a 16-byte stride, i.e. H = 1 here)
+        sigmoid.forward(xp, gates, gates)
+        tanh.forward(xp, a_g, g)
+        xp.multiply(f, c_prev, out=c)
+        xp.multiply(i, g, out=tanh_c)
+        xp.add(c, tanh_c, out=c)
+        tanh.forward(xp, c, tanh_c)
+        return xp.multiply(o, tanh_c, out=h)
+
+    def lstm_cell_backward(
+        self, gates: Array, c_prev: Array, tanh_c: Array, dh_out: Array, dh_next: Array,
+        dc: Array, dgates: Array,
+    ) -> Array:
+        """Backward of :meth:`lstm_cell_forward` for one step; ``gates`` holds [i, f, g, o].
+
+        With dh = ``dh_out`` + ``dh_next`` (∂L/∂h from the output and from step t+1) and
+        ``dc`` = ∂L/∂c from step t+1 (overwritten with ∂L/∂c_prev)::
+
+            dc ← dc + dh ⊙ o ⊙ (1 − tanh_c²)
+            dgates = [dc ⊙ g ⊙ i(1−i), dc ⊙ c_prev ⊙ f(1−f), dc ⊙ i ⊙ (1−g²),
+                      dh ⊙ tanh_c ⊙ o(1−o)]                 (∂L/∂a, pre-activation)
+            dc ← dc ⊙ f
+
+        Returns ``dgates`` (B, 4H).
+        """
+        xp = self.xp
+        n = dc.shape[1]
+        sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
+        i, f, g, o = (gates[:, k * n:(k + 1) * n] for k in range(4))
+        di, df, dg, do = (dgates[:, k * n:(k + 1) * n] for k in range(4))
+        dh = xp.add(dh_out, dh_next)
+        tmp = xp.empty_like(dc)  # activation backward writes out before it reads delta
+        xp.multiply(dh, tanh_c, out=tmp)
+        sigmoid.backward(xp, tmp, o, do)
+        xp.multiply(dh, o, out=tmp)
+        tanh.backward(xp, tmp, tanh_c, dh)
+        xp.add(dc, dh, out=dc)
+        xp.multiply(dc, g, out=tmp)
+        sigmoid.backward(xp, tmp, i, di)
+        xp.multiply(dc, c_prev, out=tmp)
+        sigmoid.backward(xp, tmp, f, df)
+        xp.multiply(dc, i, out=tmp)
+        tanh.backward(xp, tmp, g, dg)
+        xp.multiply(dc, f, out=dc)
+        return dgates
+
+    def gru_cell_forward(
+        self, gates: Array, hh: Array, bias_hh: Array, h_prev: Array, h: Array, hn: Array
+    ) -> Array:
+        """One GRU step after its GEMMs; (B, 3H) gate columns in PyTorch's order r, z, n.
+
+        ``gates`` = x Wᵢₕᵀ + b_ih, ``hh`` = h_prev W_hhᵀ, ``bias_hh`` = b_hh (3H,)::
+
+            r = σ(gates_r + hh_r + b_hr)      z = σ(gates_z + hh_z + b_hz)
+            hn = hh_n + b_hn                  n = tanh(gates_n + r ⊙ hn)
+            h = (1 − z) ⊙ n + z ⊙ h_prev      (computed as n + z ⊙ (h_prev − n))
+
+        ``gates`` is overwritten with [r, z, n] and ``hn`` (B, H) kept for backward.
+        Returns ``h``.
+        """
+        xp = self.xp
+        n_h = h.shape[1]
+        sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
+        rz = gates[:, : 2 * n_h]
+        xp.add(rz, hh[:, : 2 * n_h], out=rz)
+        xp.add(rz, bias_hh[: 2 * n_h], out=rz)
+        sigmoid.forward(xp, rz, rz)
+        r, z, n = (gates[:, k * n_h:(k + 1) * n_h] for k in range(3))
+        xp.add(hh[:, 2 * n_h:], bias_hh[2 * n_h:], out=hn)
+        xp.multiply(r, hn, out=h)
+        xp.add(n, h, out=n)
+        tanh.forward(xp, n, n)
+        xp.subtract(h_prev, n, out=h)
+        xp.multiply(z, h, out=h)
+        return xp.add(n, h, out=h)
+
+    def gru_cell_backward(
+        self, gates: Array, hn: Array, h_prev: Array, dh_out: Array, dh_rec: Array,
+        dh_carry: Array, dgx: Array, dgh: Array,
+    ) -> Array:
+        """Backward of :meth:`gru_cell_forward` for one step; ``gates`` holds [r, z, n].
+
+        With dh = ``dh_out`` + ``dh_rec`` + ``dh_carry`` (from the output, from step t+1
+        through W_hh, and step t+1's direct z ⊙ dh)::
+
+            dâ_n = dh ⊙ (1 − z) ⊙ (1 − n²)    dâ_z = dh ⊙ (h_prev − n) ⊙ z(1−z)
+            dâ_r = dâ_n ⊙ hn ⊙ r(1−r)
+            dgx = [dâ_r, dâ_z, dâ_n]          (∂L/∂(x Wᵢₕᵀ + b_ih))
+            dgh = [dâ_r, dâ_z, dâ_n ⊙ r]      (∂L/∂(h_prev W_hhᵀ + b_hh))
+            dh_carry ← dh ⊙ z                 (∂L/∂h_prev but for dgh W_hh)
+
+        Returns ``dgx``.
+        """
+        xp = self.xp
+        n_h = hn.shape[1]
+        sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
+        r, z, n = (gates[:, k * n_h:(k + 1) * n_h] for k in range(3))
+        dr, dz, dn = (dgx[:, k * n_h:(k + 1) * n_h] for k in range(3))
+        dh = xp.add(dh_out, dh_rec)
+        xp.add(dh, dh_carry, out=dh)
+        tmp = xp.empty_like(dh)  # activation backward writes out before it reads delta
+        xp.subtract(1.0, z, out=tmp)
+        xp.multiply(dh, tmp, out=tmp)
+        tanh.backward(xp, tmp, n, dn)
+        xp.subtract(h_prev, n, out=tmp)
+        xp.multiply(dh, tmp, out=tmp)
+        sigmoid.backward(xp, tmp, z, dz)
+        xp.multiply(dn, hn, out=tmp)
+        sigmoid.backward(xp, tmp, r, dr)
+        dgh[:, : 2 * n_h] = dgx[:, : 2 * n_h]
+        xp.multiply(dn, r, out=dgh[:, 2 * n_h:])
+        xp.multiply(dh, z, out=dh_carry)
+        return dgx
 
 
 __all__ = ["NumpyOps"]
