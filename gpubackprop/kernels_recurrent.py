@@ -5,7 +5,7 @@ Each checks every argument before launching, as :mod:`gpubackprop.kernels` does
 (cupy arrays on one device, one float dtype, the expected shapes, C-contiguous, no
 output overlapping another argument), then launches one grid-stride kernel over the
 (rows, H) state elements on the current stream (capturable). The math is the NumPy
-reference's (:meth:`~gpubackprop.backend.numpy_ops.NumpyOps.lstm_cell_forward` and the three others in
+reference's (``NumpyOps.lstm_cell_forward`` and the three others in
 :mod:`gpubackprop.backend.numpy_ops`).
 """
 
@@ -44,7 +44,7 @@ def _launch(args: kernels.LaunchArgs, rows: int, hidden: int, *arrays: Array | N
 def lstm_cell_forward(
     gates: Array, hh: Array, c_prev: Array, c: Array, h: Array, tanh_c: Array
 ) -> Array:
-    """One LSTM step's pointwise part (:meth:`~gpubackprop.backend.numpy_ops.NumpyOps.lstm_cell_forward`): ``gates`` and
+    """One LSTM step's pointwise part (``NumpyOps.lstm_cell_forward``): ``gates`` and
     ``hh`` (rows, 4H), ``gates`` overwritten with [i, f, g, o]; ``c_prev``, ``c``, ``h``,
     ``tanh_c`` (rows, H). Returns ``h``."""
     args = kernels.LaunchArgs("lstm_cell_forward")
@@ -61,7 +61,7 @@ def lstm_cell_backward(
     gates: Array, c_prev: Array, tanh_c: Array, dh_out: Array, dh_next: Array, dc: Array,
     dgates: Array,
 ) -> Array:
-    """Backward of :func:`lstm_cell_forward` (:meth:`~gpubackprop.backend.numpy_ops.NumpyOps.lstm_cell_backward`): ``dc``
+    """Backward of :func:`lstm_cell_forward` (``NumpyOps.lstm_cell_backward``): ``dc``
     (rows, H) in and out, ``dgates`` (rows, 4H) written. Returns ``dgates``."""
     args = kernels.LaunchArgs("lstm_cell_backward")
     gates, dc, rows, hidden = _cell(args, gates, "dc", dc, 4, gates_out=False, state_out=True)
@@ -79,7 +79,7 @@ def lstm_cell_backward(
 def gru_cell_forward(
     gates: Array, hh: Array, bias_hh: Array, h_prev: Array, h: Array, hn: Array
 ) -> Array:
-    """One GRU step's pointwise part (:meth:`~gpubackprop.backend.numpy_ops.NumpyOps.gru_cell_forward`): ``gates`` and
+    """One GRU step's pointwise part (``NumpyOps.gru_cell_forward``): ``gates`` and
     ``hh`` (rows, 3H), ``gates`` overwritten with [r, z, n]; ``bias_hh`` (3H,); ``h_prev``,
     ``h``, ``hn`` (rows, H). Returns ``h``."""
     args = kernels.LaunchArgs("gru_cell_forward")
@@ -97,7 +97,7 @@ def gru_cell_backward(
     gates: Array, hn: Array, h_prev: Array, dh_out: Array, dh_rec: Array, dh_carry: Array,
     dgx: Array, dgh: Array,
 ) -> Array:
-    """Backward of :func:`gru_cell_forward` (:meth:`~gpubackprop.backend.numpy_ops.NumpyOps.gru_cell_backward`):
+    """Backward of :func:`gru_cell_forward` (``NumpyOps.gru_cell_backward``):
     ``dh_carry`` (rows, H) in and out, ``dgx`` and ``dgh`` (rows, 3H) written. Returns
     ``dgx``."""
     args = kernels.LaunchArgs("gru_cell_backward")
