@@ -47,6 +47,7 @@ from .graph import (
 )
 from .io import load
 from .layers import Activation, Dense, Layer
+from .layers_embedding import Embedding
 from .model import Sequential
 from .onnx_export import export_onnx
 from .optim import StepReport
@@ -70,6 +71,7 @@ __all__ = [
     "Dense",
     "DeviceError",
     "DeviceMemoryError",
+    "Embedding",
     "Explanation",
     "Gate",
     "GpuBackpropError",

@@ -29,7 +29,8 @@ Tensors (all of the model's dtype, ``F32`` or ``F64``):
   seed was not an int), "precision": "fp32" | "tf32" (the model's matmul precision;
   files without it are "fp32"), "layers":
   [{"type": "Dense", "in_features", "out_features", "activation", "bias"} |
-  {"type": "Activation", "activation"}, ...]}``.
+  {"type": "Activation", "activation"} |
+  {"type": "Embedding", "num_embeddings", "embedding_dim"}, ...]}``.
 - ``rng``: JSON of ``model.rng.bit_generator.state`` (the generator that shuffles in
   :meth:`Sequential.fit`), so resumed training draws the same batches.
 - ``optimizer`` (only when one was saved): JSON ``{"type", "hyperparameters",
@@ -61,6 +62,7 @@ from . import optim
 from .backend import PRECISIONS, Backend, get_backend
 from .errors import CheckpointError, ConfigError, GpuBackpropError
 from .layers import Activation, Dense, Layer
+from .layers_embedding import Embedding
 from .model import Sequential, check_optimizer
 from .optim import Optimizer
 from .params import resolve_dtype
@@ -89,6 +91,7 @@ _TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 _LAYER_KEYS = {
     "Dense": frozenset({"type", "in_features", "out_features", "activation", "bias"}),
     "Activation": frozenset({"type", "activation"}),
+    "Embedding": frozenset({"type", "num_embeddings", "embedding_dim"}),
 }
 _OPTIMIZER_KEYS = frozenset({"type", "hyperparameters", "step_count", "num_params", "state"})
 _OPTIMIZERS: dict[str, type[Optimizer]] = {
@@ -172,7 +175,8 @@ def _dumps(value: object) -> str:
 
 
 def _layer_spec(layer: Layer) -> dict[str, object]:
-    """The JSON description of a Dense or Activation layer; CheckpointError otherwise."""
+    """The JSON description of a Dense, Activation or Embedding layer; CheckpointError
+    otherwise."""
     if type(layer) is Dense:
         return {
             "type": "Dense",
@@ -183,8 +187,14 @@ def _layer_spec(layer: Layer) -> dict[str, object]:
         }
     if type(layer) is Activation:
         return {"type": "Activation", "activation": layer.activation.name}
+    if type(layer) is Embedding:
+        return {
+            "type": "Embedding",
+            "num_embeddings": layer.num_embeddings,
+            "embedding_dim": layer.embedding_dim,
+        }
     raise CheckpointError(
-        f"checkpoints hold Dense and Activation layers only, got {layer.label}"
+        f"checkpoints hold Dense, Activation and Embedding layers only, got {layer.label}"
     )
 
 
@@ -519,7 +529,7 @@ def _layer_from_spec(index: int, spec: object) -> Layer:
         spec["type"] not in _LAYER_KEYS
     ):
         raise CheckpointError(
-            f"architecture layer {index}: expected a Dense or Activation layer, "
+            f"architecture layer {index}: expected a Dense, Activation or Embedding layer, "
             f"got {_short(spec)}"
         )
     keys = _LAYER_KEYS[spec["type"]]
@@ -531,6 +541,8 @@ def _layer_from_spec(index: int, spec: object) -> Layer:
     try:
         if spec["type"] == "Activation":
             return Activation(spec["activation"])
+        if spec["type"] == "Embedding":
+            return Embedding(spec["num_embeddings"], spec["embedding_dim"])
         if not isinstance(spec["bias"], bool):
             raise ConfigError(f"bias must be true or false, got {_short(spec['bias'])}")
         return Dense(

@@ -369,7 +369,7 @@ def test_save_refuses_unknown_layers_and_foreign_optimizers(tmp_path: Path) -> N
         pass
 
     odd = gb.Sequential([MyDense(2, 2)], device="cpu")
-    with pytest.raises(gb.CheckpointError, match="Dense and Activation layers only"):
+    with pytest.raises(gb.CheckpointError, match="Dense, Activation and Embedding layers only"):
         odd.save(tmp_path / "odd.safetensors")
 
     other = gb.Sequential([gb.Dense(2, 2)], device="cpu", seed=0)
@@ -496,7 +496,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "unknown layer": (
         lambda p: _edit(p, _edit_meta_json(
             "architecture", lambda a: a["layers"].append({"type": "Conv2d"})), sign=True),
-        "expected a Dense or Activation layer"),
+        "expected a Dense, Activation or Embedding layer"),
     "unknown activation": (
         lambda p: _edit(p, _edit_meta_json(
             "architecture", lambda a: a["layers"][1].update(activation="swish")), sign=True),

@@ -191,5 +191,22 @@ class CupyOps(NumpyOps):
             work["scalars"], **hyper,
         )
 
+    # --- seq: embedding rows ------------------------------------------------------------------
+    def scatter_add_rows(self, ids: Array, delta: Array, out: Array) -> Array:
+        """out = Hᵀ Δ, with H[i, k] = [ids[i] = k] the (N, V) one-hot matrix: one cuBLAS
+        GEMM, deterministic (no float atomics, a fixed summation order) and capturable
+        (H and the column ids are cached buffers). Costs N·V elements of memory and
+        2·N·V·D flops: fine for vocabularies up to some ten thousands."""
+        xp = self.xp
+        vocab = out.shape[0]
+        onehot = self.scratch("onehot", (ids.shape[0], vocab), delta.dtype)
+        key = ("onehot_columns", (vocab,), np.dtype(ids.dtype).name)
+        columns = self._scratch.get(key)
+        if columns is None:
+            with xp.cuda.Device(self.device_id):
+                columns = self._scratch[key] = xp.arange(vocab, dtype=ids.dtype)
+        xp.equal(ids[:, None], columns[None, :], out=onehot)
+        return self.matmul(onehot, delta, out, trans_a=True)
+
 
 __all__ = ["CupyOps"]
