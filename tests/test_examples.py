@@ -37,3 +37,9 @@ def test_interop_runs_or_skips_what_is_missing(capsys) -> None:
     assert all(d < 1e-6 for d in diffs.values()), diffs
     out = capsys.readouterr().out
     assert ("zero-copy input: True" in out) == ("to_torch" in diffs)
+
+
+def test_sequence_tagging_learns_the_tags(capsys) -> None:
+    metrics = _load("sequence_tagging").main(["--device", "cpu"])
+    assert metrics["accuracy"] > 0.99
+    assert "-> logits (2, 12, 4)" in capsys.readouterr().out
