@@ -313,8 +313,7 @@ class Dense(Layer):
         lead = x.shape[:-1]
         ws = self._buffers(lead)
         act, out = self.activation, ws["out"]
-        rows = as_rows(x)
-        out_rows = as_rows(out)
+        rows, out_rows = (x, out) if len(lead) == 1 else (as_rows(x), as_rows(out))
         z = ws["z"] if act.needs_input else out_rows
         ops = self.backend.ops
         ops.matmul(rows, self.params["weight"], out=z, trans_b=True)
@@ -327,17 +326,19 @@ class Dense(Layer):
         if self._input is None:
             raise ShapeError(f"{self.label}: backward called before forward")
         assert self.backend is not None
-        self._check_delta(delta, (*self._lead, self.out_features))
-        ops = self.backend.ops
         ws = self._buffers(self._lead)
+        self._check_delta(delta, ws["out"].shape)  # (*lead, out)
+        ops = self.backend.ops
+        flat = len(self._lead) == 1
         dz = ops.activation_backward_bias_grad(
-            self.activation, as_rows(delta), self._saved, ws.get("dz"), self.grads.get("bias")
+            self.activation, delta if flat else as_rows(delta), self._saved, ws.get("dz"),
+            self.grads.get("bias"),
         )
         ops.matmul(dz, self._input, out=self.grads["weight"], trans_a=True)
         if not need_input_grad:
             return None
         dx = ws["dx"]
-        ops.matmul(dz, self.params["weight"], out=as_rows(dx))
+        ops.matmul(dz, self.params["weight"], out=dx if flat else as_rows(dx))
         return dx
 
 

@@ -135,9 +135,9 @@ class MSE(Loss):
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array
     ) -> Array:
-        return backend.ops.mse(
-            as_rows(pred), as_rows(target), as_rows(grad), mean=self.reduction == "mean"
-        )
+        if pred.ndim != 2:
+            pred, target, grad = as_rows(pred), as_rows(target), as_rows(grad)
+        return backend.ops.mse(pred, target, grad, mean=self.reduction == "mean")
 
 
 class SoftmaxCrossEntropy(Loss):
@@ -224,12 +224,13 @@ class SoftmaxCrossEntropy(Loss):
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array
     ) -> Array:
-        logits, grad_rows = as_rows(pred), as_rows(grad)
-        if target.ndim == pred.ndim - 1:
-            return backend.ops.softmax_cross_entropy_labels(
-                logits, target.reshape(-1), grad_rows
-            )
-        return backend.ops.softmax_cross_entropy_probs(logits, as_rows(target), grad_rows)
+        labels = target.ndim == pred.ndim - 1
+        if pred.ndim != 2:
+            pred, grad = as_rows(pred), as_rows(grad)
+            target = target.reshape(-1) if labels else as_rows(target)
+        if labels:
+            return backend.ops.softmax_cross_entropy_labels(pred, target, grad)
+        return backend.ops.softmax_cross_entropy_probs(pred, target, grad)
 
 
 class BCEWithLogits(Loss):
@@ -251,7 +252,9 @@ class BCEWithLogits(Loss):
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array
     ) -> Array:
-        return backend.ops.bce_with_logits(as_rows(pred), as_rows(target), as_rows(grad))
+        if pred.ndim != 2:
+            pred, target, grad = as_rows(pred), as_rows(target), as_rows(grad)
+        return backend.ops.bce_with_logits(pred, target, grad)
 
 
 _BY_NAME: dict[str, type[Loss]] = {
