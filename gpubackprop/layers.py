@@ -21,7 +21,7 @@ shape (out, in), Δ already carrying the loss's 1/B)::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -123,7 +123,7 @@ class Layer:
 
     # --- work buffers ------------------------------------------------------------
     def _workspace(
-        self, key: tuple[int, ...], shapes: Callable[[], Mapping[str, Any]] | Mapping[str, Any]
+        self, key: Hashable, shapes: Callable[[], Mapping[str, Any]] | Mapping[str, Any]
     ) -> dict[str, Array]:
         """Buffers for ``key`` (the input's leading shape ``x.shape[:-1]``), allocated on
         first use (``shapes``, or the mapping ``shapes()`` returns, names them: see

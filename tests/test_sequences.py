@@ -43,6 +43,9 @@ def test_input_kinds() -> None:
     assert _token_model().input_kind == "tokens"
     assert gb.Sequential([gb.Dense(2, 3)], device="cpu").input_ranks == (2, 3)
     assert _token_model().input_ranks == (1, 2)
+    ids = _token_model().to_device(np.array([[1, 2]], dtype=np.int32))
+    assert ids.dtype == np.int64  # token ids stay integers (floats would be refused later)
+    assert _token_model().to_device(np.zeros((1, 2))).dtype == np.float64
 
 
 def test_dense_on_sequences_is_the_matrix_of_all_positions(device: str, rng) -> None:
