@@ -86,7 +86,8 @@ _EXPECTED = {
 
 class Batch(NamedTuple):
     """A batch ready for the engine (what :meth:`Sequential.prepare_batch` returns):
-    ``x`` (B, in) and the target ``y`` on the model's device in its dtype, validated,
+    ``x`` ((B, in), (B, T, in) or token ids (B, T) in :attr:`Sequential.input_dtype`)
+    and the target ``y`` on the model's device in its dtype, validated,
     with the :class:`~gpubackprop.losses.Loss` they were prepared for.
 
     ``values_checked`` is False when the checks that read ``y``'s values (labels in
@@ -629,8 +630,10 @@ class Sequential(FlatParameters):
         rows; each metric is its sum over rows divided by N.
 
         Args:
-            x, y: inputs (N, in) and targets (labels (N,) or (N, out)), NumPy arrays
-                (copied batch by batch) or arrays on the model's device.
+            x, y: inputs (N, in) and targets (labels (N,) or (N, out)), or sequences
+                (N, T, in) / token ids (N, T) with targets (N, T) or (N, T, out) (see
+                docs/sequences.md), NumPy arrays (copied batch by batch) or arrays on
+                the model's device.
             loss: a :class:`~gpubackprop.losses.Loss` or its name (``"mse"``, ...).
             metrics: names from :data:`gpubackprop.train.METRICS` (``"accuracy"``,
                 ``"mae"``); None (the default): by loss, ``accuracy`` for
@@ -673,9 +676,10 @@ class Sequential(FlatParameters):
         update), and likewise each metric.
 
         Args:
-            x, y: inputs (N, in) and targets (labels (N,) or (N, out)): NumPy arrays
-                (rows copied to the device batch by batch) or arrays on the model's
-                device.
+            x, y: inputs (N, in) and targets (labels (N,) or (N, out)), or sequences
+                (N, T, in) / token ids (N, T) with targets (N, T) or (N, T, out),
+                batched over N (see docs/sequences.md): NumPy arrays (rows copied to
+                the device batch by batch) or arrays on the model's device.
             loss: a :class:`~gpubackprop.losses.Loss` or its name (``"cross_entropy"``).
             optimizer: a gpubackprop optimizer, e.g. ``gb.optim.Adam(1e-3)``.
             epochs: passes over the data (0: no step).
