@@ -412,3 +412,26 @@ def test_out_of_range_ids_on_the_gpu_are_reported_after_the_step() -> None:
     with pytest.raises(gb.LabelError, match=r"token id 9 at position \(0, 1\)"):
         model.train_step(ids, cp.zeros((1, 2), dtype=cp.int64), "cross_entropy",
                          gb.optim.SGD(0.1))
+
+
+def test_one_token_per_sample_and_anomaly_checks_on_a_token_model(rng) -> None:
+    model = _token_model(dtype="float32")
+    assert model.forward(np.array([1, 2, 3])).shape == (3, 5)  # ids (B,) -> (B, C)
+    ids = rng.integers(0, 7, (8, 4))
+    history = model.fit(ids, ids % 5, loss="cross_entropy", optimizer=gb.optim.SGD(0.1),
+                        epochs=2, check_finite=True, verbose=False)
+    assert np.isfinite(history["loss"]).all()
+    with gb.detect_anomaly():
+        assert np.isfinite(model.train_step(ids, ids % 5, "cross_entropy", gb.optim.SGD(0.1)))
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce_with_logits"])
+def test_fit_regresses_sequences_with_elementwise_losses(loss: str, rng) -> None:
+    model = gb.Sequential([gb.Dense(3, 8, "tanh"), gb.Dense(8, 2)], device="cpu", seed=0)
+    x = rng.standard_normal((64, 5, 3)).astype(np.float32)
+    y = (x[..., :2] > 0).astype(np.float32)
+    history = model.fit(x, y, loss=loss, optimizer=gb.optim.Adam(0.02), epochs=15,
+                        batch_size=16, verbose=False, metrics=["mae"])
+    assert history["loss"][-1] < 0.6 * history["loss"][0]
+    result = model.evaluate(x, y, loss, metrics=["mae"])  # mae: of the raw outputs
+    assert result["loss"] < 0.6 * history["loss"][0] and np.isfinite(result["mae"])
