@@ -47,6 +47,7 @@ from .graph import (
 )
 from .io import load
 from .layers import Activation, Dense, Layer
+from .layers_embedding import Embedding
 from .layers_norm import Dropout, LayerNorm
 from .layers_recurrent import GRU, LSTM
 from .model import Sequential
@@ -75,6 +76,7 @@ __all__ = [
     "DeviceError",
     "DeviceMemoryError",
     "Dropout",
+    "Embedding",
     "Explanation",
     "Gate",
     "GpuBackpropError",

@@ -113,7 +113,8 @@ def check_finite_input(
     """NumericalError (pass ``"input"``) unless the array ``a`` is all finite.
 
     The message names ``caller``, ``what`` (e.g. ``"validation x"``), the kind and
-    dtype of the first non-finite value, its row and column, how many there are,
+    dtype of the first non-finite value, its row and column (for an array of rank
+    > 2, its row and whole index: ``row 3, index (3, 5, 1)``), how many there are,
     then ``advice``: ``"fit: non-finite float32 value (NaN) in x at row 17, column 3
     (2 non-finite values in all); clean the data first"``. Non-float arrays (ints,
     bools) are finite by construction and pass. Cost: :func:`first_nonfinite`.
@@ -126,7 +127,11 @@ def check_finite_input(
     row, column, count = found
     value = float(a.reshape(len(a), -1)[row, column])
     kind = "NaN" if math.isnan(value) else ("+inf" if value > 0 else "-inf")
-    where = f"row {row}" if a.ndim == 1 else f"row {row}, column {column}"
+    if a.ndim <= 2:
+        where = f"row {row}" if a.ndim == 1 else f"row {row}, column {column}"
+    else:  # (N, T, F): the rest of the index within the row
+        rest = tuple(int(i) for i in np.unravel_index(column, a.shape[1:]))
+        where = f"row {row}, index {(row, *rest)}"
     total = f" ({count} non-finite values in all)" if count > 1 else ""
     raise NumericalError(
         f"{caller}: non-finite {a.dtype} value ({kind}) in {what} at {where}{total}; {advice}",

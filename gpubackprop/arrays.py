@@ -77,3 +77,9 @@ def array_device(x: Any) -> str:
     if is_cupy_array(x):
         return f"cuda:{x.device.id}"
     return "cpu"
+
+
+def as_rows(a: Array) -> Array:
+    """``a`` of shape (*lead, F) as a (prod(lead), F) matrix: ``a`` itself when 2-D, else
+    a reshape view (no copy for a C-contiguous array)."""
+    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])

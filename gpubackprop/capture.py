@@ -110,9 +110,9 @@ class CompiledStep:
                 f"compiled step: {x.shape[0]} inputs but targets of shape {tuple(y.shape)}"
             )
         with backend.activate():
-            if x.dtype != model.dtype:
-                x = x.astype(model.dtype)
-            shape = (x.shape[0], model.output_width(x.shape[1]))
+            if x.dtype != model.input_dtype:
+                x = x.astype(model.input_dtype)
+            shape = model.output_shape(x.shape)
             y = self.loss.prepare_target(backend, shape, model.dtype, y, check_values=False)
             key = (tuple(x.shape), tuple(y.shape), y.dtype.str, self.optimizer.capture_key())
             if key != self._key:
@@ -155,7 +155,7 @@ class CompiledStep:
             buf for layer in model.layers if layer.workspaces is not None
             for buf in layer.workspaces.arrays()
         ]
-        pinned.append(model.loss_grad_buffer((x.shape[0], model.output_width(x.shape[1]))))
+        pinned.append(model.loss_grad_buffer(model.output_shape(x.shape)))
         cp.cuda.get_current_stream().synchronize()
 
         stream = cp.cuda.Stream(non_blocking=True)

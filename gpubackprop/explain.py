@@ -12,6 +12,7 @@ once, ``print(model.explain(x))`` prints it.
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from .arrays import Array
 from .backend import Backend
 from .errors import ConfigError
 from .layers import Activation, Dense
+from .layers_embedding import Embedding
 from .layers_norm import Dropout, LayerNorm
 from .losses import MSE, BCEWithLogits, Loss, SoftmaxCrossEntropy, get_loss
 
@@ -138,6 +140,19 @@ def _dropout_lines(layer: Dropout, batch: int, width: int, k: int, first: bool) 
     ]
 
 
+def _embedding_lines(layer: Embedding, batch: int, k: int) -> list[str]:
+    table, out = _shape(layer.num_embeddings, layer.embedding_dim), _shape(
+        batch, layer.embedding_dim
+    )
+    return [
+        f"  forward   a_{k}[m] = W[x[m]]   (a row gather)   W {table} -> {out}",
+        "            keeps the ids x for backward",
+        f"  backward  dW[v] = Σ_{{m: x[m] = v}} ∂L/∂a_{k}[m]   (ordered, deterministic) "
+        f"{out} -> {table}",
+        "            (no ∂L/∂x: the ids are integers)",
+    ]
+
+
 def _loss_lines(loss: Loss, batch: int, width: int, k: int) -> list[str]:
     out = f"a_{k}"
     if isinstance(loss, SoftmaxCrossEntropy):
@@ -173,7 +188,8 @@ def explain(
     """
     backend = model.backend
     xb = model.prepare_input(x if backend.is_native(x) else model.to_device(x))
-    batch, width = xb.shape
+    lead = xb.shape if model.input_kind == "tokens" else xb.shape[:-1]
+    batch = math.prod(lead)  # rows of every GEMM: B, or B·T for sequences
     resolved = None if loss is None else get_loss(loss)
     outputs: list[Array] = []
     with model.mode(False):
@@ -191,19 +207,25 @@ def explain(
         "Convention: batch-major activations (B, n); W is (out, in) as in z = W a + b, "
         "so a layer computes z = a Wᵀ + b.",
         "Mode: eval (as evaluate and predict run: Dropout is the identity).",
-        f"input x {_shape(batch, width)}: {_stats(backend, xb)}",
+        f"input x {tuple(xb.shape)}: {_stats(backend, xb)}",
     ]
+    if len(lead) > 1:
+        lines.insert(2, f"Sequences: the {len(lead)}-axis batch {tuple(lead)} runs as "
+                        f"{batch} rows (B below is B·T = {batch}): (B, T, n) arrays are "
+                        "(B·T, n) matrix views.")
     grads, params = model.gradients(), model.parameters()
     for k, (layer, out) in enumerate(zip(model.layers, outputs, strict=True), start=1):
         lines += ["", f"layer {layer.index}: {layer.describe()}  ->  a_{k} {tuple(out.shape)}"]
         if isinstance(layer, Dense):
             lines += _dense_lines(layer, batch, k, first=layer.index == 0)
         elif isinstance(layer, Activation):
-            lines += _activation_lines(layer, batch, int(out.shape[1]), k, layer.index == 0)
+            lines += _activation_lines(layer, batch, int(out.shape[-1]), k, layer.index == 0)
         elif isinstance(layer, LayerNorm):
             lines += _layer_norm_lines(layer, batch, k, layer.index == 0)
         elif isinstance(layer, Dropout):
-            lines += _dropout_lines(layer, batch, int(out.shape[1]), k, layer.index == 0)
+            lines += _dropout_lines(layer, batch, int(out.shape[-1]), k, layer.index == 0)
+        elif isinstance(layer, Embedding):
+            lines += _embedding_lines(layer, batch, k)
         else:
             lines.append(f"  {type(layer).__name__}: see its docstring")
         lines.append(f"  values    a_{k}: {_stats(backend, out)}")
@@ -215,7 +237,7 @@ def explain(
                                  f"(|{name}| = {_norm(backend, params[key]):.4g})")
     if resolved is not None:
         lines += ["", f"loss: {resolved!r} = {value:.6g}"]
-        lines += _loss_lines(resolved, batch, int(outputs[-1].shape[1]), len(model.layers))
+        lines += _loss_lines(resolved, batch, int(outputs[-1].shape[-1]), len(model.layers))
         lines.append(
             "Backward runs from the last layer to the first; each writes its dW, db "
             "into the flat gradient buffer (overwritten, not accumulated)."

@@ -31,7 +31,8 @@ Tensors (all of the model's dtype, ``F32`` or ``F64``):
   [{"type": "Dense", "in_features", "out_features", "activation", "bias"} |
   {"type": "Activation", "activation"} | {"type": "LayerNorm", "normalized_shape", "eps"} |
   {"type": "Dropout", "p"} | {"type": "LSTM" | "GRU", "input_size", "hidden_size"} |
-  {"type": "RNN", "input_size", "hidden_size", "nonlinearity"}, ...]}``.
+  {"type": "RNN", "input_size", "hidden_size", "nonlinearity"} |
+  {"type": "Embedding", "num_embeddings", "embedding_dim"}, ...]}``.
 - ``rng``: JSON of ``model.rng.bit_generator.state`` (the generator that shuffles in
   :meth:`Sequential.fit`), so resumed training draws the same batches.
 - ``generators`` (only when a layer has a random generator: Dropout): JSON
@@ -66,6 +67,7 @@ from . import optim
 from .backend import PRECISIONS, Backend, get_backend
 from .errors import CheckpointError, ConfigError, GpuBackpropError
 from .layers import Activation, Dense, Layer
+from .layers_embedding import Embedding
 from .layers_norm import Dropout, LayerNorm
 from .layers_recurrent import GRU, LSTM
 from .model import Sequential, check_optimizer
@@ -102,6 +104,7 @@ _LAYER_KEYS = {
     "LSTM": frozenset({"type", "input_size", "hidden_size"}),
     "GRU": frozenset({"type", "input_size", "hidden_size"}),
     "RNN": frozenset({"type", "input_size", "hidden_size", "nonlinearity"}),
+    "Embedding": frozenset({"type", "num_embeddings", "embedding_dim"}),
 }
 #: the gated recurrent layers, rebuilt from (input_size, hidden_size)
 _GATED: dict[str, type[LSTM | GRU]] = {"LSTM": LSTM, "GRU": GRU}
@@ -217,6 +220,12 @@ def _layer_spec(layer: Layer) -> dict[str, object]:
         if isinstance(layer, RNN):
             spec["nonlinearity"] = layer.activation.name
         return spec
+    if type(layer) is Embedding:
+        return {
+            "type": "Embedding",
+            "num_embeddings": layer.num_embeddings,
+            "embedding_dim": layer.embedding_dim,
+        }
     raise CheckpointError(f"checkpoints hold {_LAYER_NAMES} layers only, got {layer.label}")
 
 
@@ -575,6 +584,8 @@ def _layer_from_spec(index: int, spec: object) -> Layer:
         if spec["type"] == "RNN":  # its own buffers are a placeholder: the model's replace them
             return RNN(spec["input_size"], spec["hidden_size"], spec["nonlinearity"],
                        device="cpu")
+        if spec["type"] == "Embedding":
+            return Embedding(spec["num_embeddings"], spec["embedding_dim"])
         if not isinstance(spec["bias"], bool):
             raise ConfigError(f"bias must be true or false, got {_short(spec['bias'])}")
         return Dense(

@@ -3,8 +3,12 @@
 A layer owns no memory of its own for parameters: :class:`~gpubackprop.Sequential`
 allocates one flat parameter buffer and one flat gradient buffer for the whole
 model and binds each layer's ``weight`` and ``bias`` to views into them. Work
-buffers (the output kept for backward, the delta) are allocated once per batch
-size and reused, so a training step allocates nothing.
+buffers (the output kept for backward, the delta) are allocated once per leading
+shape of the input and reused, so a training step allocates nothing.
+
+Per-position layers (Dense, Activation) take ``(*lead, F)`` inputs with any leading
+axes, (B, F) or (B, T, F): a (B, T, F) input is a (B·T, F) matrix to the GEMM
+through a reshape view (no copy), and dW = Δᵀ A sums over all B·T rows.
 
 Forward and backward of a Dense layer with activation f (batch-major, W of
 shape (out, in), Δ already carrying the loss's 1/B)::
@@ -16,13 +20,14 @@ shape (out, in), Δ already carrying the loss's 1/B)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .activations import ActivationSpec, get_activation
-from .arrays import Array
+from .arrays import Array, as_rows
 from .backend import Backend, get_backend
 from .checks import check_int
 from .errors import ConfigError, ShapeError
@@ -52,6 +57,10 @@ class Layer:
     #: training mode (True) or eval mode; ``Sequential.train()`` / ``.eval()`` set it on
     #: every layer. Only layers that act differently (Dropout) read it.
     training: bool = True
+    #: what the layer takes: ``"features"`` (floats of rank ≥ 2, the last axis the
+    #: features: (B, F) or (B, T, F)), ``"sequence"`` (floats (B, T, F)) or
+    #: ``"tokens"`` (integer ids (B,) or (B, T)); Sequential validates inputs by it
+    input_kind: str = "features"
 
     def __init__(self) -> None:
         self.backend: Backend | None = None
@@ -117,12 +126,18 @@ class Layer:
 
     # --- work buffers ------------------------------------------------------------
     def _workspace(
-        self, batch: int, shapes: Callable[[], Mapping[str, Any]] | Mapping[str, Any]
+        self, key: Hashable, shapes: Callable[[], Mapping[str, Any]] | Mapping[str, Any]
     ) -> dict[str, Array]:
-        """Buffers for this batch size, allocated on first use (``shapes``, or the
-        mapping ``shapes()`` returns, names them: see :meth:`Workspaces.get`), then reused."""
+        """Buffers for ``key`` (the input's leading shape ``x.shape[:-1]``), allocated on
+        first use (``shapes``, or the mapping ``shapes()`` returns, names them: see
+        :meth:`Workspaces.get`), then reused."""
         assert self.workspaces is not None
-        return self.workspaces.get(batch, shapes, self.dtype)
+        return self.workspaces.get(key, shapes, self.dtype)
+
+    def check_input_values(self, x: Array) -> None:
+        """Raise unless the values of a model input ``x`` are valid for this layer as the
+        model's first (reads them: a host sync on a GPU). Nothing to check by default;
+        :class:`~gpubackprop.layers_embedding.Embedding` checks its ids."""
 
     def _check_delta(self, delta: Array, expected: tuple[int, ...]) -> None:
         if tuple(delta.shape) != expected:
@@ -133,7 +148,8 @@ class Layer:
 
     # --- passes --------------------------------------------------------------------
     def forward(self, x: Array) -> Array:
-        """Output for a validated (B, in) input; the result is an internal buffer."""
+        """Output for a validated input (its shape by :attr:`input_kind`); the result is
+        an internal buffer."""
         raise NotImplementedError
 
     def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
@@ -248,9 +264,9 @@ class Dense(Layer):
         self.use_bias = bool(bias)
         self._input: Array | None = None
         self._saved: Array | None = None
-        self._batch = 0
+        self._lead: tuple[int, ...] = ()
 
-    _BACKWARD_STATE = ("_input", "_saved", "_batch")
+    _BACKWARD_STATE = ("_input", "_saved", "_lead")
 
     @property
     def weight_tensor(self) -> Tensor:
@@ -289,44 +305,55 @@ class Dense(Layer):
         if self.use_bias:
             host["bias"][...] = 0.0
 
-    def _buffers(self, batch: int) -> dict[str, Array]:
+    def _buffers(self, lead: tuple[int, ...]) -> dict[str, Array]:
+        """Work buffers for inputs of leading shape ``lead``: ``out`` (*lead, out) and
+        ``dx`` (*lead, in); ``dz`` and ``z`` as (rows, out) matrices."""
         def shapes() -> dict[str, tuple[int, ...]]:
-            out = (batch, self.out_features)
-            named: dict[str, tuple[int, ...]] = {"out": out, "dx": (batch, self.in_features)}
+            rows = (math.prod(lead), self.out_features)
+            named: dict[str, tuple[int, ...]] = {
+                "out": (*lead, self.out_features), "dx": (*lead, self.in_features)
+            }
             if not self.activation.is_identity:
-                named["dz"] = out
+                named["dz"] = rows
                 if self.activation.needs_input:
-                    named["z"] = out
+                    named["z"] = rows
             return named
 
-        return self._workspace(batch, shapes)
+        return self._workspace(lead, shapes)
 
     def forward(self, x: Array) -> Array:
+        """Z = X Wᵀ + b, out = f(Z) over the rows of X = ``x`` as a (prod(lead), in) view."""
         assert self.backend is not None
-        batch = x.shape[0]
-        ws = self._buffers(batch)
+        lead = x.shape[:-1]
+        ws = self._buffers(lead)
         act, out = self.activation, ws["out"]
-        z = ws["z"] if act.needs_input else out
+        rows, out_rows = (x, out) if len(lead) == 1 else (as_rows(x), as_rows(out))
+        z = ws["z"] if act.needs_input else out_rows
         ops = self.backend.ops
-        ops.matmul(x, self.params["weight"], out=z, trans_b=True)
-        ops.bias_activation_forward(act, z, self.params.get("bias"), out)
-        self._input, self._saved, self._batch = x, z, batch
+        ops.matmul(rows, self.params["weight"], out=z, trans_b=True)
+        ops.bias_activation_forward(act, z, self.params.get("bias"), out_rows)
+        self._input, self._saved, self._lead = rows, z, lead
         return out
 
     def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
+        """Δ_Z = Δ ⊙ f′, dW = Δ_Zᵀ X and db = Δ_Zᵀ 1 over all rows; Δ_in = Δ_Z W."""
         if self._input is None:
             raise ShapeError(f"{self.label}: backward called before forward")
         assert self.backend is not None
-        self._check_delta(delta, (self._batch, self.out_features))
+        ws = self._buffers(self._lead)
+        self._check_delta(delta, ws["out"].shape)  # (*lead, out)
         ops = self.backend.ops
-        ws = self._buffers(self._batch)
+        flat = len(self._lead) == 1
         dz = ops.activation_backward_bias_grad(
-            self.activation, delta, self._saved, ws.get("dz"), self.grads.get("bias")
+            self.activation, delta if flat else as_rows(delta), self._saved, ws.get("dz"),
+            self.grads.get("bias"),
         )
         ops.matmul(dz, self._input, out=self.grads["weight"], trans_a=True)
         if not need_input_grad:
             return None
-        return ops.matmul(dz, self.params["weight"], out=ws["dx"])
+        dx = ws["dx"]
+        ops.matmul(dz, self.params["weight"], out=dx if flat else as_rows(dx))
+        return dx
 
 
 class Activation(Layer):
@@ -349,10 +376,11 @@ class Activation(Layer):
 
     def forward(self, x: Array) -> Array:
         assert self.backend is not None
-        ws = self._workspace(x.shape[0], lambda: {"out": x.shape, "dx": x.shape})
+        shape = tuple(x.shape)  # the key: this layer takes any width
+        ws = self._workspace(shape, lambda: {"out": shape, "dx": shape})
         self.backend.ops.activation_forward(self.activation, x, ws["out"])
         self._saved = x if self.activation.needs_input else ws["out"]
-        self._shape = tuple(x.shape)
+        self._shape = shape
         return ws["out"]
 
     def backward(self, delta: Array, need_input_grad: bool) -> Array | None:
@@ -362,7 +390,7 @@ class Activation(Layer):
         if not need_input_grad:
             return None
         assert self.backend is not None
-        ws = self._workspace(self._shape[0], lambda: {"out": self._shape, "dx": self._shape})
+        ws = self._workspace(self._shape, lambda: {"out": self._shape, "dx": self._shape})
         ops = self.backend.ops
         return ops.activation_backward(self.activation, delta, self._saved, ws["dx"])
 

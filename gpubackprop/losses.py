@@ -4,7 +4,10 @@ Each loss validates its inputs, then calls one op of the backend, which returns
 the value (a 0-d device array, so no host sync is forced) and writes
 δ_L = ∂L/∂output into a preallocated buffer. The loss gradient is the one
 place the batch size divides (1/B for softmax cross-entropy, 1/N for the
-element means); no other part of the engine scales by it. The losses:
+element means); no other part of the engine scales by it. Outputs of any rank
+≥ 2 are taken: (B, C) or, for sequences, (B, T, C); the backend ops see the
+(B·T, C) matrix view, so softmax cross-entropy averages over the B·T positions
+(its gradient carries 1/(B·T)) and MSE and BCE over all elements, as for (B, C). The losses:
 :class:`MSE`, :class:`SoftmaxCrossEntropy` (from logits, integer or one-hot /
 probability targets) and :class:`BCEWithLogits`, each with its formula below.
 """
@@ -15,7 +18,7 @@ import math
 
 import numpy as np
 
-from .arrays import Array
+from .arrays import Array, as_rows
 from .backend import Backend, backend_of
 from .errors import ConfigError, DTypeError, LabelError, ShapeError
 
@@ -47,7 +50,9 @@ class Loss:
             target = np.asarray(target)
         target = self.prepare_target(backend, tuple(pred.shape), pred.dtype, target)
         with backend.activate():
-            grad = backend.xp.empty_like(pred)
+            # C order beyond 2-D: the ops write the gradient through its (rows, C) view
+            grad = (backend.xp.empty_like(pred) if pred.ndim == 2
+                    else backend.xp.empty(pred.shape, dtype=pred.dtype))
             value = self.write_value_and_grad(backend, pred, target, grad)
         return float(value), grad
 
@@ -113,7 +118,8 @@ class Loss:
 
 
 class MSE(Loss):
-    """Mean squared error, L = 1/N Σ (p − y)² over the N elements (PyTorch's ``mse_loss``);
+    """Mean squared error, L = 1/N Σ (p − y)² over the N elements (PyTorch's ``mse_loss``):
+    N = B·out for (B, out) outputs, B·T·out for (B, T, out); ∂L/∂p = 2 (p − y) / N.
     ``reduction="sum"``: Σ (p − y)², as in the seed notes (see README.md)."""
 
     name = "MSE"
@@ -129,6 +135,8 @@ class MSE(Loss):
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array
     ) -> Array:
+        if pred.ndim != 2:
+            pred, target, grad = as_rows(pred), as_rows(target), as_rows(grad)
         return backend.ops.mse(pred, target, grad, mean=self.reduction == "mean")
 
 
@@ -136,8 +144,13 @@ class SoftmaxCrossEntropy(Loss):
     """Softmax cross-entropy from logits (PyTorch's ``cross_entropy``).
 
     Target: integer class labels of shape (B,) in [0, C), or (B, C) rows of
-    one-hot vectors or probabilities. The softmax is folded in, so the network's
-    last layer must be linear (no activation): δ_L = (softmax(z) − y) / B.
+    one-hot vectors or probabilities; for sequence logits (B, T, C), labels (B, T)
+    or probabilities (B, T, C). With M positions (M = B, or B·T)::
+
+        L = 1/M Σ_m (logsumexp(z_m) − z_m[y_m])        δ_L = (softmax(z) − y) / M
+
+    (PyTorch's ``F.cross_entropy(z.reshape(-1, C), y.reshape(-1))``). The softmax is
+    folded in, so the network's last layer must be linear (no activation).
     """
 
     name = "SoftmaxCrossEntropy"
@@ -147,19 +160,28 @@ class SoftmaxCrossEntropy(Loss):
         *, check_values: bool = True,
     ) -> Array:
         backend.check_array(target, f"{self.name}: target")
-        if len(shape) != 2:
-            raise ShapeError(f"{self.name}: logits must be (batch, classes), got {shape}")
-        batch, classes = shape
-        if target.ndim == 2:
-            return super().convert_target(backend, shape, dtype, target)
-        if target.ndim != 1:
+        if len(shape) < 2:
             raise ShapeError(
-                f"{self.name}: target must be labels of shape ({batch},) or one-hot "
-                f"rows of shape ({batch}, {classes}), got shape {tuple(target.shape)}"
+                f"{self.name}: logits must be (batch, classes) or (batch, time, classes), "
+                f"got {shape}"
             )
-        if target.shape[0] != batch:
+        lead = shape[:-1]
+        if target.ndim == len(shape):
+            return super().convert_target(backend, shape, dtype, target)
+        labels = "(" + ", ".join(str(n) for n in lead) + ("," if len(lead) == 1 else "") + ")"
+        if target.ndim != len(lead):
             raise ShapeError(
-                f"{self.name}: {target.shape[0]} labels for a batch of {batch} outputs"
+                f"{self.name}: target must be labels of shape {labels} or one-hot "
+                f"rows of shape {shape}, got shape {tuple(target.shape)}"
+            )
+        if target.shape[0] != lead[0]:
+            raise ShapeError(
+                f"{self.name}: {target.shape[0]} labels for a batch of {lead[0]} outputs"
+            )
+        if tuple(target.shape) != lead:
+            raise ShapeError(
+                f"{self.name}: labels of shape {tuple(target.shape)} for outputs of shape "
+                f"{shape} (expected labels of shape {labels})"
             )
         kind = target.dtype.kind
         if kind == "f":
@@ -173,16 +195,21 @@ class SoftmaxCrossEntropy(Loss):
             return backend.xp.ascontiguousarray(target, dtype=np.int64)
 
     def check_target_values(self, backend: Backend, target: Array, shape: tuple[int, ...]) -> None:
-        """Labels y must satisfy 0 <= y < C (probability rows are not checked)."""
-        classes = shape[1]
-        if target.ndim != 1 or not target.size:
+        """Labels y must satisfy 0 <= y < C (probability rows are not checked); the error
+        names the first bad label, its position and the labels' shape."""
+        classes = shape[-1]
+        if target.ndim != len(shape) - 1 or not target.size:
             return
         low, high = int(target.min()), int(target.max())
         if low < 0 or high >= classes:
             bad = low if low < 0 else high
+            flat = int((target.reshape(-1) == bad).argmax())
+            position = tuple(int(i) for i in np.unravel_index(flat, target.shape))
+            where = f"index {position[0]}" if target.ndim == 1 else f"position {position}"
             raise LabelError(
                 f"{self.name}: label {bad} is out of range for {classes} classes "
-                f"(expected 0 <= label < {classes})"
+                f"(at {where} of the labels of shape {tuple(target.shape)}; "
+                f"expected 0 <= label < {classes})"
             )
 
     def check_after_read(
@@ -197,7 +224,11 @@ class SoftmaxCrossEntropy(Loss):
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array
     ) -> Array:
-        if target.ndim == 1:
+        labels = target.ndim == pred.ndim - 1
+        if pred.ndim != 2:
+            pred, grad = as_rows(pred), as_rows(grad)
+            target = target.reshape(-1) if labels else as_rows(target)
+        if labels:
             return backend.ops.softmax_cross_entropy_labels(pred, target, grad)
         return backend.ops.softmax_cross_entropy_probs(pred, target, grad)
 
@@ -207,7 +238,8 @@ class BCEWithLogits(Loss):
     L = 1/N Σ (max(z,0) − z y + log(1 + e^{−|z|})), δ = (σ(z) − y) / N.
 
     Targets in [0, 1], same shape as the logits ((B,) is accepted for a (B, 1)
-    output). Stable for logits of any finite size.
+    output), N all their elements (B·out, or B·T·out for sequences). Stable for
+    logits of any finite size.
     """
 
     name = "BCEWithLogits"
@@ -220,6 +252,8 @@ class BCEWithLogits(Loss):
     def write_value_and_grad(
         self, backend: Backend, pred: Array, target: Array, grad: Array
     ) -> Array:
+        if pred.ndim != 2:
+            pred, target, grad = as_rows(pred), as_rows(target), as_rows(grad)
         return backend.ops.bce_with_logits(pred, target, grad)
 
 

@@ -74,9 +74,20 @@ def _of_layer(layer: Layer, named: dict[str, Any]) -> dict[str, Any]:
     return {k.removeprefix(prefix): v for k, v in named.items() if k.startswith(prefix)}
 
 
+#: input kind (:attr:`.Layer.input_kind`) -> the input ranks a layer of it takes
+_RANKS = {"features": (2, 3), "sequence": (3,), "tokens": (1, 2)}
+#: input kind -> the input it takes, in words (``{width}``: the feature width)
+_EXPECTED = {
+    "features": "(batch, {width}) or (batch, time, {width})",
+    "sequence": "(batch, time, {width})",
+    "tokens": "integer token ids of shape (batch,) or (batch, time)",
+}
+
+
 class Batch(NamedTuple):
     """A batch ready for the engine (what :meth:`Sequential.prepare_batch` returns):
-    ``x`` (B, in) and the target ``y`` on the model's device in its dtype, validated,
+    ``x`` ((B, in), (B, T, in) or token ids (B, T) in ``Sequential.input_dtype``)
+    and the target ``y`` on the model's device in its dtype, validated,
     with the :class:`~gpubackprop.losses.Loss` they were prepared for.
 
     ``values_checked`` is False when the checks that read ``y``'s values (labels in
@@ -164,9 +175,16 @@ class Sequential(FlatParameters):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.input_features = self._check_widths()
+        #: what the first layer takes (:attr:`.Layer.input_kind`): ``"features"``,
+        #: ``"sequence"`` or ``"tokens"`` (integer ids, prepared as int64)
+        self.input_kind: str = getattr(self.layers[0], "input_kind", "features")
+        self.input_dtype = np.dtype(np.int64) if self.input_kind == "tokens" else dtype
+        #: the input ranks every layer accepts, e.g. (2, 3) for a model of Dense layers
+        self.input_ranks = tuple(r for r in (1, 2, 3) if self._rank_problem(r) is None)
         #: output width (None when it follows the input, e.g. a model of Activation layers)
         self.output_features = (
-            None if self.input_features is None else self.output_width(self.input_features)
+            None if self.input_features is None and self.input_kind != "tokens"
+            else self.output_width(self.input_features)
         )
         self._output: Array | None = None
         self._loss_grad: dict[tuple[int, ...], Array] = {}
@@ -187,15 +205,40 @@ class Sequential(FlatParameters):
             if first is None and width is None:
                 first = need
             width = layer.output_features(width if width is not None else need)
+            if i and getattr(layer, "input_kind", "features") == "tokens":
+                raise ConfigError(
+                    f"{layer.label} takes integer token ids and must be the model's first "
+                    f"layer, but comes after {self.layers[i - 1].label}"
+                )
         return first
 
-    def output_width(self, input_width: int) -> int:
-        """Width of the output for inputs of ``input_width`` features."""
+    def _rank_problem(self, rank: int) -> Layer | None:
+        """For a model input of ``rank``: the first layer that cannot take the rank it
+        gets (by its :attr:`.Layer.input_kind`), or None when every layer can."""
+        for layer in self.layers:
+            kind = getattr(layer, "input_kind", "features")
+            if rank not in _RANKS[kind]:
+                return layer
+            if kind == "tokens":
+                rank += 1
+        return None
+
+    def output_width(self, input_width: int | None) -> int:
+        """Width of the output for inputs of ``input_width`` features (None for token ids)."""
         width: int | None = input_width
         for layer in self.layers:
             width = layer.output_features(width)
         assert width is not None  # a known input width gives a known output width
         return width
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the output for a valid input of ``input_shape``: (*lead, out), where
+        lead is the input's shape without its feature axis ((B,) or (B, T)), or the
+        whole shape of token ids."""
+        if self.input_kind == "tokens":
+            return (*input_shape, self.output_width(None))
+        width = self.output_features
+        return (*input_shape[:-1], self.output_width(input_shape[-1]) if width is None else width)
 
     def _build(self) -> None:
         """One flat parameter and one flat gradient buffer for all layers (named
@@ -290,70 +333,108 @@ class Sequential(FlatParameters):
 
     # --- input checks ------------------------------------------------------------------
     def to_device(self, x: Any) -> Array:
-        """Copy ``x`` onto the model's device and dtype (the explicit transfer)."""
+        """Copy ``x`` onto the model's device and input dtype (the explicit transfer):
+        the model's dtype, or int64 for the token ids of a model that starts with an
+        Embedding (float ids are left as they are, for :meth:`check_input` to refuse)."""
         arr = self.backend.asarray(x)
-        if arr.dtype.kind in "biuf" and arr.dtype != self.dtype:
-            arr = arr.astype(self.dtype)
+        if arr.dtype.kind in self._convertible and arr.dtype != self.input_dtype:
+            arr = arr.astype(self.input_dtype)
         return arr
+
+    @property
+    def _convertible(self) -> str:
+        """The dtype kinds an input is converted from: integers to int64 token ids, or
+        any real kind to the model's float dtype."""
+        return "iu" if self.input_kind == "tokens" else "biuf"
 
     def check_input(self, shape: tuple[int, ...], dtype: np.dtype, what: str = "input") -> None:
         """Raise ShapeError / DTypeError unless (shape, dtype) is a valid input batch.
 
-        ``what`` names the argument in the message (e.g. ``"validation x"``).
+        Valid: (B, in) or (B, T, in) reals for a model of per-position layers, (B, T, in)
+        when a layer takes sequences, integer token ids (B,) or (B, T) when the first
+        layer is an Embedding. ``what`` names the argument in the message (e.g.
+        ``"validation x"``); the message names the layer that cannot take it.
         """
         first = self.layers[0]
-        if np.dtype(dtype).kind not in "biuf":
+        kind = np.dtype(dtype).kind
+        if kind not in "biuf":
             raise DTypeError(
                 f"{first.label}: {what} must be a real numeric array, got dtype {dtype}"
             )
+        if self.input_kind == "tokens" and kind not in "iu":
+            raise DTypeError(
+                f"{first.label}: {what} must be integer token ids of shape (batch,) or "
+                f"(batch, time), got dtype {dtype} (convert with x.astype(np.int64))"
+            )
         want = self.input_features
         shape = tuple(shape)
-        if getattr(first, "input_kind", "features") == "sequence":
-            if len(shape) != 3 or (want is not None and shape[2] != want):
-                raise ShapeError(
-                    f"{first.label}: expected {what} of shape (batch, time, {want or 'n'}), "
-                    f"got shape {shape}"
-                )
-        elif len(shape) != 2 or (want is not None and shape[1] != want):
-            hint = " (a single sample? use x[None, :])" if len(shape) == 1 else ""
-            raise ShapeError(
-                f"{first.label}: expected {what} of shape (batch, {want or 'n'}), "
-                f"got shape {shape}{hint}"
-            )
+        if len(shape) not in self.input_ranks or (want is not None and shape[-1] != want):
+            raise ShapeError(self._shape_message(shape, kind, what))
         if shape[0] == 0:
             raise ShapeError(f"{first.label}: empty batch ({what} of shape {shape})")
 
-    def prepare_input(self, x: Any, what: str = "Sequential.forward: x") -> Array:
+    def _shape_message(self, shape: tuple[int, ...], kind: str, what: str) -> str:
+        """Why an input of ``shape`` (dtype kind ``kind``) is refused, naming the layer."""
+        layer = self._rank_problem(len(shape)) or self.layers[0]
+        expected = _EXPECTED[getattr(layer, "input_kind", "features")]
+        width = (self.input_features if layer is self.layers[0] else layer.input_features) or "n"
+        hint = ""
+        if len(shape) == 1 and self.input_kind != "tokens":
+            hint = " (a single sample? use x[None, :])"
+        if kind in "iu" and self.input_kind != "tokens" and len(shape) in (1, 2):
+            hint += (
+                "; integer token ids? a model that takes token ids starts with "
+                "gb.Embedding(num_embeddings, embedding_dim)"
+            )
+        return (
+            f"{layer.label}: expected {what} of shape {expected.format(width=width)}, "
+            f"got shape {shape}{hint}"
+        )
+
+    def check_input_values(self, x: Array) -> None:
+        """LabelError unless the values of input ``x`` suit the first layer (an
+        Embedding's ids in [0, V)); reads them: a host sync on a GPU."""
+        self.layers[0].check_input_values(x)
+
+    def prepare_input(
+        self, x: Any, what: str = "Sequential.forward: x", *, defer_device_checks: bool = False
+    ) -> Array:
         """``x`` validated as an input batch and made ready for :meth:`forward_batch`.
 
         ``x`` must be on the model's device (DeviceError naming ``what`` otherwise:
-        nothing is copied between devices) with shape (B, in_features); it is
-        converted to the model's dtype and made C-contiguous where needed. An array
-        of another library (PyTorch, JAX) on the model's device is taken by DLPack
-        without a copy (:meth:`.Backend.adopt`) when its dtype and layout fit.
+        nothing is copied between devices) with a shape :meth:`check_input` accepts;
+        it is converted to the model's input dtype (``input_dtype``: the float
+        dtype, or int64 token ids) and made C-contiguous where needed, and its values
+        checked (:meth:`check_input_values`: token ids in range), on a GPU not before
+        :meth:`read_loss` with ``defer_device_checks``. An array of another library
+        (PyTorch, JAX) on the model's device is taken by DLPack without a copy
+        (:meth:`.Backend.adopt`) when its dtype and layout fit.
         """
         if not self.backend.is_gpu and isinstance(x, (list, tuple)):
             x = np.asarray(x)
         x = self.backend.adopt(x, what)
         self.backend.check_array(x, what)
         self.check_input(x.shape, x.dtype)
-        if x.dtype != self.dtype or not x.flags.c_contiguous:
+        if x.dtype != self.input_dtype or not x.flags.c_contiguous:
             with self.backend.activate():
-                x = self.backend.xp.ascontiguousarray(x, dtype=self.dtype)
+                x = self.backend.xp.ascontiguousarray(x, dtype=self.input_dtype)
+        if self.input_kind == "tokens" and not (defer_device_checks and self.backend.is_gpu):
+            self.check_input_values(x)
         return x
 
     def prepare_batch(self, x: Any, y: Any, loss: Loss | str) -> Batch:
         """(x, y) validated, converted and on the model's device, for ``loss``.
 
         The one way a batch is checked: x as in :meth:`prepare_input`, y against the
-        output shape (B, out) by ``loss.prepare_target`` (ShapeError, DTypeError,
-        LabelError naming the loss). The result feeds :meth:`loss_and_grad_batch`
-        and :meth:`step` any number of times without further checks. On a GPU the
-        checks that read y's values (labels in range, BCE targets in [0, 1]) would
+        output shape (:meth:`output_shape`: (B, out), or (B, T, out) for sequences) by
+        ``loss.prepare_target`` (ShapeError, DTypeError, LabelError naming the loss).
+        The result feeds :meth:`loss_and_grad_batch` and :meth:`step` any number of
+        times without further checks. On a GPU the checks that read y's values
+        (labels in range, BCE targets in [0, 1]) and the token ids in range would
         sync the host; they wait for :meth:`read_loss` (``values_checked`` false).
         """
         loss = get_loss(loss)
-        x = self.prepare_input(x)
+        x = self.prepare_input(x, defer_device_checks=True)
         if not self.backend.is_gpu and isinstance(y, (list, tuple)):
             y = np.asarray(y)
         y = self.backend.adopt(y, f"{loss.name}: target")
@@ -365,8 +446,7 @@ class Sequential(FlatParameters):
                 f"{loss.name}: inputs have batch size {x.shape[0]} but targets have "
                 f"{y.shape[0]}"
             )
-        width = self.output_features
-        expected = (x.shape[0], self.output_width(x.shape[1]) if width is None else width)
+        expected = self.output_shape(x.shape)
         with self.backend.activate():
             y = loss.prepare_target(
                 self.backend, expected, self.dtype, y, defer_device_checks=True
@@ -402,7 +482,8 @@ class Sequential(FlatParameters):
         return x
 
     def forward(self, x: Any) -> Array:
-        """The network's output for a batch ``x`` of shape (B, in_features).
+        """The network's output for a batch ``x`` of shape (B, in_features), (B, T,
+        in_features) or, for a model that starts with an Embedding, integer ids (B, T).
 
         Returns a new array on the model's device; the activations the backward
         pass needs are kept inside the layers.
@@ -499,13 +580,16 @@ class Sequential(FlatParameters):
         """A loss ``value`` from :meth:`step` / :meth:`loss_and_grad_batch` as a float
         (a host sync on a GPU), with the target checks :meth:`prepare_batch` left for
         this moment (``batch.values_checked`` false): LabelError for a label outside
-        [0, C) or a BCE target outside [0, 1]. By then the step has run: an
-        out-of-range label contributed a zero gradient row and a NaN loss.
+        [0, C) or a BCE target outside [0, 1], or a token id outside the Embedding's
+        range. By then the step has run: an out-of-range label contributed a zero
+        gradient row and a NaN loss, an out-of-range id a wrapped-around row.
         """
         result = float(value)
         if not batch.values_checked:
-            shape = (batch.x.shape[0], self.output_width(batch.x.shape[1]))
             with self.backend.activate():
+                if self.input_kind == "tokens":
+                    self.check_input_values(batch.x)
+                shape = self.output_shape(batch.x.shape)
                 batch.loss.check_after_read(self.backend, batch.y, shape, result)
         return result
 
@@ -591,9 +675,11 @@ class Sequential(FlatParameters):
         is the identity); the model's mode is restored after.
 
         Args:
-            x: inputs (N, in), a NumPy array (copied batch by batch) or an array on
-                the model's device.
-            y: targets, labels (N,) or (N, out), likewise.
+            x: inputs (N, in), sequences (N, T, in) or token ids (N, T) (see
+                docs/sequences.md): a NumPy array (copied batch by batch) or an array
+                on the model's device.
+            y: targets, labels (N,) or (N, out), or (N, T) / (N, T, out) for
+                sequences, likewise.
             loss: a :class:`~gpubackprop.losses.Loss` or its name (``"mse"``, ...).
             metrics: names from :data:`gpubackprop.train.METRICS` (``"accuracy"``,
                 ``"mae"``); None (the default): by loss, ``accuracy`` for
@@ -637,9 +723,11 @@ class Sequential(FlatParameters):
         evaluates ``validation_data`` in eval mode, and restores the model's mode after.
 
         Args:
-            x: inputs (N, in): a NumPy array (rows copied to the device batch by
-                batch) or an array on the model's device.
-            y: targets, labels (N,) or (N, out), likewise.
+            x: inputs (N, in), sequences (N, T, in) or token ids (N, T), batched over
+                N (see docs/sequences.md): a NumPy array (rows copied to the device
+                batch by batch) or an array on the model's device.
+            y: targets, labels (N,) or (N, out), or (N, T) / (N, T, out) for
+                sequences, likewise.
             loss: a :class:`~gpubackprop.losses.Loss` or its name (``"cross_entropy"``).
             optimizer: a gpubackprop optimizer, e.g. ``gb.optim.Adam(1e-3)``.
             epochs: passes over the data (0: no step).

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from .anomaly import check_finite_input, detect_anomaly
-from .arrays import Array, array_module
+from .arrays import Array, array_module, as_rows
 from .backend import get_backend, is_cupy_array
 from .checks import check_bool, check_int
 from .errors import CaptureError, ConfigError, DeviceError, ShapeError
@@ -80,11 +80,16 @@ def _host_or_device(model: Sequential, x: Any, name: str) -> Any:
 
 
 def _inputs(model: Sequential, x: Any) -> Array:
-    """Inputs as NumPy or device arrays, in the model's dtype and C-contiguous (once)."""
+    """Inputs as NumPy or device arrays, in the model's input dtype (its float dtype, or
+    int64 token ids) and C-contiguous (once); dtypes the model refuses stay as they are
+    for :meth:`~gpubackprop.Sequential.check_input` to name."""
     x = _host_or_device(model, x, "x")
-    if x.dtype.kind in "biuf" and (x.dtype != model.dtype or not x.flags.c_contiguous):
+    dtype = model.input_dtype
+    if x.dtype.kind in ("iu" if model.input_kind == "tokens" else "biuf") and (
+        x.dtype != dtype or not x.flags.c_contiguous
+    ):
         with model.backend.activate():
-            x = array_module(x).ascontiguousarray(x, dtype=model.dtype)
+            x = array_module(x).ascontiguousarray(x, dtype=dtype)
     return x
 
 
@@ -106,10 +111,11 @@ def _dataset(
     x = _inputs(model, x)
     y = _host_or_device(model, y, y_name)
     model.check_input(x.shape, x.dtype, what)
+    model.check_input_values(x)
     if getattr(y, "ndim", 0) == 0 or len(y) != len(x):
         got = len(y) if getattr(y, "ndim", 0) else "a scalar"
         raise ShapeError(f"{loss.name}: {len(x)} rows in {what} but {got} targets")
-    expected = (len(x), model.output_width(x.shape[1]))
+    expected = model.output_shape(x.shape)
     backend = model.backend if model.backend.is_native(y) else get_backend("cpu")
     with backend.activate():
         y = loss.prepare_target(backend, expected, model.dtype, y)
@@ -128,10 +134,14 @@ def _rows(model: Sequential, data: Batch, index: Any, device_index: Any = None) 
 
 
 def _correct(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
-    """Number of correct predictions in a batch (a 0-d device array): argmax of the
-    output against the label (or the target's argmax); for one output, the output
-    above the threshold (0 for logits, 0.5 otherwise) against the target above 0.5."""
+    """Number of correct predictions in a batch (a 0-d device array), over all its
+    positions (B, or B·T for sequence outputs (B, T, C)): argmax of the output against
+    the label (or the target's argmax); for one output, the output above the
+    threshold (0 for logits, 0.5 otherwise) against the target above 0.5."""
     xp = model.backend.xp
+    labels = y.ndim == out.ndim - 1
+    out = as_rows(out)
+    y = y.reshape(-1) if labels else as_rows(y)
     if out.shape[1] == 1:
         threshold = 0.0 if isinstance(loss, BCEWithLogits) else 0.5
         predicted = out[:, 0] > threshold
@@ -143,17 +153,20 @@ def _correct(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
 
 
 def _absolute_error(model: Sequential, out: Array, y: Array, loss: Loss) -> Array:
-    """Σ_i (1/C) Σ_j |out_ij − y_ij| over the rows i of a batch of C outputs (a 0-d
+    """Σ_i (1/C) Σ_j |out_ij − y_ij| over the positions i of a batch of C outputs (a 0-d
     device array); class labels count as one-hot rows."""
     xp = model.backend.xp
+    out = as_rows(out)
+    y = y.reshape(-1) if y.dtype.kind in "iu" else y.reshape(out.shape)
     if y.dtype.kind in "iu":
         y = (xp.arange(out.shape[1]) == y[:, None]).astype(out.dtype)
     return xp.abs(out - y.reshape(out.shape)).sum(dtype=np.float64) / out.shape[1]
 
 
 #: Metric name -> its sum over the rows of a batch; :func:`fit` and :func:`evaluate`
-#: report the sum over the dataset divided by its number of rows:
-#: ``accuracy`` = share of rows predicted right (see ``_correct``), ``mae`` = mean
+#: report the sum over the dataset divided by its number of positions (rows, or
+#: rows·T for sequence outputs (B, T, C)):
+#: ``accuracy`` = share of positions predicted right (see ``_correct``), ``mae`` = mean
 #: absolute error (1/(N C)) Σ_ij |out_ij − y_ij| of the raw outputs (logits for the
 #: cross-entropy losses) against the targets (labels as one-hot rows).
 METRICS: dict[str, Callable[[Sequential, Array, Array, Loss], Array]] = {
@@ -182,7 +195,8 @@ def _check_metrics(metrics: Sequence[str] | None, loss: Loss) -> tuple[str, ...]
 
 class _Totals:
     """Sums over the batches of an epoch or a dataset, kept on the device and read
-    once at the end: the loss weighted by batch size and each metric's row sum."""
+    once at the end: the loss weighted by the batch's number of positions (B, or
+    B·T for sequence outputs) and each metric's sum over positions."""
 
     def __init__(self, model: Sequential, metrics: Sequence[str]) -> None:
         xp = model.backend.xp
@@ -193,10 +207,11 @@ class _Totals:
 
     def add(self, value: Array, out: Array, batch: Batch) -> None:
         """Count one batch: its mean loss ``value`` and its output ``out``."""
-        self.loss += value * len(out)
+        positions = out.size // out.shape[-1]
+        self.loss += value * positions
         for name, total in self.sums.items():
             total += METRICS[name](self.model, out, batch.y, batch.loss)
-        self.rows += len(out)
+        self.rows += positions
 
     def mean_loss(self) -> float:
         """The mean loss so far (a host read)."""
@@ -227,9 +242,10 @@ def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
     batch_size = check_int("batch_size", batch_size)
     data = _inputs(model, x)
     on_device = model.backend.is_native(data) and model.backend.is_gpu
-    if data.ndim == 2 and len(data) == 0:
+    if data.ndim >= 2 and len(data) == 0:
         raise ShapeError("predict: x has no rows")
     model.check_input(data.shape, data.dtype)
+    model.check_input_values(data)
     parts = []
     with model.mode(False):
         for start in range(0, len(data), batch_size):

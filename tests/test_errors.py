@@ -47,7 +47,8 @@ def test_wrong_input_width() -> None:
             LAYER0, "(batch, 3)", "(5, 4)")
 
 
-@pytest.mark.parametrize("shape", [(3,), (2, 3, 1), (1, 1, 3), ()])
+# (1, 1, 3) became a valid (batch, time, features) input with issue 11: 4-D stays wrong
+@pytest.mark.parametrize("shape", [(3,), (2, 3, 1), (1, 1, 1, 3), ()])
 def test_wrong_input_rank(shape: tuple) -> None:
     _expect(lambda: _model().forward(np.zeros(shape)), gb.ShapeError, ValueError,
             LAYER0, "(batch, 3)", str(shape))

@@ -52,3 +52,9 @@ def test_lstm_sequence_beats_the_baseline(capsys) -> None:
     mse = _load("lstm_sequence").main(["--device", "cpu"])
     assert mse["last"] < 0.6 * mse["baseline"] and mse["last"] < 0.1 * mse["first"], mse
     assert "state carried across windows" in capsys.readouterr().out
+
+
+def test_sequence_tagging_learns_the_tags(capsys) -> None:
+    metrics = _load("sequence_tagging").main(["--device", "cpu"])
+    assert metrics["accuracy"] > 0.99
+    assert "-> logits (2, 12, 4)" in capsys.readouterr().out

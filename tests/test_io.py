@@ -498,6 +498,16 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda p: _edit(p, _edit_meta_json(
             "architecture", lambda a: a["layers"].append({"type": "Conv2d"})), sign=True),
         "expected one of the Dense, Activation"),
+    "embedding spec without its width": (
+        lambda p: _edit(p, _edit_meta_json(
+            "architecture", lambda a: a["layers"].append(
+                {"type": "Embedding", "num_embeddings": 3})), sign=True),
+        "(Embedding) must have keys ['embedding_dim', 'num_embeddings', 'type']"),
+    "embedding of no rows": (
+        lambda p: _edit(p, _edit_meta_json(
+            "architecture", lambda a: a["layers"].insert(0, {
+                "type": "Embedding", "num_embeddings": 0, "embedding_dim": 2})), sign=True),
+        "architecture layer 0: Embedding: num_embeddings"),
     "unknown activation": (
         lambda p: _edit(p, _edit_meta_json(
             "architecture", lambda a: a["layers"][1].update(activation="swish")), sign=True),

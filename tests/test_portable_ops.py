@@ -9,10 +9,13 @@ inputs: the results must be the same bits, and no call may be refused.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from gpubackprop.activations import ACTIVATIONS
+from gpubackprop.backend.cupy_ops import CupyOps
 from gpubackprop.backend.numpy_ops import NumpyOps
 
 from .cupy_like import CUPY_LIKE, RefusedByCupy
@@ -173,3 +176,32 @@ def test_optimizer_ops_run_on_cupy_like(rng: np.random.Generator) -> None:
         results.append((params, buf, m, v))
     for a, b in zip(*results, strict=True):
         _same(a, b)
+
+
+class _OneHotOnHost(CupyOps):
+    """CuPy's ops with CuPy's rules on host arrays: its buffers and GEMM from NumPy."""
+
+    def __init__(self) -> None:  # no device, no cuBLAS handle
+        self.xp = CUPY_LIKE
+
+    def scratch(self, purpose: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.full(shape, np.nan, dtype=dtype)
+
+    def arange(self, n: int, dtype: Any) -> np.ndarray:
+        return np.arange(n, dtype=dtype)
+
+    def matmul(self, a: Any, b: Any, out: Any, *, trans_a: bool = False,
+               trans_b: bool = False) -> Any:
+        return NumpyOps().matmul(a, b, out, trans_a=trans_a, trans_b=trans_b)
+
+
+def test_embedding_ops_run_on_cupy_like(rng: np.random.Generator) -> None:
+    """gather_rows (inherited by CuPy) and CuPy's one-hot GEMM scatter-add, on the host."""
+    table = rng.standard_normal((13, 5))
+    ids = rng.integers(0, 13, (4, 7))
+    _same(CupyLikeOps().gather_rows(table, ids, np.empty((4, 7, 5))),
+          NumpyOps().gather_rows(table, ids, np.empty((4, 7, 5))))
+    delta = rng.standard_normal((28, 5))
+    expected = NumpyOps().scatter_add_rows(ids.reshape(-1), delta, np.empty((13, 5)))
+    got = _OneHotOnHost().scatter_add_rows(ids.reshape(-1), delta, np.full((13, 5), 7.0))
+    np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-14)

@@ -344,7 +344,6 @@ def test_gradcheck_inside_a_model(rng: np.random.Generator) -> None:
     assert {e.name for e in report.entries} >= {"0.weight_ih", "1.bias_hh", "2.Whh", "input"}
 
 
-@pytest.mark.xfail(strict=False, reason="needs Sequential sequence inputs (seq branch)")
 @pytest.mark.parametrize("cls", [gb.LSTM, gb.GRU, gb.RNN], ids=["lstm", "gru", "rnn"])
 def test_fit_a_sequence_model_with_a_dense_readout(cls: Any, rng: np.random.Generator) -> None:
     """[cell, Dense] trained by fit on (B, T, F) inputs and (B, T, 1) targets; predict and

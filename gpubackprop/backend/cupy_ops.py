@@ -247,5 +247,24 @@ class CupyOps(NumpyOps):
             gates, hn, h_prev, dh_out, dh_rec, dh_carry, dgx, dgh
         )
 
+    # --- seq: embedding rows ------------------------------------------------------------------
+    def arange(self, n: int, dtype: Any) -> Array:
+        """A cached device array 0, 1, ..., n − 1 of ``dtype`` (built once, never written)."""
+        key = ("arange", (n,), np.dtype(dtype).name)
+        values = self._scratch.get(key)
+        if values is None:
+            with self.xp.cuda.Device(self.device_id):
+                values = self._scratch[key] = self.xp.arange(n, dtype=dtype)
+        return values
+
+    def scatter_add_rows(self, ids: Array, delta: Array, out: Array) -> Array:
+        """out = Hᵀ Δ, with H[i, k] = [ids[i] = k] the (N, V) one-hot matrix: one cuBLAS
+        GEMM, deterministic (no float atomics, a fixed summation order) and capturable
+        (H and the column ids are cached buffers). Costs N·V elements of memory and
+        2·N·V·D flops: fine for vocabularies up to some ten thousands."""
+        vocab = out.shape[0]
+        onehot = self.scratch("onehot", (ids.shape[0], vocab), delta.dtype)
+        self.xp.equal(ids[:, None], self.arange(vocab, ids.dtype)[None, :], out=onehot)
+        return self.matmul(onehot, delta, out, trans_a=True)
 
 __all__ = ["CupyOps"]

@@ -537,4 +537,21 @@ class NumpyOps:
         return dgx
 
 
+    # --- seq: embedding rows (gather forward, deterministic scatter-add backward) ----------
+    def gather_rows(self, table: Array, ids: Array, out: Array) -> Array:
+        """out[i, :] = table[ids[i], :] for integer ``ids`` of any shape (``out`` of shape
+        (*ids.shape, D)); the ids are checked beforehand (0 <= id < len(table))."""
+        return self.xp.take(table, ids, axis=0, out=out)
+
+    def scatter_add_rows(self, ids: Array, delta: Array, out: Array) -> Array:
+        """out[k, :] = Σ_{i: ids[i] = k} delta[i, :] (``out`` overwritten; ids (N,), delta
+        (N, D), out (V, D)): the transpose of :meth:`gather_rows`.
+
+        ``np.add.at`` adds in the order of i, unbuffered: the same bits every run.
+        """
+        out[...] = 0
+        np.add.at(out, ids, delta)
+        return out
+
+
 __all__ = ["NumpyOps"]
