@@ -1,9 +1,9 @@
-"""A character-level RNN learns a short story: truncated BPTT, Adam, gradient clipping.
+"""A character-level LSTM learns a short story: truncated BPTT, Adam, gradient clipping.
 
 The last 10% of the story is held out: the model never trains on it, and its loss
 there (the validation loss) says how well it predicts text it has not seen.
 
-Run: python examples/char_rnn.py [--steps 300] [--device auto]
+Run: python examples/char_rnn.py [--steps 150] [--cell lstm|gru|rnn] [--device auto]
 (the full trainer with progress bars is ``python -m gpubackprop charrnn``)
 """
 
@@ -12,18 +12,20 @@ from __future__ import annotations
 import argparse
 
 import gpubackprop as gb
-from gpubackprop.charrnn import default_text, split_text, text_loss, text_streams
+from gpubackprop.charrnn import CELLS, default_text, split_text, text_loss, text_streams
 
 
 def main(argv: list[str] | None = None) -> list[float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--cell", choices=CELLS, default="lstm")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
     text = default_text()
     chars = "".join(sorted(set(text)))
-    model = gb.CharRNN(len(chars), 96, device=args.device, seed=0, chars=chars)
+    # Embedding -> LSTM -> Dense in one Sequential (model.model); "rnn": the seed notes' RNN
+    model = gb.CharRNN(len(chars), 96, device=args.device, seed=0, chars=chars, cell=args.cell)
     print(model, "on", model.device)
 
     train, held_out = split_text(model.encode(text))  # the last 10% for validation
@@ -39,10 +41,11 @@ def main(argv: list[str] | None = None) -> list[float]:
         if k == 0:
             h = None  # a new pass over the text starts from a zero state
         cols = slice(24 * k, 24 * (k + 1))
-        # h: the previous window's last state, carried over (values only, detached)
+        # h: the previous window's last state ((h, c) for the LSTM), carried over
+        # (values only, detached: backward stops there)
         loss, h = model.loss_and_grad(inputs[:, cols], targets[:, cols], h)
         gb.clip_grad_norm(model.flat_grads, 5.0)  # one global norm over every parameter
-        optimizer.step(model.flat_params, model.flat_grads)  # RNN and readout in one buffer
+        optimizer.step(model.flat_params, model.flat_grads)  # every layer in one buffer
         losses.append(loss)
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step:4d}  training loss {loss:.3f} nats/char")

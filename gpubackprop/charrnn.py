@@ -1,25 +1,25 @@
-"""A character-level language model on :class:`~gpubackprop.RNN`, and its trainer.
+"""A character-level language model on :class:`~gpubackprop.Sequential`, and its trainer.
 
-:class:`CharRNN` reads a sequence of character indices c_1 .. c_T and predicts
-each next character::
+:class:`CharRNN` reads a sequence of character indices c_1 .. c_T and predicts each
+next character with one of three recurrent cells (``cell=``), all run by the layer
+engine (forward, loss, backward through time, in one flat parameter buffer)::
 
-    h_t = tanh(Wxh[:, c_t] + h_{t−1} Whhᵀ + b_h)          (the RNN on one-hot x_t)
-    y_t = h_t Whyᵀ + b_y                                  (logits over the vocabulary)
-    L   = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}]
+    "lstm", "gru":  Sequential([Embedding(V, E), LSTM(E, H) | GRU(E, H), Dense(H, V)])
+    "rnn":          Sequential([RNN(V, H, "tanh"), Dense(H, V)]) on one-hot x_t
 
-A one-hot x_t times Wxhᵀ is column c_t of Wxh, so the input projection is a gather,
-not a matmul. Backward is the seed notes' char-RNN (README.md), batch-major::
+    L = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}]
 
-    dy     = (softmax(y) − onehot(target)) / (B·T)        (the loss op writes this)
-    dWhy   = Σ dyᵀ h          db_y = Σ dyᵀ 1             ∂L/∂h_t = dy_t Why
-    ... then the RNN's BPTT (see :mod:`gpubackprop.rnn`) for dWhh, db_h and dhraw,
-    dWxh   = Σ dhrawᵀ onehot(c)                          (column c gets the rows of c)
+``"rnn"`` is exactly the seed notes' char-RNN (README.md): one-hot x_t, then
+h_t = tanh(x_t Wxhᵀ + h_{t−1} Whhᵀ + b_h) and y_t = h_t Whyᵀ + b_y, with the notes'
+``dhnext`` recurrence for backward (:mod:`gpubackprop.rnn`); the tests compare its loss
+and every gradient with the notes' loop. The gated cells read a learned embedding of
+each character instead (:class:`~gpubackprop.Embedding`, a row gather), as a PyTorch
+language model would. The cells' formulas are in :mod:`gpubackprop.layers_recurrent`.
 
-The last sum is a GEMM with a one-hot matrix, not a scatter-add: deterministic on
-the GPU too (no float atomics). ``python -m gpubackprop charrnn`` (:func:`main`)
-trains one with truncated BPTT (:func:`run_charrnn`), by default on a short
-original story shipped with the package, holding out the text's last tenth to
-report a validation loss (:func:`split_text`, :func:`text_loss`).
+``python -m gpubackprop charrnn --cell lstm|gru|rnn`` (:func:`main`) trains one with
+truncated BPTT (:func:`run_charrnn`), by default on a short original story shipped
+with the package, holding out the text's last tenth to report a validation loss
+(:func:`split_text`, :func:`text_loss`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import argparse
 import math
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -41,19 +42,30 @@ from .backend import Backend
 from .checks import check_int, check_real
 from .cli_types import add_training_options, int_at_least, run_command
 from .errors import ConfigError, LabelError, ShapeError
+from .layers import Dense, Layer
+from .layers_embedding import Embedding
+from .layers_recurrent import GRU, LSTM
+from .losses import SoftmaxCrossEntropy
+from .model import Sequential
 from .optim import Adam
-from .params import allocate_flat, he_or_xavier
 from .progress import ProgressBar
-from .rnn import RNN, NamedParameters, checked_array, clip_grad_norm
+from .rnn import RNN, checked_array, clip_grad_norm
 
 #: The text :func:`run_charrnn` trains on by default (in ``gpubackprop/data/``).
 DEFAULT_TEXT = "lighthouse.txt"
-DEFAULT_STEPS = 1000
+#: The recurrent cells :class:`CharRNN` offers; ``"rnn"`` is the seed notes' model.
+CELLS = ("lstm", "gru", "rnn")
+DEFAULT_CELL = "lstm"
+#: About where the validation loss of the default text stops falling (measured in
+#: docs/charrnn.md): the text is short, and longer training memorises it.
+DEFAULT_STEPS = 150
 DEFAULT_HIDDEN = 192
+#: Width of the character embedding of the gated cells (``"rnn"`` reads one-hot vectors).
+DEFAULT_EMBEDDING = 64
 DEFAULT_SEQ_LEN = 32
 DEFAULT_BATCH = 32
 DEFAULT_LR = 3e-3
-DEFAULT_SAMPLE_EVERY = 250
+DEFAULT_SAMPLE_EVERY = 50
 #: Gradients are clipped to this global L2 norm before every update.
 CLIP_NORM = 5.0
 #: Characters per printed sample, and the temperature they are drawn at.
@@ -71,16 +83,19 @@ def default_text() -> str:
     return (resources.files("gpubackprop") / "data" / DEFAULT_TEXT).read_text("utf-8")
 
 
-class CharRNN(NamedParameters):
-    """Next-character model: one-hot input, a tanh :class:`RNN`, a linear readout.
+class CharRNN:
+    """Next-character model: a recurrent cell between characters and logits.
 
-    ``vocab_size`` V distinct characters; ``device``, ``dtype``, ``seed`` as for
-    :class:`~gpubackprop.RNN` (the seed fixes every initial weight); ``chars``: the
-    vocabulary, index i ↔ ``chars[i]`` (for :meth:`encode`, :meth:`decode`, :meth:`sample`).
+    ``vocab_size`` V distinct characters; ``hidden_size`` H; ``cell`` one of
+    :data:`CELLS` (see the module docstring for the layers of each); ``embedding_dim``
+    E for the gated cells (default :data:`DEFAULT_EMBEDDING`); ``device``, ``dtype``,
+    ``seed`` as for :class:`~gpubackprop.Sequential` (the seed fixes every initial
+    weight); ``chars``: the vocabulary, index i ↔ ``chars[i]`` (for :meth:`encode`,
+    :meth:`decode`, :meth:`sample`).
 
-    ONE flat buffer (``flat_params``, ``flat_grads``) holds the RNN's ``Wxh`` (hidden,
-    V), ``Whh``, ``bh`` (``self.rnn`` works on views of them), then the readout's
-    ``Why`` (V, hidden), Xavier uniform, and ``by`` (V,) = 0.
+    :attr:`model` is the :class:`~gpubackprop.Sequential` itself (one flat parameter
+    buffer, ``flat_params`` / ``flat_grads``); :attr:`recurrent` its cell, whose state
+    carries between windows (``h0`` below: (B, H), or the pair (h, c) for the LSTM).
     """
 
     def __init__(
@@ -92,37 +107,71 @@ class CharRNN(NamedParameters):
         seed: int | None = None,
         *,
         chars: str | None = None,
+        cell: str = DEFAULT_CELL,
+        embedding_dim: int | None = None,
     ) -> None:
         self.vocab_size = check_int("CharRNN: vocab_size", vocab_size)
         self.hidden_size = check_int("CharRNN: hidden_size", hidden_size)
+        if cell not in CELLS:
+            raise ConfigError(f"CharRNN: cell must be one of {', '.join(CELLS)}; got {cell!r}")
+        self.cell = cell
         if chars is not None and (len(chars) != self.vocab_size or len(set(chars)) != len(chars)):
             raise ConfigError(
                 f"CharRNN: chars must be {self.vocab_size} distinct characters, got {chars!r}"
             )
         self.chars = chars
         self._index = {c: i for i, c in enumerate(chars or "")}
-        rng = np.random.default_rng(seed)
-        self.rnn = RNN(vocab_size, hidden_size, "tanh", device=device, dtype=dtype, seed=rng)
-        self.backend, self.dtype = self.rnn.backend, self.rnn.dtype
         v, h = self.vocab_size, self.hidden_size
-        shapes = [*self.rnn.param_shapes(), ("Why", (v, h)), ("by", (v,))]
-        self.flat_params, self.flat_grads, self.params, self.grads = allocate_flat(
-            self.backend, self.dtype, shapes, self.describe()
-        )
-        n_rnn = self.rnn.num_parameters
-        self.rnn.move_into(self.flat_params[:n_rnn], self.flat_grads[:n_rnn])
-        with self.backend.activate():
-            self.params["Why"][...] = self.backend.asarray(he_or_xavier(rng, "xavier", v, h))
+        layers: list[Layer]
+        if cell == "rnn":
+            # its own buffers are a placeholder: the model's flat buffer replaces them
+            self.recurrent: RNN | LSTM | GRU = RNN(v, h, "tanh", device="cpu")
+            layers = [self.recurrent, Dense(h, v)]
+        else:
+            e = check_int("CharRNN: embedding_dim", embedding_dim or DEFAULT_EMBEDDING)
+            self.recurrent = LSTM(e, h) if cell == "lstm" else GRU(e, h)
+            layers = [Embedding(v, e), self.recurrent, Dense(h, v)]
+        self.model = Sequential(layers, device=device, dtype=dtype, seed=seed)
+        self.backend, self.dtype = self.model.backend, self.model.dtype
+        self.loss_function = SoftmaxCrossEntropy()
+        self._eye: Array | None = None
 
-    # --- description -------------------------------------------------------------------
+    # --- description and parameters ------------------------------------------------------
     def describe(self) -> str:
-        return f"CharRNN(vocab={self.vocab_size}, hidden={self.hidden_size})"
+        return f"CharRNN(vocab={self.vocab_size}, hidden={self.hidden_size}, cell={self.cell})"
 
     def __repr__(self) -> str:
         return (
-            f"CharRNN({self.vocab_size}, {self.hidden_size}, device={self.device!r}, "
-            f"dtype={self.dtype.name!r})  # {self.num_parameters:,} parameters"
+            f"CharRNN({self.vocab_size}, {self.hidden_size}, cell={self.cell!r}, "
+            f"device={self.device!r}, dtype={self.dtype.name!r})  "
+            f"# {self.num_parameters:,} parameters"
         )
+
+    @property
+    def device(self) -> str:
+        return self.model.device
+
+    @property
+    def flat_params(self) -> Array:
+        """Every parameter, in one buffer (the model's)."""
+        return self.model.flat_params
+
+    @property
+    def flat_grads(self) -> Array:
+        """Every gradient, in one buffer laid out as :attr:`flat_params`."""
+        return self.model.flat_grads
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.model.flat_params.size)
+
+    def parameters(self) -> OrderedDict[str, Array]:
+        """``"<layer>.<name>"`` -> live view of :attr:`flat_params` (the model's names)."""
+        return self.model.parameters()
+
+    def gradients(self) -> OrderedDict[str, Array]:
+        """Like :meth:`parameters`, views of :attr:`flat_grads`."""
+        return self.model.gradients()
 
     # --- text <-> indices -----------------------------------------------------------------
     def _need_chars(self, what: str) -> str:
@@ -168,84 +217,64 @@ class CharRNN(NamedParameters):
             )
         return x
 
-    def _forward(self, inputs: Array, h0: Any) -> dict[str, Array]:
-        """Forward over validated inputs; the buffers hold H and the logits (time-major)."""
-        batch, steps = inputs.shape
-        if h0 is not None:
-            h0 = self.rnn.check_state(h0, batch, "h0")
-        n, v, d = batch * steps, self.vocab_size, self.dtype
-        extra: dict[str, tuple[tuple[int, ...], Any]] = {
-            name: ((n, v), d) for name in ("logits", "dlogits", "onehot")
-        }
-        extra |= {"idx": ((n,), np.int64), "targets": ((n,), np.int64)}
-        ws = self.rnn.recurrence_buffers(batch, steps, extra)
-        xp, ops = self.backend.xp, self.backend.ops
-        ws["idx"].reshape(steps, batch)[...] = inputs.T
-        us = ws["U"].reshape(n, self.hidden_size)
-        xp.take(self.params["Wxh"].T, ws["idx"], axis=0, out=us)  # x_t Wxhᵀ, one-hot x_t
-        ops.add_bias(us, self.params["bh"])
-        self.rnn.run_forward(ws, h0)
-        ops.matmul(ws["H"][1:].reshape(n, self.hidden_size), self.params["Why"],
-                   out=ws["logits"], trans_b=True)
-        ops.add_bias(ws["logits"], self.params["by"])
-        return ws
+    def _model_input(self, inputs: Any) -> Array:
+        """The model's input for (B, T) indices: the ids, or one-hot rows for ``"rnn"``."""
+        ids = self._indices(inputs, "inputs")
+        if self.cell != "rnn":
+            return ids
+        if self._eye is None:
+            with self.backend.activate():
+                self._eye = self.backend.xp.eye(self.vocab_size, dtype=self.dtype)
+        return self._eye[ids]
 
-    def forward(self, inputs: Any, h0: Any = None) -> tuple[Array, Array]:
-        """Logits (B, T, V) for ``inputs`` (B, T) and the last state h_T (B, hidden), both
-        new arrays on the model's device; pass h_T as the next ``h0``."""
-        inputs = self._indices(inputs, "inputs")
-        batch, steps = inputs.shape
-        with self.backend.activate():
-            ws = self._forward(inputs, h0)
-            logits = ws["logits"].reshape(steps, batch, self.vocab_size)
-            return logits.transpose(1, 0, 2).copy(), ws["H"][steps].copy()
+    def _start(self, inputs: Any, h0: Any) -> Array:
+        x = self._model_input(inputs)
+        self.recurrent.initial_state = h0
+        return x
 
-    def _loss(self, inputs: Any, targets: Any, h0: Any) -> tuple[dict[str, Array], float]:
-        inputs = self._indices(inputs, "inputs")
+    def _final_state(self) -> Any:
+        """The cell's last state as new arrays (the layer's own are its buffers)."""
+        state = self.recurrent.final_state
+        assert state is not None, "a forward pass sets the final state"
+        return tuple(s.copy() for s in state) if isinstance(state, tuple) else state.copy()
+
+    def _batch(self, inputs: Any, targets: Any, h0: Any) -> Any:
+        x = self._start(inputs, h0)
         targets = self._indices(targets, "targets")
         if targets.shape != inputs.shape:
             raise ShapeError(
                 f"{self.describe()}: targets have shape {tuple(targets.shape)}, "
                 f"inputs {tuple(inputs.shape)}; they must match"
             )
-        batch, steps = inputs.shape
-        ws = self._forward(inputs, h0)
-        ws["targets"].reshape(steps, batch)[...] = targets.T
-        value = self.backend.ops.softmax_cross_entropy_labels(
-            ws["logits"], ws["targets"], ws["dlogits"]
-        )
-        return ws, float(value)
+        return self.model.prepare_batch(x, targets, self.loss_function)
 
-    def loss(self, inputs: Any, targets: Any, h0: Any = None) -> tuple[float, Array]:
-        """``(L, h_T)``: the mean cross-entropy per character, no gradients."""
+    def forward(self, inputs: Any, h0: Any = None) -> tuple[Array, Any]:
+        """Logits (B, T, V) for ``inputs`` (B, T) and the last state (h_T; (h_T, c_T) for
+        the LSTM), new arrays on the model's device; pass the state as the next ``h0``."""
+        x = self._start(inputs, h0)
+        logits = self.model.forward_batch(self.model.prepare_input(x)).copy()
+        return logits, self._final_state()
+
+    def loss(self, inputs: Any, targets: Any, h0: Any = None) -> tuple[float, Any]:
+        """``(L, state)``: the mean cross-entropy per character; the gradients are untouched."""
+        batch = self._batch(inputs, targets, h0)
+        out = self.model.forward_batch(batch.x)
         with self.backend.activate():
-            ws, value = self._loss(inputs, targets, h0)
-            return value, ws["H"][-1].copy()
+            grad = self.model.loss_grad_buffer(out.shape)
+            value = self.loss_function.write_value_and_grad(self.backend, out, batch.y, grad)
+        return float(value), self._final_state()
 
-    def loss_and_grad(self, inputs: Any, targets: Any, h0: Any = None) -> tuple[float, Array]:
+    def loss_and_grad(self, inputs: Any, targets: Any, h0: Any = None) -> tuple[float, Any]:
         """Forward, loss and backward through time on one window.
 
-        L = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}], gradients as in the
-        module docstring, for ``inputs`` and the next characters ``targets`` (B, T) in
-        [0, V), from ``h0`` (B, hidden; None: zeros), e.g. the last window's h_T.
-        Fills :meth:`gradients` (overwriting); returns ``(L, h_T)``, h_T a new array.
+        L = 1/(B·T) Σ_{b,t} −log softmax(y_{b,t})[target_{b,t}] for ``inputs`` and the
+        next characters ``targets`` (B, T) in [0, V), from ``h0`` (None: zeros), e.g.
+        the last window's state. Fills :meth:`gradients` (overwriting); returns
+        ``(L, state)``, the state as new arrays (detached: backward stops at ``h0``).
         """
-        with self.backend.activate():
-            ws, value = self._loss(inputs, targets, h0)
-            ops = self.backend.ops
-            n = ws["logits"].shape[0]
-            hs = ws["H"][1:].reshape(n, self.hidden_size)
-            dlogits = ws["dlogits"]
-            ops.matmul(dlogits, hs, out=self.grads["Why"], trans_a=True)
-            ops.column_sum(dlogits, out=self.grads["by"])
-            ops.matmul(dlogits, self.params["Why"], out=ws["dH"].reshape(n, self.hidden_size))
-            self.rnn.run_backward(ws, None)
-            onehot = ws["onehot"]
-            onehot.fill(0)
-            onehot[self.backend.xp.arange(n), ws["idx"]] = 1
-            ops.matmul(ws["dhraw"].reshape(n, self.hidden_size), onehot,
-                       out=self.grads["Wxh"], trans_a=True)
-            return value, ws["H"][-1].copy()
+        batch = self._batch(inputs, targets, h0)
+        value = self.model.read_loss(batch, self.model.loss_and_grad_batch(batch))
+        return value, self._final_state()
 
     # --- sampling ---------------------------------------------------------------------------
     def sample_indices(
@@ -364,11 +393,17 @@ class CharRNNResult:
     validation_losses: list[tuple[int, float]] = field(default_factory=list)
     validation_loss: float = math.nan
 
+    @property
+    def best_validation(self) -> tuple[int, float]:
+        """``(step, loss)``: the lowest validation loss recorded, and when."""
+        return min(self.validation_losses, key=lambda entry: entry[1])
+
 
 def run_charrnn(
     text: str | None = None,
     *,
     device: str = "auto",
+    cell: str = DEFAULT_CELL,
     steps: int = DEFAULT_STEPS,
     hidden: int = DEFAULT_HIDDEN,
     seq_len: int = DEFAULT_SEQ_LEN,
@@ -380,7 +415,8 @@ def run_charrnn(
     name: str | None = None,
     file: TextIO | None = None,
 ) -> CharRNNResult:
-    """Train a :class:`CharRNN` on ``text`` (default: :func:`default_text`) and report.
+    """Train a :class:`CharRNN` with ``cell`` on ``text`` (default: :func:`default_text`)
+    and report.
 
     Each step takes the next window of every stream (:func:`text_streams`) from the
     state the last one ended in (zeros as a pass starts, at a random offset below
@@ -390,7 +426,8 @@ def run_charrnn(
     :data:`VALIDATION_FRACTION` of the text is held out (:func:`split_text`): never
     trained on, its loss (:func:`text_loss`) reported after every chunk. At the end
     the training loss over one pass of the training text and the validation loss,
-    against the target :data:`TARGET_FRACTION` · ln V.
+    against the target :data:`TARGET_FRACTION` · ln V, and the best validation loss seen
+    (with its step: past it, the model starts to memorise the training text).
     """
     out = file if file is not None else sys.stdout
     if text is None:
@@ -402,7 +439,7 @@ def run_charrnn(
                          ("batch", batch)):
         check_int(f"charrnn: {label}", count)
     check_int("charrnn: sample_every", sample_every, minimum=0)
-    model = CharRNN(len(chars), hidden, device, "float32", seed, chars=chars)
+    model = CharRNN(len(chars), hidden, device, "float32", seed, chars=chars, cell=cell)
     data, held_out = split_text(model.encode(text))
     inputs, targets, windows = _device_streams(model, data, batch, seq_len)
     # each pass starts at a random offset, so window boundaries move between passes
@@ -410,7 +447,7 @@ def run_charrnn(
     target_loss = TARGET_FRACTION * math.log(len(chars))
     result = CharRNNResult(model, target_loss=target_loss)
     print(
-        f"char-RNN on {name or 'the text'}: {len(text):,} characters; training on the "
+        f"char-RNN ({cell}) on {name or 'the text'}: {len(text):,} characters; training on the "
         f"first {len(data):,}, the last {len(held_out):,} ({VALIDATION_FRACTION:.0%}) held "
         f"out for validation\nvocabulary {len(chars)} (ln V = {math.log(len(chars)):.3f}; "
         f"target < {TARGET_FRACTION:g}·ln V = {target_loss:.3f} nats/char)\n"
@@ -419,7 +456,8 @@ def run_charrnn(
         f"{steps} steps, Adam lr {lr:g}, clip {CLIP_NORM:g}",
         file=out,
     )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the passes' offsets
+    sample_rng = np.random.default_rng([seed, 1])  # the samples: --quiet changes nothing else
     optimizer = Adam(lr=lr)
     chunk = sample_every or steps
     digits = len(str(steps))
@@ -451,7 +489,7 @@ def run_charrnn(
                 f"validation loss {result.validation_losses[-1][1]:.4f}"
             )
             if hi < steps:
-                print(_show_sample(model, text[0], rng), file=out)
+                print(_show_sample(model, text[0], sample_rng), file=out)
     result.seconds = time.perf_counter() - start_time
     h = None  # the final loss: one pass over the unshifted streams
     total = 0.0
@@ -462,7 +500,7 @@ def run_charrnn(
     result.final_loss = total / windows
     result.validation_loss = result.validation_losses[-1][1]
     print(_report(result, len(data), len(held_out)), file=out)
-    result.sample = _show_sample(model, text[0], rng)
+    result.sample = _show_sample(model, text[0], sample_rng)
     print(result.sample, file=out)
     return result
 
@@ -484,10 +522,22 @@ def _report(result: CharRNNResult, n_train: int, n_held_out: int) -> str:
         line("training loss  ", result.final_loss, f"the training text ({n_train:,} characters)"),
         line("validation loss", result.validation_loss,
              f"the held-out last {VALIDATION_FRACTION:.0%} ({n_held_out:,} characters)"),
+        _best_line(result),
         f"target: a model that has learned nothing gives each of the {vocab} characters "
         f"probability 1/{vocab} and scores ln V = {ln_v:.3f} nats/char; the target is "
         f"{TARGET_FRACTION:.0%} of that, {result.target_loss:.3f} nats/char",
     ])
+
+
+def _best_line(result: CharRNNResult) -> str:
+    step, value = result.best_validation
+    if step == result.validation_losses[-1][0]:
+        return f"the validation loss was lowest at the end (step {step})"
+    return (
+        f"the validation loss was lowest after step {step}, {value:.3f} nats/char: since "
+        "then the training loss fell while the validation loss rose (the model memorises "
+        "the training text; fewer --steps, or a longer text)"
+    )
 
 
 def _device_streams(
@@ -509,14 +559,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpubackprop charrnn",
         description=(
-            "Train a character-level RNN language model (truncated BPTT, Adam, gradient "
-            "clipping) on the first 90% of a text; print the training loss and the loss on "
-            "the held-out last 10% (validation) as it goes, and samples of generated text."
+            "Train a character-level language model (LSTM, GRU or the seed notes' RNN; "
+            "truncated BPTT, Adam, gradient clipping) on the first 90% of a text; print the "
+            "training loss and the loss on the held-out last 10% (validation) as it goes, and "
+            "samples of generated text."
         ),
     )
     parser.add_argument("--text", type=Path, default=None,
                         help="UTF-8 text file to train on (default: a short story shipped "
                              "with gpubackprop)")
+    parser.add_argument("--cell", choices=CELLS, default=DEFAULT_CELL,
+                        help="the recurrent cell; rnn is the seed notes' vanilla char-RNN "
+                             "(default: %(default)s)")
     add_training_options(
         parser,
         lr=DEFAULT_LR,

@@ -118,8 +118,13 @@ class Recurrent(Layer):
         """``state`` as a tuple of (B, H) arrays in :attr:`STATES` order (None stays None)."""
         if state is None:
             return None
-        parts = tuple(state) if len(self.STATES) > 1 else (state,)
         names = ", ".join(s.lower() for s in self.STATES)
+        if len(self.STATES) > 1 and not isinstance(state, (tuple, list)):
+            raise ShapeError(
+                f"{self.label}: {what} must be the pair ({names}) of (batch, hidden) arrays, "
+                f"got one {type(state).__name__}"
+            )
+        parts = tuple(state) if len(self.STATES) > 1 else (state,)
         if len(parts) != len(self.STATES):
             raise ShapeError(f"{self.label}: {what} must be ({names}), got {len(parts)} arrays")
         expected = (batch, self.hidden_size)

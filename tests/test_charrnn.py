@@ -58,8 +58,28 @@ def seed_notes_loop(
     return loss / n, {k: g / n for k, g in grads.items()}
 
 
+#: the seed notes' names of the "rnn" cell's parameters
+SEED_NAMES = {"0.Wxh": "Wxh", "0.Whh": "Whh", "0.bh": "bh", "1.weight": "Why", "1.bias": "by"}
+
+
 def small_model(device: str = "cpu", **kwargs) -> gb.CharRNN:
     return gb.CharRNN(len(CHARS), 6, device, "float64", 3, chars=CHARS, **kwargs)
+
+
+def initial_state(rng: np.random.Generator, cell: str, batch: int, hidden: int = 6):  # type: ignore[no-untyped-def]
+    """A random (B, H) state, or the pair (h, c) for the LSTM."""
+    parts = [rng.standard_normal((batch, hidden)) * 0.5 for _ in range(2 if cell == "lstm" else 1)]
+    return tuple(parts) if cell == "lstm" else parts[0]
+
+
+def state_parts(state) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    return [to_numpy(s) for s in (state if isinstance(state, tuple) else (state,))]
+
+
+def readout(model: gb.CharRNN) -> tuple[np.ndarray, np.ndarray]:
+    """The last Dense layer's (weight, bias): Why and by."""
+    last = len(model.model.layers) - 1
+    return model.parameters()[f"{last}.weight"], model.parameters()[f"{last}.bias"]
 
 
 def windows(rng: np.random.Generator, batch: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,26 +89,27 @@ def windows(rng: np.random.Generator, batch: int, steps: int) -> tuple[np.ndarra
 # --- gradients -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(("batch", "steps"), [(1, 1), (2, 4), (3, 1), (1, 6)])
 def test_gradients_equal_the_seed_notes_loop(device: str, batch: int, steps: int) -> None:
-    model = small_model(device)
+    model = small_model(device, cell="rnn")
     rng = np.random.default_rng(batch * 7 + steps)
     inputs, targets = windows(rng, batch, steps)
     h0 = rng.standard_normal((batch, 6)) * 0.5
     be = model.backend
     loss, _ = model.loss_and_grad(be.asarray(inputs), be.asarray(targets), be.asarray(h0))
-    params = {k: to_numpy(v) for k, v in model.parameters().items()}
+    params = {SEED_NAMES[k]: to_numpy(v) for k, v in model.parameters().items()}
     want_loss, want = seed_notes_loop(params, inputs, targets, h0)
     assert loss == pytest.approx(want_loss, rel=1e-12)
-    assert list(model.gradients()) == ["Wxh", "Whh", "bh", "Why", "by"]
+    assert list(model.gradients()) == list(SEED_NAMES)
     for name, grad in model.gradients().items():
-        np.testing.assert_allclose(to_numpy(grad), want[name], rtol=1e-9, atol=1e-13,
-                                   err_msg=name)
+        np.testing.assert_allclose(to_numpy(grad), want[SEED_NAMES[name]], rtol=1e-9,
+                                   atol=1e-13, err_msg=name)
 
 
-def test_gradients_match_central_differences() -> None:
-    model = small_model()
+@pytest.mark.parametrize("cell", charrnn.CELLS)
+def test_gradients_match_central_differences(cell: str) -> None:
+    model = small_model(cell=cell, embedding_dim=4)
     rng = np.random.default_rng(0)
     inputs, targets = windows(rng, 3, 5)
-    h0 = rng.standard_normal((3, 6))
+    h0 = initial_state(rng, cell, 3)
     model.loss_and_grad(inputs, targets, h0)
     analytic = {k: v.copy() for k, v in model.gradients().items()}
     for name, p in model.parameters().items():
@@ -104,8 +125,9 @@ def test_gradients_match_central_differences() -> None:
         np.testing.assert_allclose(analytic[name], numeric, rtol=1e-6, atol=1e-9, err_msg=name)
 
 
-def test_loss_is_the_mean_negative_log_likelihood_of_the_logits() -> None:
-    model = small_model()
+@pytest.mark.parametrize("cell", charrnn.CELLS)
+def test_loss_is_the_mean_negative_log_likelihood_of_the_logits(cell: str) -> None:
+    model = small_model(cell=cell)
     inputs, targets = windows(np.random.default_rng(1), 2, 5)
     logits, h_last = model.forward(inputs)
     assert logits.shape == (2, 5, len(CHARS))
@@ -114,11 +136,13 @@ def test_loss_is_the_mean_negative_log_likelihood_of_the_logits() -> None:
     value, h2 = model.loss(inputs, targets)
     assert value == pytest.approx(nll, rel=1e-12)
     assert model.loss_and_grad(inputs, targets)[0] == pytest.approx(nll, rel=1e-12)
-    np.testing.assert_array_equal(h_last, h2)
+    for a, b in zip(state_parts(h_last), state_parts(h2), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_carried_state_makes_two_windows_one_long_window(device: str) -> None:
-    model = small_model(device)
+@pytest.mark.parametrize("cell", charrnn.CELLS)
+def test_carried_state_makes_two_windows_one_long_window(device: str, cell: str) -> None:
+    model = small_model(device, cell=cell)
     be = model.backend
     inputs, targets = (be.asarray(a) for a in windows(np.random.default_rng(2), 2, 8))
     logits, h_whole = model.forward(inputs)
@@ -126,7 +150,8 @@ def test_carried_state_makes_two_windows_one_long_window(device: str) -> None:
     second, h_end = model.forward(inputs[:, 4:], h_mid)
     joined = np.concatenate([to_numpy(first), to_numpy(second)], axis=1)
     np.testing.assert_allclose(joined, to_numpy(logits), rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(to_numpy(h_end), to_numpy(h_whole), rtol=1e-13, atol=1e-13)
+    for a, b in zip(state_parts(h_end), state_parts(h_whole), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
     whole = model.loss(inputs, targets)[0]
     a, h = model.loss_and_grad(inputs[:, :4], targets[:, :4])
     b, _ = model.loss_and_grad(inputs[:, 4:], targets[:, 4:], h)
@@ -136,16 +161,25 @@ def test_carried_state_makes_two_windows_one_long_window(device: str) -> None:
 
 
 # --- one flat buffer -----------------------------------------------------------------------------
-def test_every_parameter_lives_in_one_flat_buffer_stepped_by_one_optimizer() -> None:
-    model = small_model()
-    v, h = len(CHARS), 6
+@pytest.mark.parametrize("cell", charrnn.CELLS)
+def test_every_parameter_lives_in_one_flat_buffer_stepped_by_one_optimizer(cell: str) -> None:
+    model = small_model(cell=cell, embedding_dim=5)
+    v, h, e = len(CHARS), 6, 5
     shapes = {k: p.shape for k, p in model.parameters().items()}
-    assert shapes == {"Wxh": (h, v), "Whh": (h, h), "bh": (h,), "Why": (v, h), "by": (v,)}
-    assert model.num_parameters == h * v + h * h + h + v * h + v == model.flat_params.size
-    assert np.shares_memory(model.rnn.flat_params, model.flat_params)
+    gates = {"lstm": 4, "gru": 3}.get(cell, 1)
+    if cell == "rnn":  # the seed notes' Wxh, Whh, bh, Why, by
+        assert shapes == {"0.Wxh": (h, v), "0.Whh": (h, h), "0.bh": (h,),
+                          "1.weight": (v, h), "1.bias": (v,)}
+    else:  # PyTorch's layouts: Embedding, then the cell's gates stacked
+        assert shapes == {"0.weight": (v, e), "1.weight_ih": (gates * h, e),
+                          "1.weight_hh": (gates * h, h), "1.bias_ih": (gates * h,),
+                          "1.bias_hh": (gates * h,), "2.weight": (v, h), "2.bias": (v,)}
+    assert model.num_parameters == sum(p.size for p in model.parameters().values())
+    assert model.num_parameters == model.flat_params.size
     for p in model.parameters().values():
         assert np.shares_memory(p, model.flat_params)
-    np.testing.assert_array_equal(model.parameters()["Whh"], model.rnn.parameters()["Whh"])
+    for p in model.recurrent.params.values():
+        assert np.shares_memory(p, model.flat_params)
     inputs, targets = windows(np.random.default_rng(3), 2, 5)
     model.loss_and_grad(inputs, targets)
     before = {k: p.copy() for k, p in model.parameters().items()}
@@ -158,8 +192,9 @@ def test_seed_fixes_every_initial_weight() -> None:
     a, b = small_model(), small_model()
     np.testing.assert_array_equal(a.flat_params, b.flat_params)
     c = gb.CharRNN(len(CHARS), 6, "cpu", "float64", 4, chars=CHARS)
-    assert not np.array_equal(a.parameters()["Why"], c.parameters()["Why"])
-    assert np.all(a.parameters()["by"] == 0) and np.abs(a.parameters()["Why"]).max() > 0
+    why, by = readout(a)
+    assert not np.array_equal(why, readout(c)[0])
+    assert np.all(by == 0) and np.abs(why).max() > 0
 
 
 # --- text, sampling ------------------------------------------------------------------------------
@@ -176,8 +211,9 @@ def test_encode_decode_and_sampling() -> None:
 
 def test_low_temperature_samples_the_likeliest_character() -> None:
     model = small_model()
-    model.parameters()["by"][...] = np.arange(len(CHARS))  # "g" is by far the likeliest
-    model.parameters()["Why"][...] = 0.0
+    why, by = readout(model)
+    by[...] = np.arange(len(CHARS))  # "g" is by far the likeliest
+    why[...] = 0.0
     assert model.sample("a", 20, temperature=0.01, rng=0) == "g" * 20
 
 
@@ -215,15 +251,15 @@ def test_out_of_vocabulary_indices_raise_label_error() -> None:
 
 def test_wrong_rank_or_shape_raises_shape_error_naming_the_model() -> None:
     model = small_model()
-    with pytest.raises(
-        gb.ShapeError, match=r"CharRNN\(vocab=7, hidden=6\).*\(batch, time\).*\(5,\)"
-    ):
+    named = r"CharRNN\(vocab=7, hidden=6, cell=lstm\).*\(batch, time\).*\(5,\)"
+    with pytest.raises(gb.ShapeError, match=named):
         model.loss_and_grad(np.zeros(5, dtype=np.int64), np.zeros(5, dtype=np.int64))
     with pytest.raises(gb.ShapeError, match=r"\(2, 3, 1\)"):
         model.forward(np.zeros((2, 3, 1), dtype=np.int64))
     with pytest.raises(gb.ShapeError, match=r"targets have shape \(2, 4\), inputs \(2, 3\)"):
         model.loss_and_grad(np.zeros((2, 3), np.int64), np.zeros((2, 4), np.int64))
-    with pytest.raises(gb.ShapeError, match="h0"):
+    pair = r"LSTM.*initial state must be the pair \(h, c\).*got one ndarray"
+    with pytest.raises(gb.ShapeError, match=pair):
         model.loss_and_grad(np.zeros((2, 3), np.int64), np.zeros((2, 3), np.int64),
                             np.zeros((2, 5)))
     with pytest.raises(gb.DTypeError, match="integer"):
@@ -294,7 +330,7 @@ def test_training_lowers_the_loss(tmp_path: Path) -> None:
             "the cat sat on the mat. " * 20, device="cpu", steps=60, hidden=24, seq_len=12,
             batch=4, lr=0.01, sample_every=0, quiet=True, file=log,
         )
-    first = np.mean(result.losses[:5])
+    first = result.losses[0]  # an untrained model: close to uniform, ln V per character
     assert first == pytest.approx(math.log(len(set("the cat sat on the mat. "))), rel=0.2)
     assert result.final_loss < 0.5 * first
     assert len(result.losses) == 60
@@ -323,6 +359,25 @@ def test_main_prints_loss_lines_and_samples(tmp_path: Path, capsys) -> None:
     assert math.isfinite(value) and 0 < value < 10
     assert "held-out last 10% (23 characters)" in final["validation"]
     assert "learned nothing" in out and "scores ln V = " in out and "the target is 60%" in out
+
+
+@pytest.mark.parametrize("cell", charrnn.CELLS)
+def test_main_trains_each_cell(tmp_path: Path, capsys, cell: str) -> None:
+    text = tmp_path / "tiny.txt"
+    text.write_text("hello world, hello backprop. " * 8, encoding="utf-8")
+    code = charrnn.main(["--text", str(text), "--device", "cpu", "--cell", cell, "--steps", "4",
+                         "--hidden", "8", "--seq-len", "8", "--batch", "2", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"char-RNN ({cell})" in out and f"cell={cell!r}" in out
+    assert "validation loss was lowest" in out
+
+
+def test_an_unknown_cell_is_refused(capsys) -> None:
+    with pytest.raises(gb.ConfigError, match="cell must be one of lstm, gru, rnn"):
+        gb.CharRNN(4, 3, "cpu", cell="transformer")
+    with pytest.raises(SystemExit):
+        charrnn.main(["--cell", "transformer"])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_main_quiet_and_errors(tmp_path: Path, capsys) -> None:
@@ -358,27 +413,33 @@ def test_default_run_gets_below_60_percent_of_ln_vocab(tmp_path: Path) -> None:
         result = charrnn.run_charrnn(device="cpu", file=log)
     vocab = result.model.vocab_size
     assert result.target_loss == pytest.approx(0.6 * math.log(vocab))
+    assert result.model.cell == "lstm"
     assert result.final_loss < result.target_loss  # the training loss
-    assert [step for step, _ in result.validation_losses] == [250, 500, 750, 1000]
+    assert result.validation_loss < result.target_loss  # and the held-out text's
+    assert [step for step, _ in result.validation_losses] == [50, 100, 150]
     assert all(math.isfinite(v) for _, v in result.validation_losses)
     assert time.perf_counter() - start < 120
 
 
 # --- CPU vs GPU ----------------------------------------------------------------------------------
 @pytest.mark.gpu
-def test_cpu_and_gpu_agree() -> None:
+@pytest.mark.parametrize("cell", charrnn.CELLS)
+def test_cpu_and_gpu_agree(cell: str) -> None:
     chars = "".join(chr(c) for c in range(32, 32 + 67))
-    cpu = gb.CharRNN(67, 129, "cpu", "float32", 0, chars=chars)
-    gpu = gb.CharRNN(67, 129, "cuda", "float32", 0, chars=chars)
+    cpu = gb.CharRNN(67, 129, "cpu", "float32", 0, chars=chars, cell=cell)
+    gpu = gb.CharRNN(67, 129, "cuda", "float32", 0, chars=chars, cell=cell)
     np.testing.assert_array_equal(cpu.flat_params, to_numpy(gpu.flat_params))
     rng = np.random.default_rng(1)
     inputs, targets = rng.integers(0, 67, (17, 33)), rng.integers(0, 67, (17, 33))
-    h0 = rng.standard_normal((17, 129)).astype(np.float32)
+    h0 = initial_state(rng, cell, 17, 129)
+    h0 = tuple(a.astype(np.float32) for a in h0) if cell == "lstm" else h0.astype(np.float32)
     be = get_backend("cuda")
+    h0_gpu = tuple(be.asarray(a) for a in h0) if cell == "lstm" else be.asarray(h0)
     loss_c, h_c = cpu.loss_and_grad(inputs, targets, h0)
-    loss_g, h_g = gpu.loss_and_grad(be.asarray(inputs), be.asarray(targets), be.asarray(h0))
+    loss_g, h_g = gpu.loss_and_grad(be.asarray(inputs), be.asarray(targets), h0_gpu)
     assert loss_g == pytest.approx(loss_c, rel=1e-5)
-    np.testing.assert_allclose(to_numpy(h_g), h_c, rtol=1e-4, atol=1e-5)
+    for g, c in zip(state_parts(h_g), state_parts(h_c), strict=True):
+        np.testing.assert_allclose(g, c, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(to_numpy(gpu.flat_grads), cpu.flat_grads, rtol=1e-3, atol=1e-5)
     assert len(gpu.sample("abc", 20, rng=0)) == 20
     with pytest.raises(gb.DeviceError):
