@@ -54,7 +54,6 @@ from .params import (
     initialise,
     resolve_dtype,
     seeded_rng,
-    split_flat,
 )
 
 #: The nonlinearities f an RNN may use (both have f′ as a function of the output h).
@@ -204,19 +203,7 @@ class RNN(Layer, NamedParameters):
         host["Whh"][...] = q * np.where(np.diag(r) < 0, -1.0, 1.0)
         host["bh"][...] = 0.0
 
-    def move_into(self, flat_params: Array, flat_grads: Array) -> None:
-        """Keep the parameters in the given 1-D buffers (views into a bigger model's).
-
-        The current values are copied over and every view is rebound; the RNN then
-        reads and writes only those slices (how :class:`~gpubackprop.CharRNN` puts
-        the RNN and its readout into one flat buffer).
-        """
-        flat_params[...] = self.flat_params
-        flat_grads[...] = self.flat_grads
-        self.flat_params, self.flat_grads = flat_params, flat_grads
-        self.params, self.grads = split_flat(flat_params, flat_grads, self.param_shapes())
-
-    # --- the recurrence over time-major buffers (shared with CharRNN) --------------------
+    # --- the recurrence over time-major buffers --------------------------------------------
     def recurrence_buffers(
         self, batch: int, steps: int, extra: Mapping[str, tuple[tuple[int, ...], Any]]
     ) -> dict[str, Array]:
