@@ -5,6 +5,7 @@ checkpoints with the optimizer (bit for bit on the CPU), compile_step on the CPU
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,83 @@ def test_per_position_layers_on_sequences_with_mse(rng) -> None:
     assert model.predict(x).shape == (4, 6, 2)
     assert model.evaluate(x, y, "mse")["loss"] < 0.2 * before
     assert gb.gradcheck(model, x=x, y=y, loss="mse")
+
+
+# --- bad inputs: the package's errors, naming the layer, the expected and the actual ------------
+def _lstm_first() -> gb.Sequential:
+    return gb.Sequential([gb.LSTM(5, 4), gb.LayerNorm(4), gb.Dense(4, 2)], device="cpu")
+
+
+def _calls(model: gb.Sequential, x: np.ndarray) -> list:
+    """forward, predict, evaluate and fit on input ``x``: each checks it the same way."""
+    y = np.zeros((2, 3, 2))
+    return [
+        lambda: model.forward(x),
+        lambda: model.predict(x),
+        lambda: model.evaluate(x, y, "mse"),
+        lambda: model.fit(x, y, loss="mse", optimizer=gb.optim.SGD(0.1), verbose=False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("x", "message"),
+    [
+        (np.zeros((2, 3, 6)), r"got shape \(2, 3, 6\)$"),
+        (np.zeros((2, 3)), r"got shape \(2, 3\) \(one sequence\? use x\[None\]\)$"),
+        (np.zeros((2, 3), dtype=np.int64), r"got shape \(2, 3\); integer token ids\? a model "
+                                           r"that takes token ids starts with gb\.Embedding"),
+        (np.zeros((2, 3, 5, 1)), r"got shape \(2, 3, 5, 1\)$"),
+    ],
+)
+def test_wrong_input_to_a_model_starting_with_lstm(x: np.ndarray, message: str) -> None:
+    """Every entry point names layer 0, the shape it takes and the shape that came (the
+    hint for integer ids survives fit/predict/evaluate's conversion to floats)."""
+    for call in _calls(_lstm_first(), x):
+        with pytest.raises(gb.ShapeError, match=r"^layer 0 \(LSTM 5->4\): expected (input|x) of "
+                           r"shape \(batch, time, 5\), " + message):
+            call()
+
+
+def test_a_sequence_layer_after_a_dense_on_2d_input_names_both() -> None:
+    model = gb.Sequential([gb.Dense(5, 3), gb.LSTM(3, 4)], device="cpu")
+    for call in _calls(model, np.zeros((2, 5))):
+        with pytest.raises(gb.ShapeError, match=r"layer 1 \(LSTM 3->4\): expected (input|x) of "
+                           r"shape \(batch, time, 5\), got shape \(2, 5\) " + re.escape(
+                               "(it takes (batch, time, 3) from layer 0 (Dense 5->3))")):
+            call()
+
+
+def test_token_ids_to_a_model_without_an_embedding() -> None:
+    model = gb.Sequential([gb.LayerNorm(5), gb.GRU(5, 4)], device="cpu")
+    with pytest.raises(gb.ShapeError, match=r"^layer 1 \(GRU 5->4\): expected input of shape "
+                       r"\(batch, time, 5\), got shape \(2, 5\) .*gb\.Embedding"):
+        model.predict(np.zeros((2, 5), dtype=np.int64))
+
+
+def test_bad_token_ids_to_the_all_layers_model() -> None:
+    model = _all_layers()
+    with pytest.raises(gb.DTypeError, match=r"^layer 0 \(Embedding 7x5\): input must be integer "
+                       r"token ids .* got dtype float64"):
+        model.predict(np.zeros((2, 3)))
+    with pytest.raises(gb.ShapeError, match=re.escape(
+        "layer 0 (Embedding 7x5): expected input to be integer token ids of shape "
+        "(batch, time), got shape (2, 3, 5)"
+    )):
+        model.predict(np.zeros((2, 3, 5), dtype=np.int64))
+    with pytest.raises(gb.ShapeError, match=re.escape(
+        "layer 2 (LSTM 5->6): expected input to be integer token ids of shape (batch, time), "
+        "got shape (2,) (it takes (batch, time, 5) from layer 1 (Dropout"
+    )):
+        model.predict(np.zeros(2, dtype=np.int64))
+    with pytest.raises(gb.LabelError, match=r"layer 0 \(Embedding 7x5\): token id 9 "):
+        model.predict(np.full((2, 3), 9))
+
+
+def test_embedding_not_first_and_widths_that_do_not_chain() -> None:
+    with pytest.raises(gb.ConfigError, match=r"^layer 2 \(Embedding 7x5\) takes integer token "
+                       r"ids and must be the model's first layer, but comes after layer 1 "):
+        gb.Sequential([gb.Dense(3, 4), gb.LSTM(4, 4), gb.Embedding(V, E)], device="cpu")
+    with pytest.raises(gb.ShapeError, match=r"^layer 3 \(GRU 5->4\) expects 5 input features "
+                       r"but layer 2 \(LayerNorm 6\) gives 6"):
+        gb.Sequential([gb.Embedding(V, E), gb.LSTM(E, H), gb.LayerNorm(H), gb.GRU(E, H2)],
+                      device="cpu")
