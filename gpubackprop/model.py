@@ -398,7 +398,8 @@ class Sequential(FlatParameters):
         if layer is not self.layers[0]:
             takes = _EXPECTED[getattr(layer, "input_kind", "features")]
             takes = takes.format(width=layer.input_features or "n").removeprefix("of shape ")
-            hint = f" (it takes {takes} from {self.layers[layer.index - 1].label})"
+            before = self.layers[self.layers.index(layer) - 1]
+            hint = f" (it takes {takes} from {before.label})"
         if len(shape) == 1 and self.input_kind != "tokens":
             hint += " (a single sample? use x[None, :])"
         if len(shape) == 2 and self.input_ranks == (3,) and kind not in "iu":
