@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a session with a lent GPU owes, in one command of at most 6 minutes:
+# Everything a session with a lent GPU owes, in one command of at most 7 minutes:
 #
 #   bash bench/gpu_session.sh          (device tool: `run`, timeout_s=420, carry nothing)
 #
@@ -11,13 +11,15 @@
 #   3. memcheck   compute-sanitizer memcheck on the small kernel cases, CuPy's memory
 #   4. racecheck  pool off (cupy.cuda.set_allocator(None)) so that an out-of-bounds
 #                 access is not hidden inside a pooled block (GBP_T_SANITIZER each,
-#                 default 35)
-# Budget: 170 + 120 + 2 x 35 = 360 s, plus a few seconds of probing. Expected on an H200
-# (from the CPU-side dry run, 2026-11-30): tests 60-90 s (563 GPU tests; a cold NVRTC
-# compile of six modules, 20-30 s; the NumPy references of the 15 large cases, ~60 s on
-# this 2-core machine under load, a third of that on the GPU host); bench 60-90 s
-# (every network and contender at --quick); each sanitizer phase 20-35 s (126 float32
-# kernel cases of shapes 1x1 and 7x13, kernels already compiled and cached on disk).
+#                 default 45)
+# Budget: 170 + 120 + 2 x 45 = 380 s, plus a few seconds of probing. Expected on an H200
+# (from the CPU-side dry run, 2026-11-30): tests 70-100 s (664 GPU tests, 101 of them
+# for LayerNorm, Dropout, Embedding, LSTM, GRU, RNN, mostly small; a cold NVRTC compile
+# of nine modules, 25-40 s; the NumPy references of the large cases, ~60 s on this
+# 2-core machine under load, a third of that on the GPU host); bench 60-90 s (every
+# network and contender at --quick); each sanitizer phase 25-40 s (139 float32 kernel
+# cases: 126 of dense/losses/optim at 1x1 and 7x13, 4 of norm.cu/dropout.cu, 9 of
+# recurrent.cu; kernels already compiled and cached on disk by the tests phase).
 #
 # Every phase writes its log with `tee` into $OUT (the device tool's folder; here
 # bench/results/session-<time>/), so a phase killed by its timeout still returns
@@ -90,11 +92,13 @@ for ext in json png; do
 done
 
 # 3./4. compute-sanitizer over the small kernel cases, with CuPy's memory pool off
-sanitize_subset=(-q -p no:cacheprovider -m gpu tests/test_kernels_gpu.py
-    -k "not 4097 and not 8394753 and not 257 and not 20000 and not float64")
+# (pytest's argument file bench/sanitize_cases.txt: every kernel family, dense/losses/
+# optim, norm.cu and dropout.cu at 1x1 and 7x13 (shape0, shape1), recurrent.cu's four
+# cells at 1x1 and 3x7; float32 only; tests/test_gpu_session.py checks the selection)
+sanitize_subset=(-q -p no:cacheprovider @bench/sanitize_cases.txt)
 if command -v compute-sanitizer >/dev/null 2>&1; then
     for tool in memcheck racecheck; do
-        phase "$tool" "${GBP_T_SANITIZER:-35}" \
+        phase "$tool" "${GBP_T_SANITIZER:-45}" \
             compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
             "$PY" -c 'import sys, cupy, pytest
 cupy.cuda.set_allocator(None)  # no pool: every buffer is its own allocation

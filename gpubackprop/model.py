@@ -78,10 +78,13 @@ def _of_layer(layer: Layer, named: dict[str, Any]) -> dict[str, Any]:
 _RANKS = {"features": (2, 3), "sequence": (3,), "tokens": (1, 2)}
 #: input kind -> the input it takes, in words (``{width}``: the feature width)
 _EXPECTED = {
-    "features": "(batch, {width}) or (batch, time, {width})",
-    "sequence": "(batch, time, {width})",
-    "tokens": "integer token ids of shape (batch,) or (batch, time)",
+    "features": "of shape (batch, {width}) or (batch, time, {width})",
+    "sequence": "of shape (batch, time, {width})",
+    "tokens": "to be integer token ids of shape (batch,) or (batch, time)",
 }
+#: model input rank -> its shape in words, for real inputs and for token ids
+_SHAPES = {2: "(batch, {width})", 3: "(batch, time, {width})"}
+_TOKEN_SHAPES = {1: "(batch,)", 2: "(batch, time)"}
 
 
 class Batch(NamedTuple):
@@ -366,30 +369,47 @@ class Sequential(FlatParameters):
                 f"{first.label}: {what} must be integer token ids of shape (batch,) or "
                 f"(batch, time), got dtype {dtype} (convert with x.astype(np.int64))"
             )
-        want = self.input_features
         shape = tuple(shape)
-        if len(shape) not in self.input_ranks or (want is not None and shape[-1] != want):
+        if not self.takes_shape(shape):
             raise ShapeError(self._shape_message(shape, kind, what))
         if shape[0] == 0:
             raise ShapeError(f"{first.label}: empty batch ({what} of shape {shape})")
 
+    def takes_shape(self, shape: tuple[int, ...]) -> bool:
+        """Whether an input of ``shape`` has a rank every layer takes and the model's
+        input width (see :meth:`check_input`; the dtype is not looked at)."""
+        want = self.input_features
+        return len(shape) in self.input_ranks and (want is None or shape[-1] == want)
+
     def _shape_message(self, shape: tuple[int, ...], kind: str, what: str) -> str:
-        """Why an input of ``shape`` (dtype kind ``kind``) is refused, naming the layer."""
+        """Why an input of ``shape`` (dtype kind ``kind``) is refused: the layer that
+        cannot take it, the model inputs that fit, the shape that came."""
         layer = self._rank_problem(len(shape)) or self.layers[0]
-        expected = _EXPECTED[getattr(layer, "input_kind", "features")]
-        width = (self.input_features if layer is self.layers[0] else layer.input_features) or "n"
+        width = self.input_features or "n"
+        table = _TOKEN_SHAPES if self.input_kind == "tokens" else _SHAPES
+        shapes = " or ".join(table[r].format(width=width) for r in self.input_ranks)
+        if not shapes:  # no input fits every layer: say what the first one takes
+            expected = _EXPECTED[self.input_kind].format(width=width)
+        elif self.input_kind == "tokens":
+            expected = f"to be integer token ids of shape {shapes}"
+        else:
+            expected = f"of shape {shapes}"
         hint = ""
+        if layer is not self.layers[0]:
+            takes = _EXPECTED[getattr(layer, "input_kind", "features")]
+            takes = takes.format(width=layer.input_features or "n").removeprefix("of shape ")
+            before = self.layers[self.layers.index(layer) - 1]
+            hint = f" (it takes {takes} from {before.label})"
         if len(shape) == 1 and self.input_kind != "tokens":
-            hint = " (a single sample? use x[None, :])"
+            hint += " (a single sample? use x[None, :])"
+        if len(shape) == 2 and self.input_ranks == (3,) and kind not in "iu":
+            hint += " (one sequence? use x[None])"
         if kind in "iu" and self.input_kind != "tokens" and len(shape) in (1, 2):
             hint += (
                 "; integer token ids? a model that takes token ids starts with "
                 "gb.Embedding(num_embeddings, embedding_dim)"
             )
-        return (
-            f"{layer.label}: expected {what} of shape {expected.format(width=width)}, "
-            f"got shape {shape}{hint}"
-        )
+        return f"{layer.label}: expected {what} {expected}, got shape {shape}{hint}"
 
     def check_input_values(self, x: Array) -> None:
         """LabelError unless the values of input ``x`` suit the first layer (an

@@ -81,12 +81,14 @@ def _host_or_device(model: Sequential, x: Any, name: str) -> Any:
 
 def _inputs(model: Sequential, x: Any) -> Array:
     """Inputs as NumPy or device arrays, in the model's input dtype (its float dtype, or
-    int64 token ids) and C-contiguous (once); dtypes the model refuses stay as they are
-    for :meth:`~gpubackprop.Sequential.check_input` to name."""
+    int64 token ids) and C-contiguous (once); dtypes and shapes the model refuses stay
+    as they are for :meth:`~gpubackprop.Sequential.check_input` to name."""
     x = _host_or_device(model, x, "x")
     dtype = model.input_dtype
-    if x.dtype.kind in ("iu" if model.input_kind == "tokens" else "biuf") and (
-        x.dtype != dtype or not x.flags.c_contiguous
+    if (
+        x.dtype.kind in ("iu" if model.input_kind == "tokens" else "biuf")
+        and (x.dtype != dtype or not x.flags.c_contiguous)
+        and model.takes_shape(tuple(x.shape))  # a refused shape: named with its dtype
     ):
         with model.backend.activate():
             x = array_module(x).ascontiguousarray(x, dtype=dtype)

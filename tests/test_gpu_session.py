@@ -41,3 +41,38 @@ def test_gpu_session_dry_run(tmp_path: Path) -> None:
     assert "total" in lines and "benchmark table" in summary
     assert {"summary.txt", "tests.log", "bench.log"} <= {p.name for p in tmp_path.iterdir()}
     assert len(list(tmp_path.iterdir())) <= 8  # what the device tool brings back
+
+
+def _collect(*args: str) -> list[str]:
+    """The test ids pytest selects with ``args`` (collection only: no GPU needed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [line for line in done.stdout.splitlines() if "::" in line]
+
+
+def test_the_tests_phase_selects_the_gpu_tests_of_the_new_layers() -> None:
+    """`pytest -m gpu tests` (phase 1) runs the GPU tests of LayerNorm/Dropout, the
+    recurrent kernels and layers, sequences and DLPack."""
+    files = {test.split("::")[0] for test in _collect("-m", "gpu", "tests")}
+    assert {
+        "tests/test_norm_gpu.py", "tests/test_kernels_gpu_recurrent.py",
+        "tests/test_sequences.py", "tests/test_recurrent.py", "tests/test_rnn.py",
+        "tests/test_dlpack.py", "tests/test_kernels_gpu.py",
+    } <= files
+
+
+def test_the_sanitizer_phases_run_small_cases_of_every_kernel_family() -> None:
+    """bench/sanitize_cases.txt (phases 3 and 4): small float32 cases of dense/losses/optim,
+    norm.cu, dropout.cu and recurrent.cu's four cells, and nothing large."""
+    tests = _collect("@bench/sanitize_cases.txt")
+    for family in ("test_layer_norm_kernels", "test_dropout_kernels", "lstm_cell_forward",
+                   "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward",
+                   "tests/test_kernels_gpu.py"):
+        assert any(family in test for test in tests), family
+    for large in ("float64", "4097", "shape2", "shape3", "37x129", "1031x301"):
+        assert not any(large in test for test in tests), large
+    assert len(tests) <= 150  # about 25-40 s under each sanitizer

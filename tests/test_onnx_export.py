@@ -114,3 +114,27 @@ def test_an_opset_below_17_is_refused(tmp_path: Path) -> None:
     with pytest.raises(gb.ConfigError, match=r"export_onnx: opset must be an int >= 17, got 13"):
         gb.export_onnx(_model("relu"), tmp_path / "m.onnx", opset=13)
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("layers", "named"),
+    [
+        ([gb.Embedding(5, 3), gb.Dense(3, 2)], r"layer 0 \(Embedding 5x3\)"),
+        ([gb.LSTM(3, 4), gb.Dense(4, 2)], r"layer 0 \(LSTM 3->4\)"),
+        ([gb.Dense(3, 3), gb.GRU(3, 4)], r"layer 1 \(GRU 3->4\)"),
+        ([gb.RNN(3, 4, device="cpu")], r"layer 0 \(RNN 3->4, tanh\)"),
+        ([gb.Dense(3, 3), gb.LayerNorm(3)], r"layer 1 \(LayerNorm"),
+        ([gb.Dense(3, 3), gb.Dropout(0.5)], r"layer 1 \(Dropout"),
+    ],
+)
+def test_the_sequence_and_norm_layers_are_refused_by_name(
+    layers: list, named: str, tmp_path: Path
+) -> None:
+    """No ONNX export of Embedding, LSTM, GRU, RNN, LayerNorm, Dropout: a ConfigError
+    naming the layer and what is supported, and no file written."""
+    model = gb.Sequential(layers, device="cpu")
+    path = tmp_path / "m.onnx"
+    with pytest.raises(gb.ConfigError, match=rf"export_onnx: {named}.* has no ONNX export; "
+                       "supported: Dense, Activation"):
+        gb.export_onnx(model, path)
+    assert not path.exists()

@@ -8,7 +8,7 @@ import pytest
 
 import gpubackprop as gb
 from gpubackprop.activations import ACTIVATIONS
-from gpubackprop.torch_interop import TORCH_ACTIVATIONS
+from gpubackprop.torch_interop import TORCH_ACTIVATIONS, recurrent_output
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -187,3 +187,80 @@ def test_layer_norm_and_dropout_convert_both_ways() -> None:
         gb.from_torch(nn.LayerNorm((3, 4)), device="cpu")
     with pytest.raises(gb.ConfigError, match=r"elementwise_affine=False"):
         gb.from_torch(nn.LayerNorm(4, elementwise_affine=False), device="cpu")
+
+
+def _sequence_model(dtype: str, first: str) -> gb.Sequential:
+    """Every sequence layer in one model: tokens (first="tokens") or floats (B, T, 5)."""
+    head = [gb.Embedding(11, 5), gb.Dropout(0.2)] if first == "tokens" else []
+    return gb.Sequential(
+        [*head, gb.LSTM(5, 7), gb.LayerNorm(7), gb.GRU(7, 6), gb.RNN(6, 4, "relu"),
+         gb.Dense(4, 11)],
+        device="cpu", dtype=dtype, seed=0,
+    )
+
+
+def _sequence_input(first: str, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    if first == "tokens":
+        return rng.integers(0, 11, (3, 9))
+    return rng.standard_normal((3, 9, 5)).astype(dtype)
+
+
+@pytest.mark.parametrize("first", ["tokens", "floats"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sequence_layers_convert_both_ways(dtype: str, first: str) -> None:
+    """Embedding, LSTM, GRU, RNN <-> nn.Embedding, nn.LSTM/GRU/RNN(batch_first=True),
+    each recurrent module wrapped to return its output only: the torch Sequential runs
+    and agrees to 1e-6 (float32) / 1e-12 (float64); from_torch gives the model back."""
+    model = _sequence_model(dtype, first)
+    model.parameters()[f"{len(model.layers) - 2}.bh"][...] = 0.3  # a bias to split
+    net = gb.to_torch(model).eval()
+    rnn = net[-2].rnn
+    assert isinstance(rnn, nn.RNN) and rnn.nonlinearity == "relu" and rnn.batch_first
+    np.testing.assert_array_equal(rnn.bias_hh_l0.detach().numpy(), 0.0)
+    assert all(isinstance(m, recurrent_output(nn)) for m in (net[-5], net[-3], net[-2]))
+    x = _sequence_input(first, dtype)
+    ours = model.eval().predict(x)
+    np.testing.assert_allclose(_torch_out(net, x), ours, rtol=0, atol=TOL[dtype])
+    back = gb.from_torch(net, device="cpu")
+    assert [la.describe() for la in back.layers] == [la.describe() for la in model.layers]
+    np.testing.assert_array_equal(back.flat_params, model.flat_params)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bare_torch_recurrent_modules_convert_and_rnn_biases_add(dtype: str) -> None:
+    """from_torch takes unwrapped nn.LSTM/GRU/RNN; nn.RNN's two biases become one,
+    bh = bias_ih + bias_hh, and the outputs agree."""
+    torch.manual_seed(0)
+    tdtype = getattr(torch, dtype)
+    lstm = nn.LSTM(5, 6, batch_first=True, dtype=tdtype)
+    gru = nn.GRU(6, 4, batch_first=True, dtype=tdtype)
+    rnn = nn.RNN(4, 3, nonlinearity="tanh", batch_first=True, dtype=tdtype)
+    model = gb.from_torch(nn.Sequential(lstm, gru, rnn), device="cpu")
+    bh = (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach().numpy()
+    np.testing.assert_allclose(model.parameters()["2.bh"], bh, rtol=0, atol=TOL[dtype])
+    x = _sequence_input("floats", dtype)
+    with torch.no_grad():
+        h = torch.from_numpy(x)
+        for module in (lstm, gru, rnn):
+            h = module(h)[0]
+    np.testing.assert_allclose(model.predict(x), h.numpy(), rtol=0, atol=TOL[dtype])
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (nn.LSTM(3, 4), r"module 0 \(LSTM with batch_first=False\).*batch_first=True"),
+        (nn.GRU(3, 4, batch_first=True, num_layers=2), r"\(GRU with num_layers=2\)"),
+        (nn.RNN(3, 4, batch_first=True, bias=False), r"\(RNN with bias=False\).*bias=True"),
+        (
+            nn.LSTM(3, 4, batch_first=True, bidirectional=True, proj_size=2),
+            r"bidirectional=True, proj_size=2\).*bidirectional=False, proj_size=0",
+        ),
+        (nn.Embedding(5, 3, padding_idx=0), r"\(Embedding with padding_idx=0\)"),
+        (nn.Embedding(5, 3, max_norm=1.0), r"\(Embedding with max_norm=1.0\)"),
+    ],
+)
+def test_other_recurrent_or_embedding_settings_are_refused(module, message: str) -> None:
+    with pytest.raises(gb.ConfigError, match=message):
+        gb.from_torch(module, device="cpu")
