@@ -175,11 +175,18 @@ def build_torch_lstm(net: LSTMNetwork, init: NamedParams, device: Any, dtype: An
             return self.head(out).reshape(-1, net.vocab)
 
     model = LanguageModel().to(device=device, dtype=dtype)
+    load_torch_named_params(model, init)
+    return model
+
+
+def load_torch_named_params(model: Any, params: NamedParams) -> None:
+    """Copy host parameters (gpubackprop's names) into the twin, in place."""
+    import torch
+
     own = dict(model.named_parameters())
     with torch.no_grad():
-        for name, value in init.items():
+        for name, value in params.items():
             own[_TORCH_NAMES[name]].copy_(torch.from_numpy(np.ascontiguousarray(value)))
-    return model
 
 
 def torch_lstm_loss(logits: Any, y: Any) -> Any:
@@ -259,6 +266,7 @@ __all__ = [
     "compare_lstm_step",
     "gb_named_params",
     "load_named_params",
+    "load_torch_named_params",
     "lstm_update_error",
     "make_lstm_batch",
     "reference_lstm_step",

@@ -110,3 +110,10 @@ def test_run_network_on_the_lstm_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result["network"] == "lstm-small" and set(result["paired_ratios"]) == {"torch"}
     assert result["timings"][cpu_step.GB]["steps"] >= cpu_step.LSTM_QUICK["min_steps"]
     cpu_step.print_table([result])  # textbook and gb internal read n/a
+
+
+def test_torch_lstm_twin_restores_its_initial_weights() -> None:
+    init = lstm_lm.gb_named_params(lstm_lm.build_lstm_model(SMALL))
+    twin = lstm_lm.build_torch_lstm(SMALL, {k: v * 0 for k, v in init.items()}, "cpu")
+    lstm_lm.load_torch_named_params(twin, init)
+    np.testing.assert_equal(lstm_lm.torch_named_params(twin), init)
