@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 import gpubackprop as gb
-from bench.networks import Network
+from bench.networks import Named, Network
 from gpubackprop.info import collect_info, format_cuda_version
 
 LR = 0.01
@@ -314,7 +314,13 @@ def compare_step(
     loss_rtol = ref.loss_rtol if loss_rtol is None else loss_rtol
     update_rtol = ref.update_rtol if update_rtol is None else update_rtol
     loss_rel = abs(loss - ref.loss) / max(abs(ref.loss), 1e-30)
-    update_rel = update_error(ref, params)
+    return check_entry(loss_rel, update_error(ref, params), loss_rtol, update_rtol)
+
+
+def check_entry(
+    loss_rel: float, update_rel: float, loss_rtol: float, update_rtol: float
+) -> dict[str, Any]:
+    """A check entry: ok ⇔ loss_rel ≤ loss_rtol and update_rel ≤ update_rtol (NaN fails)."""
     ok = bool(loss_rel <= loss_rtol and update_rel <= update_rtol)  # False for NaN
     verdict = "ok" if ok else "FAIL"
     return {
@@ -509,7 +515,7 @@ def core_versions() -> dict[str, str]:
 
 # --- command line --------------------------------------------------------------------------
 def bench_parser(
-    prog: str | None, description: str, networks: Sequence[Network], json_help: str, quick_help: str
+    prog: str | None, description: str, networks: Sequence[Named], json_help: str, quick_help: str
 ) -> argparse.ArgumentParser:
     """A parser with the options both benchmarks take: --networks, --seed, --json, --quick."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -545,6 +551,7 @@ __all__ = [
     "activation_slope",
     "bench_parser",
     "build_torch_model",
+    "check_entry",
     "compare_step",
     "core_versions",
     "cpu_model",

@@ -12,6 +12,12 @@ batch and starting from the same weights:
   and ``torch.optim.SGD``, with as many threads as NumPy's BLAS uses;
 * ``textbook numpy``: the seed notes' loop, a new array for every operation.
 
+The LSTM language model (``lstm-lm``, :mod:`bench.lstm_lm`: Embedding → LSTM → Dense
+on (B, T) tokens) has the contenders ``gpubackprop`` and ``torch`` (``nn.Embedding`` +
+``nn.LSTM`` + ``nn.Linear``); there is no textbook loop for it (n/a in the table), and its
+float64 reference step is PyTorch float64 autograd (``lstm_lm.reference_lstm_step``).
+With --quick it is timed with fewer steps (:data:`LSTM_QUICK`): one step takes about a second.
+
 Before timing, one step of each contender from identical weights is compared with
 a float64 step of the textbook formulas (``common.reference_step``): the same loss
 and the same updated weights within float32 rounding (the ``check`` column).
@@ -70,6 +76,18 @@ from bench.common import (  # noqa: E402
     torch_sgd,
     torch_train_step,
 )
+from bench.lstm_lm import (  # noqa: E402
+    LSTM_LM,
+    LSTMNetwork,
+    build_lstm_model,
+    build_torch_lstm,
+    compare_lstm_step,
+    gb_named_params,
+    make_lstm_batch,
+    reference_lstm_step,
+    torch_lstm_loss,
+    torch_named_params,
+)
 from bench.networks import NETWORKS, Network, build_model, get_networks, make_batch  # noqa: E402
 
 try:
@@ -91,6 +109,10 @@ NOISY_SPREAD = 2.0
 #: --repeat-seconds / --rounds / --settle-ms defaults, and --quick's
 FULL = {"repeat_seconds": 1.0, "rounds": 5, "settle_ms": 150.0}
 QUICK = {"repeat_seconds": 0.2, "rounds": 3, "settle_ms": 50.0}
+#: The CPU benchmark's networks: the MLPs, then the LSTM language model.
+CPU_NETWORKS: list[Network | LSTMNetwork] = [*NETWORKS, LSTM_LM]
+#: warm-up steps and least timed steps of the LSTM LM with --quick (a step takes ~1 s)
+LSTM_QUICK = {"warmup": 1, "min_steps": 3}
 
 GB, GB_INTERNAL, TORCH, TEXTBOOK = "gpubackprop", "gb internal", "torch", "textbook numpy"
 
@@ -102,7 +124,7 @@ class Contender:
 
     name: str
     step: Callable[[], float]
-    params: Callable[[], Params]
+    params: Callable[[], Any]  # Params for the MLPs, lstm_lm.NamedParams for the LSTM LM
 
 
 def gb_contender(net: Network, x: np.ndarray, y: np.ndarray, seed: int) -> Contender:
@@ -118,9 +140,7 @@ def gb_internal_contender(net: Network, x: np.ndarray, y: np.ndarray, seed: int)
     model = build_model(net, device="cpu", dtype="float32", seed=seed)
     opt = gb.optim.SGD(LR)
     batch = model.prepare_batch(x, y, net.loss)
-    return Contender(
-        GB_INTERNAL, lambda: float(model.step(batch, opt)), lambda: gb_params(model)
-    )
+    return Contender(GB_INTERNAL, lambda: float(model.step(batch, opt)), lambda: gb_params(model))
 
 
 def torch_contender(net: Network, x: np.ndarray, y: np.ndarray, init: Params) -> Contender:
@@ -134,6 +154,28 @@ def torch_contender(net: Network, x: np.ndarray, y: np.ndarray, init: Params) ->
         TORCH,
         lambda: torch_train_step(model, opt, loss_fn, tx, ty).item(),
         lambda: torch_params(model),
+    )
+
+
+def gb_lstm_contender(net: LSTMNetwork, x: np.ndarray, y: np.ndarray, seed: int) -> Contender:
+    """gpubackprop's LSTM LM through the public ``train_step``."""
+    model = build_lstm_model(net, device="cpu", dtype="float32", seed=seed)
+    loss = gb.losses.get_loss(net.loss)
+    opt = gb.optim.SGD(LR)
+    return Contender(GB, lambda: model.train_step(x, y, loss, opt), lambda: gb_named_params(model))
+
+
+def torch_lstm_contender(
+    net: LSTMNetwork, x: np.ndarray, y: np.ndarray, init: dict[str, np.ndarray]
+) -> Contender:
+    """PyTorch eager LSTM LM on the CPU, torch.optim.SGD (torch's CPU loop)."""
+    model = build_torch_lstm(net, init, torch.device("cpu"))
+    opt = torch_sgd(model, foreach=None)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    return Contender(
+        TORCH,
+        lambda: torch_train_step(model, opt, torch_lstm_loss, tx, ty).item(),
+        lambda: torch_named_params(model),
     )
 
 
@@ -202,18 +244,23 @@ def _timed(step: Callable[[], float]) -> float:
 
 
 def measure(
-    contenders: list[Contender], repeat_seconds: float, rounds: int, settle_s: float
+    contenders: list[Contender],
+    repeat_seconds: float,
+    rounds: int,
+    settle_s: float,
+    warmup: int = WARMUP_STEPS,
+    min_steps: int = MIN_STEPS,
 ) -> dict[str, Timing]:
-    """Warm up, then ``rounds`` rounds of one timed block per contender.
+    """``warmup`` steps, then ``rounds`` rounds of one timed block per contender.
 
     Each contender gets about ``repeat_seconds`` of timed steps in all, and at
-    least :data:`MIN_STEPS`. Before a block: a pause of ``settle_s`` (the other
+    least ``min_steps``. Before a block: a pause of ``settle_s`` (the other
     library's worker threads finish spinning) and one untimed step.
     """
     # the fastest warm-up step estimates the step time (slow ones are noise)
-    estimate = {c.name: min(_timed(c.step) for _ in range(WARMUP_STEPS)) / 1e3 for c in contenders}
+    estimate = {c.name: min(_timed(c.step) for _ in range(warmup)) / 1e3 for c in contenders}
     per_round = {
-        name: max(math.ceil(MIN_STEPS / rounds), math.ceil(repeat_seconds / rounds / est))
+        name: max(math.ceil(min_steps / rounds), math.ceil(repeat_seconds / rounds / est))
         for name, est in estimate.items()
     }
     timings = {c.name: Timing() for c in contenders}
@@ -369,20 +416,16 @@ def print_environment(env: dict[str, Any]) -> None:
 
 
 # --- main ----------------------------------------------------------------------------------
-def run_network(net: Network, args: argparse.Namespace) -> dict[str, Any]:
+def run_network(net: Network | LSTMNetwork, args: argparse.Namespace) -> dict[str, Any]:
     """Build, check and time every contender on one network."""
     load = os.getloadavg()[0]  # other processes on the machine skew every contender
-    x, y = make_batch(net, seed=args.seed)
-    contenders = [
-        gb_contender(net, x, y, args.seed),
-        gb_internal_contender(net, x, y, args.seed),
-    ]
-    init = contenders[0].params()
-    if torch is not None:
-        contenders.append(torch_contender(net, x, y, init))
-    contenders.append(textbook_contender(net, x, y, init))
-    checks = check_contenders(contenders, reference_step(net, x, y, init))
-    timings = measure(contenders, args.repeat_seconds, args.rounds, args.settle_ms / 1e3)
+    if isinstance(net, LSTMNetwork):
+        contenders, checks = _lstm_contenders(net, args.seed)
+        extra = LSTM_QUICK if args.quick else {}
+    else:
+        contenders, checks = _mlp_contenders(net, args.seed)
+        extra = {}
+    timings = measure(contenders, args.repeat_seconds, args.rounds, args.settle_ms / 1e3, **extra)
     return {
         **net.summary(),
         "loadavg_1min_before": load,
@@ -400,12 +443,39 @@ def run_network(net: Network, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _mlp_contenders(net: Network, seed: int) -> tuple[list[Contender], dict[str, dict[str, Any]]]:
+    """An MLP's contenders and their checks against the textbook float64 step."""
+    x, y = make_batch(net, seed=seed)
+    contenders = [gb_contender(net, x, y, seed), gb_internal_contender(net, x, y, seed)]
+    init = contenders[0].params()
+    if torch is not None:
+        contenders.append(torch_contender(net, x, y, init))
+    contenders.append(textbook_contender(net, x, y, init))
+    return contenders, check_contenders(contenders, reference_step(net, x, y, init))
+
+
+def _lstm_contenders(
+    net: LSTMNetwork, seed: int
+) -> tuple[list[Contender], dict[str, dict[str, Any]]]:
+    """The LSTM LM's contenders (gpubackprop, torch) and their checks against torch float64
+    (without torch: gpubackprop alone, check n/a)."""
+    x, y = make_lstm_batch(net, seed=seed)
+    contenders = [gb_lstm_contender(net, x, y, seed)]
+    if torch is None:
+        return contenders, {}
+    init = contenders[0].params()
+    contenders.append(torch_lstm_contender(net, x, y, init))
+    reference = reference_lstm_step(net, x, y, init)
+    checks = {c.name: compare_lstm_step(reference, c.step(), c.params()) for c in contenders}
+    return contenders, checks
+
+
 def build_parser(prog: str | None = PROG) -> argparse.ArgumentParser:
     """The options: ``bench.common``'s shared ones, then the CPU benchmark's."""
     parser = common.bench_parser(
         prog,
         (__doc__ or "").splitlines()[0],
-        NETWORKS,
+        CPU_NETWORKS,
         json_help="write the results here",
         quick_help=(
             "short repetitions: --repeat-seconds {repeat_seconds} --rounds {rounds} "
@@ -451,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 if every correctness check passed, 1 if one failed, 2 on bad usage."""
     args = parse_args(argv)
     try:
-        networks = get_networks(args.networks)
+        networks = get_networks(args.networks, CPU_NETWORKS)
     except ValueError as exc:
         print(f"--networks: {exc}", file=sys.stderr)
         return 2

@@ -82,6 +82,7 @@ TARGETS: dict[str, list[tuple[str, float]]] = {
         n: [(CAPTURED_BEST_PEER, 1.0), (CAPTURED_FLOOR, 1.02), (TF32_TORCH_TF32, 1.0)]
         for n in TF32_NETWORKS
     },
+    "lstm-lm": [(CAPTURED_TORCH_GRAPH, 1.0)],
 }
 
 

@@ -2,7 +2,9 @@
 
 A step is forward, loss, backward and a plain SGD update (lr 0.01), float32 with
 TF32 off (but in the TF32 rows), on the networks of :data:`bench.networks.GPU_NETWORKS`
-(seed-2layer, mnist-mlp, deep-narrow, wide-b512, wide). Contenders, all in this
+(seed-2layer, mnist-mlp, deep-narrow, wide-b512, wide), and the LSTM language model
+``lstm-lm`` of :mod:`bench.lstm_lm` (gbp eager, gbp captured, torch eager = cuDNN's
+LSTM, torch graph only; its reference is torch float64 autograd). Contenders, all in this
 process, on the same batch (already on the device) and from the same weights:
 
 * ``gbp eager``: gpubackprop's eager step *without* the loss sync and input
@@ -122,6 +124,20 @@ from bench.gpu_results import (  # noqa: E402
     write_json,
 )
 from bench.jax_twin import jax_batch, jax_params, jax_to_host, make_jax_step  # noqa: E402
+from bench.lstm_lm import (  # noqa: E402
+    LSTM_LM,
+    LSTMNetwork,
+    build_lstm_model,
+    build_torch_lstm,
+    compare_lstm_step,
+    gb_named_params,
+    load_named_params,
+    load_torch_named_params,
+    make_lstm_batch,
+    reference_lstm_step,
+    torch_lstm_loss,
+    torch_named_params,
+)
 from bench.networks import GPU_NETWORKS, Network, build_model, get_networks, make_batch  # noqa: E402
 
 #: "gpubackprop bench" when ``python -m gpubackprop bench`` runs this file (its usage line)
@@ -221,15 +237,26 @@ class GbpContender(CupyContender):
     device = "cuda"  # the tests run the same classes on "cpu" with NumPy as ``cp``
     precision: str | None = None  # None: the model's default (float32 GEMMs)
 
-    def __init__(self, cp: ModuleType, net: Network, init: Params, x: np.ndarray, y: np.ndarray):
+    x_dtype: Any = np.float32  # the batch's inputs on the device (None: as given)
+
+    def __init__(self, cp: ModuleType, net: Any, init: Any, x: np.ndarray, y: np.ndarray):
         super().__init__(cp)
-        self.model = build_model(
-            net, device=self.device, dtype="float32", seed=0, precision=self.precision
-        )
-        load_params(self.model, init)
+        self.model = self.build(net, init)
         self.opt = gb.optim.SGD(LR)
         with self.model.backend.activate():
-            self.x, self.y = cp.asarray(x, dtype=np.float32), cp.asarray(y)
+            self.x, self.y = cp.asarray(x, dtype=self.x_dtype), cp.asarray(y)
+
+    def build(self, net: Network, init: Params) -> gb.Sequential:
+        """The MLP on ``self.device`` with the weights ``init``."""
+        model = build_model(
+            net, device=self.device, dtype="float32", seed=0, precision=self.precision
+        )
+        load_params(model, init)
+        return model
+
+    def params(self) -> Any:
+        """Host copies of the model's parameters, as the one-step check reads them."""
+        return gb_params(self.model)
 
 
 class GbpEager(GbpContender):
@@ -242,7 +269,7 @@ class GbpEager(GbpContender):
     def first_step(self) -> tuple[float, Params]:
         # the public API for the first step (validation included)
         value = self.model.train_step(self.x, self.y, self.batch.loss, self.opt)
-        return float(value), gb_params(self.model)
+        return float(value), self.params()
 
     def issue(self, steps: int) -> None:
         model, batch, opt = self.model, self.batch, self.opt
@@ -259,7 +286,7 @@ class GbpCaptured(GbpContender):
 
     def first_step(self) -> tuple[float, Params]:
         value = self.step(self.x, self.y, return_loss=True)
-        return float(value), gb_params(self.model)
+        return float(value), self.params()
 
     def issue(self, steps: int) -> None:
         step, x, y = self.step, self.x, self.y
@@ -269,6 +296,28 @@ class GbpCaptured(GbpContender):
     def captures_note(self) -> str:
         captures = getattr(self.step, "captures", None)
         return "" if captures in (None, 1) else f"{captures} captures (expected 1)"
+
+
+class LstmGbp(GbpContender):
+    """The LSTM LM (:mod:`bench.lstm_lm`) instead of an MLP: int64 token ids, named params."""
+
+    x_dtype = None
+
+    def build(self, net: LSTMNetwork, init: dict[str, np.ndarray]) -> gb.Sequential:  # type: ignore[override]
+        model = build_lstm_model(net, device=self.device, dtype="float32", seed=0)
+        load_named_params(model, init)
+        return model
+
+    def params(self) -> Any:
+        return gb_named_params(self.model)
+
+
+class LstmGbpEager(LstmGbp, GbpEager):
+    """gpubackprop eager on the LSTM LM."""
+
+
+class LstmGbpCaptured(LstmGbp, GbpCaptured):
+    """gpubackprop captured on the LSTM LM: the whole step (64 time steps) in one graph."""
 
 
 class GbpTf32Captured(GbpCaptured):
@@ -293,14 +342,34 @@ class TorchContender(Contender):
 
     device = "cuda"  # the tests run TorchEager on "cpu"
 
-    def __init__(self, torch: ModuleType, net: Network, init: Params, x: np.ndarray, y: np.ndarray):
+    def __init__(self, torch: ModuleType, net: Any, init: Any, x: np.ndarray, y: np.ndarray):
         self.torch = torch
         device = torch.device(self.device)
-        self.model = build_torch_model(net, init, device)
+        self.model = self.build(net, init, device)
         self.opt = torch_sgd(self.model)
-        self.loss_fn = torch_loss_fn(net)
+        self.loss_fn = self.loss_for(net)
         self.x, self.y = torch_batch(x, y, device)
         self.init = init
+
+    def build(self, net: Network, init: Params, device: Any) -> Any:
+        """``bench.common``'s MLP twin on ``device``."""
+        return build_torch_model(net, init, device)
+
+    def loss_for(self, net: Network) -> Callable[[Any, Any], Any]:
+        return torch_loss_fn(net)
+
+    def params(self) -> Any:
+        """Host copies of the model's parameters, as the one-step check reads them."""
+        return torch_params(self.model)
+
+    def restore(self) -> None:
+        """Put the initial weights back, in place (the captured graph keeps its tensors)."""
+        torch = self.torch
+        linears = [m for m in self.model if isinstance(m, torch.nn.Linear)]
+        with torch.no_grad():
+            for m, (w, b) in zip(linears, self.init, strict=True):
+                m.weight.copy_(torch.from_numpy(w))
+                m.bias.copy_(torch.from_numpy(b))
 
     def sync(self) -> None:
         self.torch.cuda.synchronize()
@@ -322,7 +391,7 @@ class TorchEager(TorchContender):
 
     def first_step(self) -> tuple[float, Params]:
         loss = torch_train_step(self.model, self.opt, self.loss_fn, self.x, self.y)
-        return float(loss.item()), torch_params(self.model)
+        return float(loss.item()), self.params()
 
     def issue(self, steps: int) -> None:
         model, opt, loss_fn, x, y = self.model, self.opt, self.loss_fn, self.x, self.y
@@ -353,22 +422,41 @@ class TorchGraph(TorchContender):
             self.static_loss = loss_fn(model(sx), sy)
             self.static_loss.backward()
             opt.step()
-        # the warm-up stepped the weights: put the initial ones back, in place
-        linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-        with torch.no_grad():
-            for m, (w, b) in zip(linears, init, strict=True):
-                m.weight.copy_(torch.from_numpy(w))
-                m.bias.copy_(torch.from_numpy(b))
+        self.restore()  # the warm-up stepped the weights
         torch.cuda.synchronize()
 
     def first_step(self) -> tuple[float, Params]:
         self.graph.replay()
-        return float(self.static_loss.item()), torch_params(self.model)
+        return float(self.static_loss.item()), self.params()
 
     def issue(self, steps: int) -> None:
         graph = self.graph
         for _ in range(steps):
             graph.replay()
+
+
+class LstmTorch(TorchContender):
+    """The LSTM LM's PyTorch twin (cuDNN's LSTM on a GPU) instead of an MLP."""
+
+    def build(self, net: LSTMNetwork, init: dict[str, np.ndarray], device: Any) -> Any:  # type: ignore[override]
+        return build_torch_lstm(net, init, device)
+
+    def loss_for(self, net: LSTMNetwork) -> Callable[[Any, Any], Any]:  # type: ignore[override]
+        return torch_lstm_loss
+
+    def params(self) -> Any:
+        return torch_named_params(self.model)
+
+    def restore(self) -> None:
+        load_torch_named_params(self.model, self.init)
+
+
+class LstmTorchEager(LstmTorch, TorchEager):
+    """PyTorch eager on the LSTM LM."""
+
+
+class LstmTorchGraph(LstmTorch, TorchGraph):
+    """PyTorch's CUDA-graph recipe on the LSTM LM (static ids and labels)."""
 
 
 @contextlib.contextmanager
@@ -761,17 +849,65 @@ def _free_memory(libs: Libraries) -> None:
             pass
 
 
-def network_contenders(net: Network, selected: Sequence[str]) -> tuple[str, ...]:
-    """The keys of ``selected`` that run on ``net`` (TF32 rows on :data:`TF32_NETWORKS` only)."""
+#: The GPU benchmark's networks: the MLPs of :data:`GPU_NETWORKS`, then the LSTM LM.
+BENCH_NETWORKS: list[Network | LSTMNetwork] = [*GPU_NETWORKS, LSTM_LM]
+#: the contenders that run on the LSTM LM (no JAX twin, GEMM floor or TF32 rows for it)
+LSTM_CONTENDERS = (GBP_EAGER, GBP_CAPTURED, TORCH_EAGER, TORCH_GRAPH)
+
+
+def network_contenders(net: Network | LSTMNetwork, selected: Sequence[str]) -> tuple[str, ...]:
+    """The keys of ``selected`` that run on ``net`` (TF32 rows on :data:`TF32_NETWORKS` only,
+    :data:`LSTM_CONTENDERS` on the LSTM LM)."""
+    if isinstance(net, LSTMNetwork):
+        return tuple(k for k in selected if k in LSTM_CONTENDERS)
     return tuple(k for k in selected if k not in TF32_CONTENDERS or net.name in TF32_NETWORKS)
 
 
-def run_network(net: Network, libs: Libraries, args: argparse.Namespace) -> dict[str, Any]:
+Builders = dict[str, tuple[Callable[[], Contender] | None, str | None]]
+#: check_first(loss, params, tolerances): a contender's first step against the reference
+Checker = Callable[[float, Any, dict[str, float]], "dict[str, Any] | None"]
+
+
+def lstm_setup(net: LSTMNetwork, libs: Libraries, seed: int) -> tuple[Builders, Checker]:
+    """The LSTM LM's contender builders and its one-step check (torch float64 on the CPU)."""
+    x, y = make_lstm_batch(net, seed=seed)
+    init = gb_named_params(build_lstm_model(net, device="cpu", dtype="float32", seed=seed))
+    cp, torch = libs.cp, libs.torch
+    builders: Builders = {
+        GBP_EAGER: (lambda: LstmGbpEager(cp, net, init, x, y), None),
+        GBP_CAPTURED: (lambda: LstmGbpCaptured(cp, net, init, x, y), None),
+        TORCH_EAGER: (
+            (lambda: LstmTorchEager(torch, net, init, x, y)) if torch else None,
+            libs.torch_why,
+        ),
+        TORCH_GRAPH: (
+            (lambda: LstmTorchGraph(torch, net, init, x, y)) if torch else None,
+            libs.torch_why,
+        ),
+    }
+    if torch is None:  # no reference without torch: the gpubackprop rows show check n/a
+        return builders, lambda loss, params, tol: None
+    reference = reference_lstm_step(net, x, y, init)
+    return builders, lambda loss, params, tol: compare_lstm_step(reference, loss, params)
+
+
+def run_network(
+    net: Network | LSTMNetwork, libs: Libraries, args: argparse.Namespace
+) -> dict[str, Any]:
     """Build, check and time every contender on one network (each failure contained)."""
-    x, y = make_batch(net, seed=args.seed)
-    init = gb_params(build_model(net, device="cpu", dtype="float32", seed=args.seed))
+    if isinstance(net, LSTMNetwork):
+        builders, check_first = lstm_setup(net, libs, args.seed)
+    else:
+        builders, check_first = mlp_setup(net, libs, args.seed)
+    return run_contenders(net, libs, args, builders, check_first)
+
+
+def mlp_setup(net: Network, libs: Libraries, seed: int) -> tuple[Builders, Checker]:
+    """An MLP's contender builders and its one-step check (the textbook float64 step)."""
+    x, y = make_batch(net, seed=seed)
+    init = gb_params(build_model(net, device="cpu", dtype="float32", seed=seed))
     cp, torch, jax = libs.cp, libs.torch, libs.jax
-    builders: dict[str, tuple[Callable[[], Contender] | None, str | None]] = {
+    builders: Builders = {
         GBP_EAGER: (lambda: GbpEager(cp, net, init, x, y), None),
         GBP_CAPTURED: (lambda: GbpCaptured(cp, net, init, x, y), None),
         TORCH_EAGER: (
@@ -786,7 +922,7 @@ def run_network(net: Network, libs: Libraries, args: argparse.Namespace) -> dict
             (lambda: JaxJit(jax, libs.jax_device, net, init, x, y)) if jax else None,
             libs.jax_why,
         ),
-        GEMM_FLOOR: (lambda: GemmFloor(cp, libs.cublas_handle(), net, init, x, args.seed), None),
+        GEMM_FLOOR: (lambda: GemmFloor(cp, libs.cublas_handle(), net, init, x, seed), None),
         GBP_TF32: (lambda: GbpTf32Captured(cp, net, init, x, y), None),
         TORCH_TF32_EAGER: (
             (lambda: TorchTf32Eager(torch, net, init, x, y)) if torch else None,
@@ -797,10 +933,22 @@ def run_network(net: Network, libs: Libraries, args: argparse.Namespace) -> dict
             libs.torch_why,
         ),
     }
+    reference = reference_step(net, x, y, init)
+    return builders, lambda loss, params, tol: compare_step(reference, loss, params, **tol)
+
+
+def run_contenders(
+    net: Network | LSTMNetwork,
+    libs: Libraries,
+    args: argparse.Namespace,
+    builders: Builders,
+    check_first: Checker,
+) -> dict[str, Any]:
+    """:func:`run_network` once the contenders can be built: ``check_first(loss, params)``
+    checks a contender's first step (TF32 rows with :data:`TF32_TOL`)."""
     entries: dict[str, dict[str, Any]] = {}
     live: dict[str, Contender] = {}
-    checks: dict[str, dict[str, Any]] = {}
-    reference = reference_step(net, x, y, init)
+    checks: dict[str, dict[str, Any] | None] = {}
 
     def fail(key: str, exc: BaseException, stage: str) -> None:
         print(f"  {LABELS[key]}: {stage} failed: {one_line(exc)}", flush=True)
@@ -836,8 +984,7 @@ def run_network(net: Network, libs: Libraries, args: argparse.Namespace) -> dict
                 checks[key] = live[key].check()  # type: ignore[attr-defined]
             else:
                 loss, params = live[key].first_step()
-                tol = TF32_TOL if key in TF32_CONTENDERS else {}
-                checks[key] = compare_step(reference, loss, params, **tol)
+                checks[key] = check_first(loss, params, TF32_TOL if key in TF32_CONTENDERS else {})
         except Exception as exc:
             fail(key, exc, "first step")
     samples, errors = measure(live, args.warmup, args.iters, args.reps)
@@ -885,7 +1032,7 @@ def build_parser(prog: str | None = PROG) -> argparse.ArgumentParser:
     parser = common.bench_parser(
         prog,
         (__doc__ or "").splitlines()[0],
-        GPU_NETWORKS,
+        BENCH_NETWORKS,
         json_help="results file (default bench/results/gpu_step_<device>_<date>.json)",
         quick_help=(
             "short repetitions for a session script: --warmup {warmup} --iters {iters} "
@@ -922,7 +1069,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.warmup < 0 or args.iters < 1 or args.reps < 1:
         parser.error("--warmup >= 0, --iters >= 1 and --reps >= 1 are required")
     try:
-        args.network_list = get_networks(args.networks, GPU_NETWORKS)
+        args.network_list = get_networks(args.networks, BENCH_NETWORKS)
     except ValueError as exc:
         parser.error(str(exc))
     wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -99,15 +99,23 @@ GPU_NETWORKS: list[Network] = [
 ]
 
 
-def get_networks(
-    names: str | None = None, networks: Sequence[Network] | None = None
-) -> list[Network]:
+class Named(Protocol):
+    """Anything with a ``name``: a :class:`Network` or ``bench.lstm_lm.LSTMNetwork``."""
+
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=Named)
+
+
+def get_networks(names: str | None = None, networks: Sequence[N] | None = None) -> list[N]:
     """The networks named in a comma-separated list (all of them for None or "").
 
-    ``networks`` is the table to pick from: :data:`NETWORKS` (the default, the
-    CPU benchmark's set) or :data:`GPU_NETWORKS`.
+    ``networks`` is the table to pick from: :data:`NETWORKS` (the default, the MLPs),
+    :data:`GPU_NETWORKS`, or the CPU benchmark's ``CPU_NETWORKS`` (with the LSTM LM).
     """
-    pool = list(NETWORKS if networks is None else networks)
+    pool: list[Any] = list(NETWORKS if networks is None else networks)
     if not names:
         return pool
     by_name = {net.name: net for net in pool}
@@ -156,6 +164,7 @@ __all__ = [
     "GPU_NETWORKS",
     "LOSSES",
     "NETWORKS",
+    "Named",
     "Network",
     "build_model",
     "get_networks",

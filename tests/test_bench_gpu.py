@@ -27,6 +27,7 @@ from bench import gemm_floor as gf
 from bench import gpu_results as gr
 from bench import gpu_step as gs
 from bench import jax_twin as jt
+from bench.lstm_lm import LSTM_LM, LSTMNetwork
 from bench.networks import GPU_NETWORKS, NETWORKS, Network, build_model, get_networks, make_batch
 from gpubackprop.backend import has_gpu
 
@@ -524,6 +525,49 @@ def test_run_network_contains_each_failure(
     assert "mnist-mlp / jax jit: missing: jax is not importable (test)" in text
 
 
+# --- the LSTM LM's rows (bench/lstm_lm.py), with the contender classes run on the CPU ---------
+def test_gpu_bench_runs_the_lstm_rows(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch = pytest.importorskip("torch")
+    small = LSTMNetwork("lstm-small", batch=3, steps=5, vocab=11, embed=6, hidden=7)
+
+    class CpuEager(_WallClock, gs.LstmGbpEager):
+        device = "cpu"
+
+    class CpuCaptured(_WallClock, gs.LstmGbpCaptured):
+        device = "cpu"  # compile_step refuses a CPU model: a setup failure
+
+    class CpuTorchEager(_WallClock, gs.LstmTorchEager):
+        device = "cpu"
+
+    class CpuTorchGraph(_WallClock, gs.LstmTorchGraph):
+        device = "cpu"  # torch.cuda.Stream needs CUDA: a setup failure
+
+    for name, cls in [
+        ("LstmGbpEager", CpuEager),
+        ("LstmGbpCaptured", CpuCaptured),
+        ("LstmTorchEager", CpuTorchEager),
+        ("LstmTorchGraph", CpuTorchGraph),
+    ]:
+        monkeypatch.setattr(gs, name, cls)
+    assert gs.get_networks("lstm-lm", gs.BENCH_NETWORKS) == [LSTM_LM]
+    assert gs.parse_args(["--networks", "lstm-lm"]).network_list == [LSTM_LM]
+    libs = gs.Libraries(cp=np, torch=torch, jax_why="jax is not importable (test)")
+    args = gs.parse_args(["--warmup", "1", "--iters", "2", "--reps", "2"])
+    result = gs.run_network(small, libs, args)
+    c = result["contenders"]
+    assert list(c) == list(gs.LSTM_CONTENDERS)  # no JAX, floor or TF32 rows
+    for key in (gr.GBP_EAGER, gr.TORCH_EAGER):
+        assert c[key]["status"] == "ok" and len(c[key]["samples_ms"]) == 2
+        assert c[key]["check"]["ok"], c[key]["check"]
+    assert c[gr.GBP_CAPTURED]["error"].startswith("setup: ConfigError")
+    assert c[gr.TORCH_GRAPH]["status"] == "error"
+    assert result["ratios"][gr.EAGER_TORCH_EAGER] is not None
+    assert gr.TARGETS["lstm-lm"] == [(gr.CAPTURED_TORCH_GRAPH, 1.0)]
+    assert "gbp captured: setup failed: ConfigError" in capsys.readouterr().out
+
+
 def test_jax_contender_class_runs_on_cpu() -> None:
     jax = pytest.importorskip("jax")
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -632,7 +676,8 @@ def test_gpu_step_short_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_quick_keeps_every_contender_and_network_with_fewer_steps() -> None:
     args = gs.parse_args(["--quick"])
     assert (args.warmup, args.iters, args.reps) == (5, 20, 3)
-    assert args.contenders == gr.ALL_CONTENDERS and args.network_list == GPU_NETWORKS
+    assert args.contenders == gr.ALL_CONTENDERS
+    assert args.network_list == [*GPU_NETWORKS, LSTM_LM]  # the LSTM LM runs with --quick too
     assert gs.parse_args(["--quick", "--reps", "4"]).reps == 4  # explicit values win
     full = gs.parse_args([])
     assert (full.warmup, full.iters, full.reps, full.quick) == (20, 50, 10, False)
