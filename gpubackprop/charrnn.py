@@ -135,6 +135,8 @@ class CharRNN:
         self.backend, self.dtype = self.model.backend, self.model.dtype
         self.loss_function = SoftmaxCrossEntropy()
         self._eye: Array | None = None
+        #: the one-hot inputs of the "rnn" cell, one buffer per (B, T), reused every step
+        self._onehot: dict[tuple[int, ...], Array] = {}
 
     # --- description and parameters ------------------------------------------------------
     def describe(self) -> str:
@@ -222,10 +224,13 @@ class CharRNN:
         ids = self._indices(inputs, "inputs")
         if self.cell != "rnn":
             return ids
-        if self._eye is None:
-            with self.backend.activate():
-                self._eye = self.backend.xp.eye(self.vocab_size, dtype=self.dtype)
-        return self._eye[ids]
+        xp, shape = self.backend.xp, tuple(ids.shape)
+        with self.backend.activate():
+            if self._eye is None:
+                self._eye = xp.eye(self.vocab_size, dtype=self.dtype)
+            if shape not in self._onehot:
+                self._onehot[shape] = xp.empty((*shape, self.vocab_size), dtype=self.dtype)
+            return xp.take(self._eye, ids, axis=0, out=self._onehot[shape])
 
     def _start(self, inputs: Any, h0: Any) -> Array:
         x = self._model_input(inputs)
