@@ -10,7 +10,7 @@ Likewise PyTorch and onnx load only inside :func:`to_torch`, :func:`from_torch` 
 :func:`export_onnx`.
 """
 
-from . import graph, losses, optim, viz
+from . import distributed, graph, losses, optim, viz
 from .activations import ACTIVATIONS
 from .anomaly import detect_anomaly
 from .backend import Backend, available_devices, get_backend
@@ -22,6 +22,7 @@ from .errors import (
     ConfigError,
     DeviceError,
     DeviceMemoryError,
+    DistributedError,
     DTypeError,
     GpuBackpropError,
     GradcheckError,
@@ -75,6 +76,7 @@ __all__ = [
     "Dense",
     "DeviceError",
     "DeviceMemoryError",
+    "DistributedError",
     "Dropout",
     "Embedding",
     "Explanation",
@@ -99,6 +101,7 @@ __all__ = [
     "clip_grad_norm",
     "concatenate",
     "detect_anomaly",
+    "distributed",
     "export_onnx",
     "from_torch",
     "get_backend",

@@ -21,6 +21,9 @@ How it stays correct:
 * A batch of another shape or target dtype records a new graph.
 * Labels are not range-checked per step (a host sync); ``fit`` checks the whole
   dataset once, and an out-of-range label gives a NaN loss, never a wrong gradient.
+* Data parallel over NCCL (``distributed=``), each gradient bucket's all-reduce is
+  recorded on the same stream right after backward writes it, so one step is still
+  one graph launch on every rank.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .model import Batch, check_optimizer
 
 if TYPE_CHECKING:
     from .backend.cupy_ops import CupyOps
+    from .distributed import Communicator
     from .model import Sequential
     from .optim import Optimizer
 
@@ -47,8 +51,24 @@ class CompiledStep:
         replays: how many steps have been replayed.
     """
 
-    def __init__(self, model: Sequential, loss: Loss | str, optimizer: Optimizer) -> None:
+    def __init__(
+        self,
+        model: Sequential,
+        loss: Loss | str,
+        optimizer: Optimizer,
+        *,
+        distributed: Communicator | None = None,
+        weight: float = 1.0,
+    ) -> None:
         check_optimizer(optimizer)
+        if distributed is not None and not distributed.can_capture(model):
+            raise ConfigError(
+                f"compile_step: the gradient all-reduce of {distributed!r} cannot be recorded "
+                "in a CUDA graph (it needs NCCL and a GPU model); train eagerly instead"
+            )
+        #: the gradient buckets summed inside the graph (data parallel), or None
+        self.buckets = None if distributed is None else distributed.gradient_buckets(model)
+        self.weight = float(weight)
         if not model.backend.is_gpu:
             raise ConfigError(
                 f"compile_step records a CUDA graph and needs a model on a GPU; this model "
@@ -148,7 +168,7 @@ class CompiledStep:
         batch = Batch(static_x, static_y, loss)
         generators = model.generator_states()
         with model.mode(True):
-            model.loss_and_grad_batch(batch)
+            self._loss_and_reduced_grad(batch)  # NCCL connects on its first collective
         model.set_generator_states(generators)
         optimizer.prepare(model.flat_params, model.flat_grads)
         pinned = [
@@ -165,7 +185,7 @@ class CompiledStep:
             stream.begin_capture()
             try:
                 with model.mode(True):
-                    value = model.loss_and_grad_batch(batch)
+                    value = self._loss_and_reduced_grad(batch)
                 optimizer.apply_update(model.flat_params, model.flat_grads)
             except Exception as exc:
                 with contextlib.suppress(Exception):  # already invalid; report the cause
@@ -180,6 +200,17 @@ class CompiledStep:
         # the optimizer's buffers as recorded (prepare may have just allocated them)
         self._key = (*key[:-1], self.optimizer.capture_key())
         self.captures += 1
+
+    def _loss_and_reduced_grad(self, batch: Batch) -> Array:
+        """Forward, loss and backward; data parallel, also each gradient bucket's
+        weighted all-reduce, queued on the stream as backward writes it."""
+        buckets = self.buckets
+        if buckets is None:
+            return self.model.loss_and_grad_batch(batch)
+        buckets.begin(self.weight)
+        value = self.model.loss_and_grad_batch(batch, on_gradients=buckets.layer_done)
+        buckets.finish()
+        return value
 
 
 __all__ = ["CompiledStep"]

@@ -89,3 +89,9 @@ class TensorIndexError(GpuBackpropError, IndexError):
 class NumpyOnTensorError(GpuBackpropError, TypeError):
     """A NumPy function or ufunc was applied to a graph Tensor, which would bypass the graph;
     the message names the Tensor method or ``gb`` function to use (``np.exp(t)`` -> ``t.exp()``)."""
+
+
+class DistributedError(GpuBackpropError, RuntimeError):
+    """The ranks of a data-parallel run disagree (model, optimizer, data length, ...);
+    raised on every rank at once, naming what differs and on which ranks
+    (:mod:`gpubackprop.distributed`)."""

@@ -65,6 +65,7 @@ import safetensors.numpy
 
 from . import optim
 from .backend import PRECISIONS, Backend, get_backend
+from .distributed import current as current_communicator
 from .errors import CheckpointError, ConfigError, GpuBackpropError
 from .layers import Activation, Dense, Layer
 from .layers_embedding import Embedding
@@ -139,7 +140,14 @@ def save(model: Sequential, path: PathLike, optimizer: Optimizer | None = None) 
     an optimizer whose state belongs to a model of another size or dtype; an OSError
     naming ``path`` (FileNotFoundError: its folder does not exist; IsADirectoryError:
     it is a folder; PermissionError: the folder is not writable) when it cannot be written.
+
+    In a data-parallel run (:func:`gpubackprop.distributed.init`) only rank 0 writes;
+    on the other ranks this returns at once (every rank holds the same state). Call
+    ``comm.barrier()`` before other ranks read the file.
     """
+    comm = current_communicator()
+    if comm is not None and comm.rank != 0:
+        return
     host: dict[str, np.ndarray] = {
         f"model.{name}": _to_host(model.backend, view)
         for name, view in model.parameters().items()

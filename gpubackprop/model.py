@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 import numpy as np
@@ -50,6 +50,7 @@ from .params import (
 
 if TYPE_CHECKING:
     from .capture import CompiledStep
+    from .distributed import Communicator
     from .explain import Explanation
     from .train import History
 
@@ -512,19 +513,29 @@ class Sequential(FlatParameters):
 
     __call__ = forward
 
-    def backward_batch(self, delta: Array, need_input_grad: bool = False) -> Array | None:
+    def backward_batch(
+        self,
+        delta: Array,
+        need_input_grad: bool = False,
+        on_gradients: Callable[[int], None] | None = None,
+    ) -> Array | None:
         """Backprop δ_L = ``delta`` (∂L/∂a_L, the shape and dtype of :attr:`last_output`)::
 
             δ_k = (δ_{k+1} W_{k+1}) ⊙ σ′(z_k)      dW_k = δ_kᵀ a_{k−1}      db_k = δ_kᵀ 1
 
         Writes every dW_k, db_k into the flat gradient buffer (overwriting). Returns
         ∂L/∂x (the first layer's own buffer, no copy) when ``need_input_grad``, else None.
+        ``on_gradients(k)``, when given, is called as soon as layer k's gradients are
+        written (last layer first): how data-parallel training starts reducing them
+        while backward goes on (:mod:`gpubackprop.distributed`).
         """
         check = checker_for(self)
         with self.backend.activate(), _scope(check):
             for i in range(len(self.layers) - 1, -1, -1):
                 layer = self.layers[i]
                 delta = layer.backward(delta, need_input_grad or i > 0)
+                if on_gradients is not None:
+                    on_gradients(i)
                 if check is not None:
                     for name, grad in layer.grads.items():
                         check.record("backward", layer, f"gradient d{name}", grad)
@@ -566,13 +577,15 @@ class Sequential(FlatParameters):
             self._loss_grad = {shape: buf}
         return buf
 
-    def loss_and_grad_batch(self, batch: Batch) -> Array:
+    def loss_and_grad_batch(
+        self, batch: Batch, on_gradients: Callable[[int], None] | None = None
+    ) -> Array:
         """Forward, loss and backward for a prepared batch; the loss as a 0-d device array.
 
         L = loss(a_L, y); δ_L = ∂L/∂a_L (carrying the 1/B) goes through
-        :meth:`backward_batch`, which fills :meth:`gradients`. Nothing waits for the
-        GPU; under :func:`~gpubackprop.detect_anomaly` the whole pass reads the GPU's
-        NaN/Inf flags once.
+        :meth:`backward_batch` (with ``on_gradients``), which fills :meth:`gradients`.
+        Nothing waits for the GPU; under :func:`~gpubackprop.detect_anomaly` the whole
+        pass reads the GPU's NaN/Inf flags once.
         """
         loss = batch.loss
         check = checker_for(self)
@@ -584,7 +597,7 @@ class Sequential(FlatParameters):
             if check is not None:
                 check.record("loss", None, f"{loss.name} value", value)
                 check.record("loss", None, f"{loss.name} gradient ∂L/∂output", grad)
-            self.backward_batch(grad)
+            self.backward_batch(grad, on_gradients=on_gradients)
         return value
 
     def step(self, batch: Batch, optimizer: Optimizer) -> Array:
@@ -645,14 +658,24 @@ class Sequential(FlatParameters):
 
         return explain(self, x, y, loss)
 
-    def compile_step(self, loss: Loss | str, optimizer: Optimizer) -> CompiledStep:
+    def compile_step(
+        self,
+        loss: Loss | str,
+        optimizer: Optimizer,
+        *,
+        distributed: Communicator | None = None,
+        weight: float = 1.0,
+    ) -> CompiledStep:
         """The training step (forward, loss, backward, update) as a replayable CUDA graph.
 
         Returns a :class:`~gpubackprop.capture.CompiledStep`: call it as
         ``step(x, y)`` with device arrays; it records a graph on the first call
         (and again when the batch shape changes) and replays it after that.
         GPU models only. The graph is recorded in training mode (Dropout draws a new
-        mask at every replay, from its generator state on the device).
+        mask at every replay, from its generator state on the device). With
+        ``distributed`` (a communicator with NCCL), the graph also holds the gradient
+        all-reduce, g ← Σ_r w_r g_r with this rank's ``weight`` w_r, between backward
+        and the update (see :mod:`gpubackprop.distributed`).
         """
         from .capture import CompiledStep
 
@@ -661,22 +684,27 @@ class Sequential(FlatParameters):
                 "compile_step: an optimizer with max_grad_norm or skip_nonfinite decides "
                 "on the host at every step and cannot be recorded; call train_step instead"
             )
-        return CompiledStep(self, loss, optimizer)
+        return CompiledStep(self, loss, optimizer, distributed=distributed, weight=weight)
 
     # --- training loop API (in train.py) -------------------------------------------------
     # Doors with the real signatures, for help() and editors: a test checks that each
     # equals train's function's signature without ``model`` and passes every argument on.
-    def predict(self, x: Any, batch_size: int = 1024) -> Array:
+    def predict(
+        self, x: Any, batch_size: int = 1024, *, distributed: Communicator | None = None
+    ) -> Array:
         """Outputs a_L for all rows of ``x``, computed ``batch_size`` rows at a time.
 
         NumPy in gives NumPy out (each batch is copied to the device and back); an
         array on the model's device gives an array on that device. The data is not
         checked for NaN/Inf: a non-finite input row gives a non-finite output row.
         Runs in eval mode (Dropout is the identity); the model's mode is restored after.
+
+        With ``distributed`` (from :func:`gpubackprop.distributed.init`), each rank
+        predicts its contiguous shard of the rows and every rank returns all of them.
         """
         from .train import predict
 
-        return predict(self, x, batch_size=batch_size)
+        return predict(self, x, batch_size=batch_size, distributed=distributed)
 
     def evaluate(
         self,
@@ -687,6 +715,7 @@ class Sequential(FlatParameters):
         batch_size: int = 1024,
         *,
         check_data: bool = True,
+        distributed: Communicator | None = None,
     ) -> dict[str, float]:
         """Mean loss and metrics over a dataset, e.g. ``{"loss": 0.1, "accuracy": 0.97}``.
 
@@ -707,11 +736,15 @@ class Sequential(FlatParameters):
             batch_size: rows per forward pass.
             check_data: check x and float targets for NaN/Inf first, one pass (a
                 NumericalError names the row and column of the first); False skips it.
+            distributed: the communicator of :func:`gpubackprop.distributed.init`: each
+                rank evaluates its contiguous shard of the rows and every rank returns
+                the means over all of them.
         """
         from .train import evaluate
 
         return evaluate(
-            self, x, y, loss, metrics=metrics, batch_size=batch_size, check_data=check_data
+            self, x, y, loss, metrics=metrics, batch_size=batch_size, check_data=check_data,
+            distributed=distributed,
         )
 
     def fit(
@@ -732,6 +765,7 @@ class Sequential(FlatParameters):
         file: TextIO | None = None,
         check_finite: bool = False,
         check_data: bool = True,
+        distributed: Communicator | None = None,
     ) -> History:
         """Train with mini-batch steps; returns a :class:`~gpubackprop.train.History`.
 
@@ -777,6 +811,15 @@ class Sequential(FlatParameters):
                 data for NaN/Inf, one pass each (in blocks on the host, one reduction
                 on a GPU): a NumericalError names the first row and column. False
                 skips it (a NaN would then turn the loss into NaN).
+            distributed: the communicator of :func:`gpubackprop.distributed.init` for
+                data-parallel training (docs/distributed.md): every rank passes the
+                same whole dataset; each batch of ``batch_size`` rows is split into
+                contiguous shards, one per rank, and the gradients are summed with
+                weights B_r / B, so each step equals the one-process step on the same
+                batch. Rank 0's parameters and order are broadcast first; the ranks
+                check that they agree on the model, optimizer and data
+                (DistributedError on every rank otherwise); History is the same on
+                every rank; only rank 0 prints. An error on one rank aborts the job.
         """
         from .train import fit
 
@@ -784,7 +827,7 @@ class Sequential(FlatParameters):
             self, x, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
             shuffle=shuffle, validation_data=validation_data, metrics=metrics,
             scheduler=scheduler, capture=capture, verbose=verbose, file=file,
-            check_finite=check_finite, check_data=check_data,
+            check_finite=check_finite, check_data=check_data, distributed=distributed,
         )
 
     # --- checkpoints (in io.py) --------------------------------------------------------

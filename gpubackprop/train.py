@@ -11,6 +11,7 @@ on the doors, :meth:`Sequential.fit <gpubackprop.Sequential.fit>` and its siblin
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -24,6 +25,8 @@ from .anomaly import check_finite_input, detect_anomaly
 from .arrays import Array, array_module, as_rows
 from .backend import get_backend, is_cupy_array
 from .checks import check_bool, check_int
+from .distributed import Communicator
+from .distributed.agreement import describe_data, describe_model, describe_optimizer
 from .errors import CaptureError, ConfigError, DeviceError, ShapeError
 from .losses import BCEWithLogits, Loss, SoftmaxCrossEntropy, get_loss
 from .model import Batch, check_optimizer
@@ -219,11 +222,16 @@ class _Totals:
         """The mean loss so far (a host read)."""
         return float(self.loss) / self.rows
 
-    def means(self) -> dict[str, float]:
-        """``{"loss": mean loss, <metric>: mean per row, ...}``."""
+    def means(self, comm: Communicator | None = None) -> dict[str, float]:
+        """``{"loss": mean loss, <metric>: mean per row, ...}``; with ``comm``, the sums
+        of every rank's totals over every rank's positions (the same on every rank)."""
+        values = [float(self.loss), *(float(total) for total in self.sums.values()), self.rows]
+        if comm is not None:
+            values = list(comm.sum(values))
+        rows = values[-1]
         return {
-            "loss": self.mean_loss(),
-            **{name: float(total) / self.rows for name, total in self.sums.items()},
+            "loss": values[0] / rows,
+            **{name: value / rows for name, value in zip(self.sums, values[1:-1], strict=True)},
         }
 
 
@@ -235,12 +243,33 @@ def _check_data(data: Batch, caller: str, x_name: str, y_name: str) -> None:
     check_finite_input(data.y, y_name, caller=caller, advice=advice)
 
 
-def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
-    """Outputs for all rows of ``x``, computed in batches.
+def _check_communicator(distributed: Any) -> Communicator | None:
+    """``distributed`` as a Communicator (None: one process)."""
+    if distributed is None or isinstance(distributed, Communicator):
+        return distributed
+    raise ConfigError(
+        "distributed must be the communicator of gb.distributed.init() or None, "
+        f"got {type(distributed).__name__}"
+    )
 
-    NumPy in gives NumPy out (batches are copied to the device and back); an
-    array on the model's device gives an array on that device.
-    """
+
+def _in_run(comm: Communicator | None, what: str) -> contextlib.AbstractContextManager[Any]:
+    """With ``comm``, a block where an error on one rank aborts the job
+    (:meth:`.Communicator.abort_on_error`), else nothing."""
+    return contextlib.nullcontext() if comm is None else comm.abort_on_error(what)
+
+
+def predict(
+    model: Sequential, x: Any, batch_size: int = 1024, *, distributed: Communicator | None = None
+) -> Array:
+    """:meth:`Sequential.predict <gpubackprop.Sequential.predict>` with the model first
+    (the arguments are documented there)."""
+    comm = _check_communicator(distributed)
+    with _in_run(comm, "predict"):
+        return _predict(model, x, batch_size, comm)
+
+
+def _predict(model: Sequential, x: Any, batch_size: int, comm: Communicator | None) -> Array:
     batch_size = check_int("batch_size", batch_size)
     data = _inputs(model, x)
     on_device = model.backend.is_native(data) and model.backend.is_gpu
@@ -248,13 +277,35 @@ def predict(model: Sequential, x: Any, batch_size: int = 1024) -> Array:
         raise ShapeError("predict: x has no rows")
     model.check_input(data.shape, data.dtype)
     model.check_input_values(data)
+    lo, hi = (0, len(data))
+    if comm is not None:
+        comm.agree("predict", {"model": describe_model(model), "x": _describe_x(data)}, _SAME)
+        lo, hi = comm.shard(len(data))
     parts = []
     with model.mode(False):
-        for start in range(0, len(data), batch_size):
-            out = model.forward_batch(_take(model, data, slice(start, start + batch_size)))
-            parts.append(out.copy() if on_device else model.backend.to_numpy(out).copy())
+        for start in range(lo, hi, batch_size):
+            out = model.forward_batch(_take(model, data, slice(start, min(hi, start + batch_size))))
+            keep = on_device and comm is None  # else gathered on the host
+            parts.append(out.copy() if keep else model.backend.to_numpy(out).copy())
+    if comm is not None:
+        shape = model.output_shape((hi - lo, *data.shape[1:]))
+        mine = np.concatenate(parts, axis=0) if parts else np.empty(shape, dtype=model.dtype)
+        whole = comm.gather_rows(mine)
+        return model.backend.asarray(whole) if on_device else whole
     xp = model.backend.xp if on_device else np
     return xp.concatenate(parts, axis=0)
+
+
+def _describe_x(x: Array) -> dict[str, Any]:
+    """Rows, row shape and dtype of inputs (what the ranks must agree on to shard them)."""
+    return {"rows": len(x), "row shape": tuple(x.shape[1:]), "dtype": x.dtype.name}
+
+
+#: what a rank's disagreement error advises
+_SAME = (
+    "Every rank must build the same model and optimizer and pass the whole dataset "
+    "(each rank trains on its shard of every batch)."
+)
 
 
 def evaluate(
@@ -266,35 +317,50 @@ def evaluate(
     batch_size: int = 1024,
     *,
     check_data: bool = True,
+    distributed: Communicator | None = None,
 ) -> dict[str, float]:
     """:meth:`Sequential.evaluate <gpubackprop.Sequential.evaluate>` with the model
     first (the arguments are documented there)."""
-    loss = get_loss(loss)
-    metrics = _check_metrics(metrics, loss)
-    batch_size = check_int("batch_size", batch_size)
-    data = _dataset(model, x, y, loss)
-    if check_bool("check_data", check_data):
-        _check_data(data, "evaluate", "x", "y")
-    return _evaluate(model, data, metrics, batch_size)
+    comm = _check_communicator(distributed)
+    with _in_run(comm, "evaluate"):
+        loss = get_loss(loss)
+        metrics = _check_metrics(metrics, loss)
+        batch_size = check_int("batch_size", batch_size)
+        data = _dataset(model, x, y, loss)
+        if check_bool("check_data", check_data):
+            _check_data(data, "evaluate", "x", "y")
+        if comm is not None:
+            comm.agree(
+                "evaluate",
+                {"model": describe_model(model), "data": describe_data(data.x, data.y)},
+                _SAME,
+            )
+        return _evaluate(model, data, metrics, batch_size, comm)
 
 
 def _evaluate(
-    model: Sequential, data: Batch, metrics: Sequence[str], batch_size: int
+    model: Sequential,
+    data: Batch,
+    metrics: Sequence[str],
+    batch_size: int,
+    comm: Communicator | None = None,
 ) -> dict[str, float]:
-    """:func:`evaluate` on a dataset already checked by :func:`_dataset`, in eval mode."""
+    """:func:`evaluate` on a dataset already checked by :func:`_dataset`, in eval mode;
+    with ``comm``, each rank evaluates its contiguous shard and the sums are reduced."""
     loss = data.loss
     backend = model.backend
     xp = backend.xp
+    lo, hi = comm.shard(len(data.x)) if comm is not None else (0, len(data.x))
     with backend.activate(), model.mode(False):
         totals = _Totals(model, metrics)  # on the device: one read at the end, none per batch
         grad = None
-        for start in range(0, len(data.x), batch_size):
-            batch = _rows(model, data, slice(start, start + batch_size))
+        for start in range(lo, hi, batch_size):
+            batch = _rows(model, data, slice(start, min(hi, start + batch_size)))
             out = model.forward_batch(batch.x)
             if grad is None or grad.shape != out.shape:
                 grad = xp.empty_like(out)
             totals.add(loss.write_value_and_grad(backend, out, batch.y, grad), out, batch)
-        return totals.means()
+        return totals.means(comm)
 
 
 #: the device reasons (``backend.reason``: why "auto" picked the CPU, ...) fit has
@@ -320,9 +386,40 @@ def fit(
     file: TextIO | None = None,
     check_finite: bool = False,
     check_data: bool = True,
+    distributed: Communicator | None = None,
 ) -> History:
     """:meth:`Sequential.fit <gpubackprop.Sequential.fit>` with the model first (the
     arguments are documented there); returns a :class:`History`."""
+    comm = _check_communicator(distributed)
+    with _in_run(comm, "fit"):
+        return _fit(
+            model, x, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+            shuffle=shuffle, validation_data=validation_data, metrics=metrics,
+            scheduler=scheduler, capture=capture, verbose=verbose, file=file,
+            check_finite=check_finite, check_data=check_data, comm=comm,
+        )
+
+
+def _fit(
+    model: Sequential,
+    x: Any,
+    y: Any,
+    *,
+    loss: Loss | str,
+    optimizer: Optimizer,
+    epochs: int,
+    batch_size: int,
+    shuffle: bool,
+    validation_data: tuple[Any, Any] | None,
+    metrics: Sequence[str] | None,
+    scheduler: Any,
+    capture: bool,
+    verbose: bool,
+    file: TextIO | None,
+    check_finite: bool,
+    check_data: bool,
+    comm: Communicator | None,
+) -> History:
     check_finite = check_bool("check_finite", check_finite)
     check_data = check_bool("check_data", check_data) or check_finite
     loss = get_loss(loss)
@@ -341,6 +438,22 @@ def fit(
         )
         if check_data:
             _check_data(val_data, "fit", "validation x", "validation y")
+    if comm is not None:
+        comm.agree("fit", {
+            "model": describe_model(model),
+            "optimizer": describe_optimizer(optimizer),
+            "data": describe_data(data.x, data.y),
+            "validation data": (
+                None if validation_data is None else describe_data(val_data.x, val_data.y)
+            ),
+            "arguments": {
+                "loss": loss.name, "metrics": metrics, "epochs": epochs,
+                "batch_size": batch_size, "shuffle": shuffle, "capture": capture,
+                "check_finite": check_finite, "scheduler": type(scheduler).__name__,
+            },
+        }, _SAME)
+        comm.broadcast_parameters(model, optimizer)
+        verbose = verbose and comm.rank == 0
 
     backend = model.backend
     xp = backend.xp
@@ -350,14 +463,21 @@ def fit(
     if verbose:
         why = "" if backend.reason in _REASONS_SAID else f" ({backend.reason})"
         _REASONS_SAID.add(backend.reason)
+        ranks = "" if comm is None else f" x {comm.size} ranks ({comm.backend})"
         print(
             f"Training {n} samples, batch {batch_size}, {steps} steps/epoch on "
-            f"{backend.device}{why}",
+            f"{backend.device}{ranks}{why}",
             file=file,
         )
     guarded = optimizer.max_grad_norm is not None or optimizer.skip_nonfinite
     eager = check_finite or guarded or not (capture and backend.is_gpu)
-    compiled = None if eager else model.compile_step(loss, optimizer)
+    # data parallel: a full batch's shard has the same rows at every step
+    shard = (0, batch_size) if comm is None else comm.shard(batch_size)
+    eager = eager or (comm is not None and not comm.can_capture(model)) or shard[0] == shard[1]
+    shard_weight = (shard[1] - shard[0]) / batch_size
+    compiled = None if eager else model.compile_step(
+        loss, optimizer, distributed=comm, weight=shard_weight
+    )
     on_device = backend.is_gpu and (backend.is_native(data.x) or backend.is_native(data.y))
     with detect_anomaly(check_finite), model.mode(True):
         for epoch in range(epochs):
@@ -374,28 +494,40 @@ def fit(
                 totals = _Totals(model, metrics)
                 for step in range(steps):
                     lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
+                    weight = 1.0
+                    if comm is not None:  # this rank's contiguous shard of the batch
+                        first, last = comm.shard(hi - lo)
+                        weight = (last - first) / (hi - lo)
+                        lo, hi = lo + first, lo + last
                     index = order[lo:hi] if order is not None else slice(lo, hi)
                     device_index = device_order[lo:hi] if device_order is not None else None
-                    batch = _rows(model, data, index, device_index)
-                    if compiled is not None and hi - lo == batch_size:
+                    batch = _rows(model, data, index, device_index) if hi > lo else None
+                    full = hi - lo == shard[1] - shard[0] and weight == shard_weight
+                    if compiled is not None and full and batch is not None:
                         try:
                             compiled(batch.x, batch.y)
                             value, out = compiled.loss_value, compiled.output
                         except CaptureError as exc:
                             warnings.warn(f"fit: training eagerly: {exc}", RuntimeWarning, 2)
                             compiled = None
-                    if compiled is None or hi - lo != batch_size:
-                        value = model.step(batch, optimizer)
+                    if compiled is None or not full:
+                        if comm is not None:
+                            value = comm.train_step(model, batch, optimizer, weight)
+                        else:
+                            assert batch is not None  # one process: every batch has rows
+                            value = model.step(batch, optimizer)
                         out = model.last_output
-                    totals.add(value, out, batch)
+                    if batch is not None:
+                        totals.add(value, out, batch)
                     if bar is not None and bar.due():
                         bar.update(step + 1, f"loss {totals.mean_loss():.4f}")
-                record = totals.means()
+                record = totals.means(comm)
             if validation_data is not None:
-                val = _evaluate(model, val_data, metrics, 1024)
+                val = _evaluate(model, val_data, metrics, 1024, comm)
                 record.update({f"val_{k}": v for k, v in val.items()})
             record["lr"] = float(optimizer.lr)
-            record["seconds"] = time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            record["seconds"] = seconds if comm is None else comm.max(seconds)
             history.append(record)
             if scheduler is not None:
                 scheduler.step()

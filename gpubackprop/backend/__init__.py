@@ -248,13 +248,26 @@ def _why_no_gpu() -> str:
     return "CuPy is installed but sees no CUDA device"
 
 
+#: the GPU ``"cuda"`` and ``"auto"`` mean (:func:`set_default_gpu`), and why
+_DEFAULT_GPU: list[tuple[int, str]] = [(0, "")]
+
+
+def set_default_gpu(index: int, why: str) -> None:
+    """Make ``"cuda"`` and ``"auto"`` mean GPU ``index`` in this process from now on
+    (``why`` goes into ``backend.reason``): how :func:`gpubackprop.distributed.init`
+    gives each rank its own GPU, ``cuda:local_rank``. ``"cuda:N"`` is unchanged."""
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise DeviceError(f"set_default_gpu: index must be an int >= 0, got {index!r}")
+    _DEFAULT_GPU[0] = (index, why)
+
+
 def get_backend(device: str | Backend = "auto") -> Backend:
     """The backend for a device name.
 
-    ``"cpu"``: NumPy. ``"cuda"`` / ``"cuda:N"``: CuPy on GPU N (0 by default);
-    raises DeviceError if CuPy or the GPU is missing — there is no silent CPU
-    fallback. ``"auto"``: the GPU when CuPy and a GPU are there, else the CPU;
-    ``backend.reason`` says which was picked and why.
+    ``"cpu"``: NumPy. ``"cuda"`` / ``"cuda:N"``: CuPy on GPU N (0 by default, or the
+    one :func:`set_default_gpu` chose); raises DeviceError if CuPy or the GPU is
+    missing — there is no silent CPU fallback. ``"auto"``: that GPU when CuPy and a
+    GPU are there, else the CPU; ``backend.reason`` says which was picked and why.
     """
     if isinstance(device, Backend):
         return device
@@ -265,16 +278,24 @@ def get_backend(device: str | Backend = "auto") -> Backend:
     name = device.strip().lower()
     if name == "cpu":
         return _cpu_backend("asked for 'cpu'")
+    default, why = _DEFAULT_GPU[0]
     if name == "auto":
         if has_gpu():
-            return _cuda_backend(0, "auto picked cuda:0 (CuPy and a GPU are present)")
+            count = arrays.gpu_count()
+            if default >= count:
+                raise DeviceError(
+                    f"device 'auto' means cuda:{default} here ({why}) but only {count} "
+                    f"GPU(s) are visible"
+                )
+            reason = why or "CuPy and a GPU are present"
+            return _cuda_backend(default, f"auto picked cuda:{default} ({reason})")
         return _cpu_backend(f"auto picked cpu: {_why_no_gpu()}")
     match = _DEVICE_RE.match(name)
     if match is None:
         raise DeviceError(
             f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'"
         )
-    device_id = int(match.group(1) or 0)
+    device_id = int(match.group(1) or default)
     if not has_gpu():
         raise DeviceError(f"device {device!r} was asked for but {_why_no_gpu()}")
     count = arrays.gpu_count()
@@ -310,4 +331,5 @@ __all__ = [
     "has_gpu",
     "is_cupy_array",
     "nvidia_gpu_visible",
+    "set_default_gpu",
 ]

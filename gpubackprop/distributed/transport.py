@@ -1,0 +1,145 @@
+"""How a buffer is summed over the ranks, in place: MPI for host arrays, NCCL for GPU
+arrays when each rank has its own GPU, else MPI through a host copy (with one warning).
+
+Nothing here is our own transport: MPI is ``mpi4py`` (the ``mpich`` wheel gives a
+working MPI and ``mpiexec`` from the package index), NCCL is CuPy's
+``cupy.cuda.nccl``. A sum is started by :meth:`Transport.start_sum` and finished by
+:meth:`Transport.finish`: MPI's ``Iallreduce`` runs while backward goes on (the
+request is tested after every layer so that MPI makes progress), NCCL's all-reduce is
+queued on the current (training) stream, so it is ordered before the optimizer's
+kernels without a host wait and can be recorded in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..arrays import Array, cupy_module
+from ..backend import is_cupy_array
+from ..errors import ConfigError
+
+#: the error pip users see when mpi4py is missing
+MPI_MISSING = (
+    "gpubackprop.distributed needs mpi4py and an MPI library: "
+    "pip install 'gpubackprop[mpi]' (mpi4py and the mpich wheel, which brings mpiexec)"
+)
+
+
+def import_mpi() -> Any:
+    """``mpi4py.MPI`` (initialising MPI), or ConfigError saying how to install it."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ConfigError(f"{MPI_MISSING} ({exc})") from exc
+    return MPI
+
+
+def nccl_problem(local_size: int) -> str | None:
+    """Why NCCL cannot carry this machine's ``local_size`` ranks (None: it can).
+
+    NCCL needs CuPy with its NCCL binding and one GPU per rank (it refuses two ranks
+    on one GPU).
+    """
+    cp = cupy_module()
+    if cp is None:
+        return "CuPy is not installed"
+    try:
+        count = int(cp.cuda.runtime.getDeviceCount())
+    except Exception as exc:  # no driver, no device
+        return f"no GPU answers ({type(exc).__name__}: {exc})"
+    try:
+        from cupy.cuda import nccl
+
+        nccl.get_version()
+    except Exception as exc:
+        return (
+            f"CuPy's NCCL binding is not available ({type(exc).__name__}: {exc}); "
+            "pip install 'gpubackprop[nccl]'"
+        )
+    if count < local_size:
+        return (
+            f"{local_size} ranks on this machine share {count} GPU(s) and NCCL needs one GPU "
+            "per rank"
+        )
+    return None
+
+
+@dataclass
+class PendingSum:
+    """A started in-place sum: the MPI request (None for NCCL, queued on the stream),
+    and for a host-staged GPU buffer the host copy to write back."""
+
+    request: Any
+    device_buffer: Array | None = None
+    host_copy: np.ndarray | None = None
+
+
+class Transport:
+    """In-place sums over the ranks of ``mpi_comm`` (an ``mpi4py`` communicator), with
+    ``nccl_comm`` (a ``cupy.cuda.nccl.NcclCommunicator``) for GPU buffers when given."""
+
+    def __init__(self, mpi: Any, mpi_comm: Any, nccl_comm: Any = None) -> None:
+        self.mpi = mpi
+        self.mpi_comm = mpi_comm
+        self.nccl_comm = nccl_comm
+        self._warned = False
+
+    def start_sum(self, buffer: Array) -> PendingSum:
+        """Start Σ_ranks ``buffer`` into ``buffer`` (a contiguous NumPy or CuPy array)."""
+        if not is_cupy_array(buffer):
+            return PendingSum(self.mpi_comm.Iallreduce(self.mpi.IN_PLACE, buffer, self.mpi.SUM))
+        if self.nccl_comm is not None:
+            self._nccl_sum(buffer)
+            return PendingSum(None)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                "gpubackprop.distributed: GPU gradients are summed through host memory "
+                "over MPI (no NCCL for these ranks: install gpubackprop[nccl] and give each "
+                "rank its own GPU for the fast path); each step waits for the copies",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        host = buffer.get()  # device -> host, waits for backward to have written it
+        return PendingSum(
+            self.mpi_comm.Iallreduce(self.mpi.IN_PLACE, host, self.mpi.SUM), buffer, host
+        )
+
+    def _nccl_sum(self, buffer: Array) -> None:
+        from cupy.cuda import nccl
+
+        kinds = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+        cp = cupy_module()
+        assert cp is not None  # a CuPy buffer came in
+        stream = cp.cuda.get_current_stream()
+        self.nccl_comm.allReduce(
+            buffer.data.ptr, buffer.data.ptr, buffer.size, kinds[np.dtype(buffer.dtype)],
+            nccl.NCCL_SUM, stream.ptr,
+        )
+
+    def progress(self, pending: list[PendingSum]) -> None:
+        """Let MPI move the started sums along (MPICH progresses non-blocking
+        collectives inside MPI calls; this is one)."""
+        requests = [p.request for p in pending if p.request is not None]
+        if requests:
+            self.mpi.Request.Testall(requests)
+
+    def finish(self, pending: list[PendingSum]) -> None:
+        """Wait for every started sum; host-staged GPU buffers are copied back."""
+        requests = [p.request for p in pending if p.request is not None]
+        if requests:
+            self.mpi.Request.Waitall(requests)
+        for p in pending:
+            if p.device_buffer is not None:
+                p.device_buffer.set(p.host_copy)
+
+    def sum_now(self, buffer: Array) -> None:
+        """Σ_ranks ``buffer`` into ``buffer``, finished on return."""
+        self.finish([self.start_sum(buffer)])
+
+
+__all__ = ["MPI_MISSING", "PendingSum", "Transport", "import_mpi", "nccl_problem"]

@@ -1,0 +1,142 @@
+"""Scenarios run by tests/test_distributed.py under ``mpiexec -n 2 python
+tests/mpi_worker.py SCENARIO OUTDIR [DEVICE]``. Each rank writes what it saw to
+``OUTDIR/<scenario>-<rank>.npz`` (arrays) or ``.txt`` (an error message); the test
+compares them with a one-process run. Not a test module itself."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import gpubackprop as gb
+from gpubackprop.errors import DistributedError
+
+ROWS = 97  # batches of 16: 6 full ones and a last one of 1 row (rank 1 gets none)
+BATCH = 16
+
+
+def dataset(rows: int = ROWS, classes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The data every rank loads (the same on every rank, as fit expects)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(rows, 5))
+    y = rng.integers(0, 3, rows) if classes else rng.normal(size=(rows, 2))
+    return x, y
+
+
+def model(seed: int, device: str = "cpu", width: int = 7) -> gb.Sequential:
+    return gb.Sequential(
+        [gb.Dense(5, width, "tanh"), gb.Dense(width, 3)], device=device, dtype="float64", seed=seed
+    )
+
+
+def optimizers() -> dict[str, gb.optim.Optimizer]:
+    return {
+        "sgd": gb.optim.SGD(0.1, momentum=0.9),
+        "adam": gb.optim.Adam(0.01),
+    }
+
+
+def train(comm: gb.distributed.Communicator | None, kind: str, device: str, epochs: int = 3):
+    """The run compared across process counts: a different seed per rank (rank 0's
+    parameters must win), validation data, 3 epochs. Returns (model, history)."""
+    x, y = dataset()
+    rank = 0 if comm is None else comm.rank
+    net = model(seed=rank, device=device)
+    history = net.fit(
+        x, y, loss="cross_entropy", optimizer=optimizers()[kind], epochs=epochs,
+        batch_size=BATCH, validation_data=(x[:41], y[:41]), verbose=rank == 0,
+        distributed=comm,
+    )
+    return net, history
+
+
+def custom_loop(comm: gb.distributed.Communicator | None, device: str) -> np.ndarray:
+    """A hand-written data-parallel loop: broadcast, shard, weighted all-reduce, step."""
+    x, y = dataset()
+    net = model(seed=10 if comm is None else 10 + comm.rank, device=device)
+    opt = gb.optim.SGD(0.05, momentum=0.5)
+    if comm is not None:
+        comm.broadcast_parameters(net, opt)
+    for start in range(0, ROWS, BATCH):
+        stop = min(ROWS, start + BATCH)
+        lo, hi = (start, stop)
+        if comm is not None:
+            first, last = comm.shard(stop - start)
+            lo, hi = start + first, start + last
+        if hi > lo:
+            net.loss_and_grad(x[lo:hi], y[lo:hi], "cross_entropy")
+        else:
+            net.flat_grads.fill(0)
+        if comm is not None:
+            comm.allreduce_gradients(net, weight=(hi - lo) / (stop - start))
+        opt.step(net.flat_params, net.flat_grads)
+    return net.backend.to_numpy(net.flat_params)
+
+
+def save(out: Path, name: str, rank: int, **arrays: object) -> None:
+    np.savez(out / f"{name}-{rank}.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
+    comm = gb.distributed.init()
+    rank = comm.rank
+    if scenario == "train":
+        for kind in ("sgd", "adam"):
+            for overlap in (True, False):
+                comm.overlap = overlap
+                net, history = train(comm, kind, device)
+                x, y = dataset()
+                save(
+                    out, f"{kind}-{'overlap' if overlap else 'after'}", rank,
+                    params=net.backend.to_numpy(net.flat_params),
+                    history=json.dumps(history.history),
+                    evaluate=json.dumps(net.evaluate(x, y, "cross_entropy", distributed=comm)),
+                    predict=net.predict(x, batch_size=10, distributed=comm),
+                )
+        save(out, "custom", rank, params=custom_loop(comm, device))
+    elif scenario == "resume":
+        x, y = dataset()
+        whole, _ = train(comm, "adam", device, epochs=4)
+        first = model(seed=rank, device=device)
+        opt = optimizers()["adam"]
+        first.fit(x, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=BATCH,
+                  verbose=False, distributed=comm)
+        path = out / "resume.safetensors"
+        first.save(path, opt)  # rank 0 writes; the others return at once
+        comm.barrier()
+        resumed, resumed_opt = gb.load(path, with_optimizer=True, device=device)
+        resumed.fit(x, y, loss="cross_entropy", optimizer=resumed_opt, epochs=2,
+                    batch_size=BATCH, verbose=False, distributed=comm)
+        save(out, "resume", rank, whole=whole.backend.to_numpy(whole.flat_params),
+             resumed=resumed.backend.to_numpy(resumed.flat_params),
+             files=sorted(p.name for p in out.iterdir()))
+    elif scenario in ("mismatch-width", "mismatch-rows", "mismatch-optimizer"):
+        x, y = dataset()
+        net = model(0, device, width=7 + rank if scenario == "mismatch-width" else 7)
+        if scenario == "mismatch-rows":
+            x, y = x[: ROWS - rank], y[: ROWS - rank]
+        opt = gb.optim.SGD(0.1 * (1 + rank)) if scenario == "mismatch-optimizer" else (
+            gb.optim.SGD(0.1))
+        try:
+            net.fit(x, y, loss="cross_entropy", optimizer=opt, verbose=False, distributed=comm)
+        except DistributedError as exc:
+            (out / f"{scenario}-{rank}.txt").write_text(str(exc))
+    elif scenario == "fault":
+        x, y = dataset()
+        if rank == 1:
+            x = x.copy()
+            x[3, 2] = np.nan  # bad data on one rank only
+        model(0, device).fit(x, y, loss="cross_entropy", optimizer=gb.optim.SGD(0.1),
+                             verbose=False, distributed=comm)
+        (out / f"fault-finished-{rank}.txt").write_text("the job did not abort")
+    else:
+        raise SystemExit(f"unknown scenario {scenario!r}")
+
+
+if __name__ == "__main__":
+    main()

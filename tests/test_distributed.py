@@ -1,0 +1,242 @@
+"""Data-parallel training (gpubackprop.distributed): 2 ranks under ``mpiexec`` against
+one process, the bucket plan and shards, disagreements, faults, checkpoints.
+
+The 2-rank runs are ``mpiexec -n 2 python tests/mpi_worker.py SCENARIO OUTDIR``
+(the [mpi] extra, in [test], brings mpi4py and MPICH's mpiexec); without mpiexec
+they skip, saying so."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpubackprop as gb
+from gpubackprop.distributed.agreement import describe_data, disagreements
+from gpubackprop.distributed.buckets import layer_ranges, plan_buckets
+from gpubackprop.errors import ConfigError, DistributedError
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import mpi_worker  # noqa: E402  (tests/mpi_worker.py: the scenarios the ranks run)
+
+MPIEXEC = shutil.which("mpiexec") or (
+    str(Path(sys.executable).with_name("mpiexec"))
+    if Path(sys.executable).with_name("mpiexec").exists() else None
+)
+needs_mpiexec = pytest.mark.skipif(
+    MPIEXEC is None, reason="no mpiexec: pip install 'gpubackprop[mpi]' (mpi4py and mpich)"
+)
+pytest.importorskip("mpi4py", reason="mpi4py is not installed: pip install 'gpubackprop[mpi]'")
+
+
+def run_ranks(scenario: str, out: Path, ranks: int = 2, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n ranks python tests/mpi_worker.py scenario out`` (one BLAS thread per rank)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [MPIEXEC, "-n", str(ranks), sys.executable, str(HERE / "mpi_worker.py"), scenario, str(out)],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+    )
+
+
+def load(out: Path, name: str, rank: int) -> dict[str, np.ndarray]:
+    with np.load(out / f"{name}-{rank}.npz") as f:
+        return dict(f)
+
+
+# --- the 2-rank runs ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    result = run_ranks("train", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("overlap", ["overlap", "after"])
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_two_ranks_equal_one_process(trained: Path, kind: str, overlap: str) -> None:
+    """97 rows in batches of 16 (the last batch 1 row: rank 1 has none), 3 epochs, a
+    different seed per rank: the parameters equal one process's to 1e-10 (float64),
+    the history too, on both ranks."""
+    net, history = mpi_worker.train(None, kind, "cpu")
+    expected = net.flat_params
+    for rank in (0, 1):
+        got = load(trained, f"{kind}-{overlap}", rank)
+        np.testing.assert_allclose(got["params"], expected, rtol=0, atol=1e-10)
+        seen = json.loads(str(got["history"]))
+        for key, values in history.history.items():
+            if key != "seconds":
+                np.testing.assert_allclose(seen[key], values, rtol=1e-10, atol=1e-12, err_msg=key)
+    # the parameters are not trivially equal: training moved them
+    assert np.abs(expected - mpi_worker.model(0).flat_params).max() > 1e-2
+
+
+@needs_mpiexec
+def test_ranks_have_identical_parameters_and_history(trained: Path) -> None:
+    for name in ("sgd-overlap", "adam-overlap", "custom"):
+        a, b = load(trained, name, 0), load(trained, name, 1)
+        np.testing.assert_array_equal(a["params"], b["params"])
+        if "history" in a:
+            assert str(a["history"]) == str(b["history"])
+
+
+@needs_mpiexec
+def test_evaluate_and_predict_shard_and_return_everything(trained: Path) -> None:
+    net, _ = mpi_worker.train(None, "sgd", "cpu")
+    x, y = mpi_worker.dataset()
+    expected = net.evaluate(x, y, "cross_entropy")
+    for rank in (0, 1):
+        got = load(trained, "sgd-overlap", rank)
+        seen = json.loads(str(got["evaluate"]))
+        assert seen.keys() == expected.keys()
+        for key in expected:
+            assert math.isclose(seen[key], expected[key], rel_tol=1e-10), key
+        assert got["predict"].shape == (mpi_worker.ROWS, 3)
+        np.testing.assert_allclose(got["predict"], net.predict(x), rtol=0, atol=1e-10)
+
+
+@needs_mpiexec
+def test_custom_loop_with_broadcast_and_allreduce(trained: Path) -> None:
+    """comm.broadcast_parameters + comm.allreduce_gradients(weight=B_r/B) by hand equal
+    one process's loop over the same batches."""
+    expected = mpi_worker.custom_loop(None, "cpu")
+    for rank in (0, 1):
+        np.testing.assert_allclose(load(trained, "custom", rank)["params"], expected,
+                                   rtol=0, atol=1e-10)
+
+
+@needs_mpiexec
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
+    result = run_ranks("resume", tmp_path)
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):
+        got = load(tmp_path, "resume", rank)
+        np.testing.assert_array_equal(got["resumed"], got["whole"])
+    # rank 0 wrote the one file; no temporary or per-rank copies were left
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors*")) == ["resume.safetensors"]
+
+
+@needs_mpiexec
+@pytest.mark.parametrize(
+    ("scenario", "words"),
+    [
+        ("mismatch-width", ["model / layers: rank 0: ['Dense 5->7, tanh', 'Dense 7->3']; "
+                            "rank 1: ['Dense 5->8, tanh', 'Dense 8->3']",
+                            "model / parameters: rank 0: 66; rank 1: 75"]),
+        ("mismatch-rows", ["data / rows: rank 0: 97; rank 1: 96", "whole dataset"]),
+        ("mismatch-optimizer", ["optimizer / hyperparameters / lr: rank 0: 0.1; rank 1: 0.2"]),
+    ],
+)
+def test_disagreeing_ranks_raise_on_every_rank(tmp_path: Path, scenario: str, words: list[str]) -> None:
+    result = run_ranks(scenario, tmp_path)
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):
+        message = (tmp_path / f"{scenario}-{rank}.txt").read_text()
+        assert "the 2 ranks disagree before training" in message
+        for word in words:
+            assert word in message, (word, message)
+
+
+@needs_mpiexec
+def test_error_on_one_rank_aborts_the_job(tmp_path: Path) -> None:
+    """NaN data on rank 1 only: rank 1 prints the error with its rank and aborts; rank 0,
+    waiting in a collective, does not hang; the exit status is non-zero."""
+    result = run_ranks("fault", tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert "rank 1 of 2 failed in fit" in result.stderr
+    assert "NumericalError" in result.stderr
+    assert "MPI.Abort" in result.stderr
+    assert not list(tmp_path.glob("fault-finished-*"))
+
+
+# --- one process (MPI singleton) -----------------------------------------------------------
+def test_shard_bounds_cover_every_row_once() -> None:
+    from gpubackprop.distributed import shard_bounds
+
+    assert shard_bounds(16, 2) == [0, 8, 16]
+    assert shard_bounds(7, 2) == [0, 4, 7]
+    assert shard_bounds(1, 2) == [0, 1, 1]
+    assert shard_bounds(10, 4) == [0, 3, 6, 8, 10]
+    for rows in range(0, 30):
+        for size in range(1, 6):
+            bounds = shard_bounds(rows, size)
+            sizes = np.diff(bounds)
+            assert bounds[0] == 0 and bounds[-1] == rows and sizes.min() >= 0
+            assert sizes.max() - sizes.min() <= 1
+
+
+def test_buckets_cover_the_flat_buffer_in_whole_layers() -> None:
+    net = gb.Sequential([gb.Dense(30, 40, "relu"), gb.Activation("tanh"), gb.Dense(40, 50),
+                         gb.Dense(50, 3)], device="cpu", seed=0)
+    ranges = layer_ranges(net)
+    assert ranges[1][0] == ranges[1][1]  # the Activation has no parameters
+    assert ranges[-1][1] == net.num_parameters
+    for bucket_bytes in (1, 100, 4 * 2000, 1 << 30):
+        buckets = plan_buckets(ranges, 4, bucket_bytes)
+        covered = np.zeros(net.num_parameters, dtype=int)
+        for bucket in buckets:
+            covered[bucket.start : bucket.end] += 1
+            assert bucket.start == ranges[bucket.ready_after][0]  # starts at a layer
+            assert any(bucket.end == stop for _, stop in ranges)
+        assert (covered == 1).all()
+        # the last layers' bucket comes first: it is ready first in backward
+        assert [b.start for b in buckets] == sorted((b.start for b in buckets), reverse=True)
+    assert len(plan_buckets(ranges, 4, 1)) == 3  # one per layer with parameters
+    assert len(plan_buckets(ranges, 4, 1 << 30)) == 1
+
+
+def test_disagreements_name_keys_ranks_and_values() -> None:
+    x = np.zeros((5, 2))
+    same = {"model": [1, 2], "data": describe_data(x, np.zeros(5))}
+    assert disagreements([same, same, same]) == []
+    other = {"model": [1, 3], "data": describe_data(x[:4], np.zeros(4))}
+    lines = disagreements([same, other, same])
+    assert len(lines) == 3
+    assert lines[2].startswith("data / sampled rows: ranks 0, 2: '")
+    assert lines[0] == "model: ranks 0, 2: [1, 2]; rank 1: [1, 3]"
+    assert lines[1] == "data / rows: ranks 0, 2: 5; rank 1: 4"
+
+
+def test_data_fingerprint_sees_changed_rows() -> None:
+    x = np.arange(200.0).reshape(100, 2)
+    changed = x.copy()
+    changed[-1, 0] = -1.0
+    assert describe_data(x, x[:, 0]) != describe_data(changed, x[:, 0])
+
+
+def test_one_rank_fit_equals_plain_fit() -> None:
+    """Under plain python, init() is a run of one rank: fit with it equals fit without."""
+    comm = gb.distributed.init()
+    assert (comm.size, comm.rank, comm.local_rank) == (1, 0, 0)
+    assert gb.distributed.init() is comm and gb.distributed.current() is comm
+    x, y = mpi_worker.dataset()
+    a, b = mpi_worker.model(0), mpi_worker.model(0)
+    ha = a.fit(x, y, loss="cross_entropy", optimizer=gb.optim.Adam(0.01), epochs=2,
+               batch_size=16, verbose=False)
+    hb = b.fit(x, y, loss="cross_entropy", optimizer=gb.optim.Adam(0.01), epochs=2,
+               batch_size=16, verbose=False, distributed=comm)
+    np.testing.assert_array_equal(a.flat_params, b.flat_params)
+    assert ha.history["loss"] == hb.history["loss"]
+    np.testing.assert_array_equal(a.predict(x), b.predict(x, distributed=comm))
+
+
+def test_bad_arguments() -> None:
+    net = mpi_worker.model(0)
+    x, y = mpi_worker.dataset()
+    with pytest.raises(ConfigError, match="distributed must be the communicator"):
+        net.fit(x, y, loss="cross_entropy", optimizer=gb.optim.SGD(0.1), distributed="mpi")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        gb.distributed.init("gloo")
+    with pytest.raises(ConfigError, match="bucket_bytes"):
+        gb.distributed.init(bucket_bytes=0)
+    assert issubclass(DistributedError, gb.GpuBackpropError)
