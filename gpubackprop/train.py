@@ -227,7 +227,7 @@ class _Totals:
         of every rank's totals over every rank's positions (the same on every rank)."""
         values = [float(self.loss), *(float(total) for total in self.sums.values()), self.rows]
         if comm is not None:
-            values = list(comm.sum(values))
+            values = [float(v) for v in comm.sum(values)]
         rows = values[-1]
         return {
             "loss": values[0] / rows,

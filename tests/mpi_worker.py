@@ -83,7 +83,7 @@ def save(out: Path, name: str, rank: int, **arrays: object) -> None:
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
-    comm = gb.distributed.init()
+    comm = gb.distributed.init(sys.argv[4] if len(sys.argv) > 4 else "auto")
     rank = comm.rank
     if scenario == "train":
         for kind in ("sgd", "adam"):
@@ -134,6 +134,22 @@ def main() -> None:
         model(0, device).fit(x, y, loss="cross_entropy", optimizer=gb.optim.SGD(0.1),
                              verbose=False, distributed=comm)
         (out / f"fault-finished-{rank}.txt").write_text("the job did not abort")
+    elif scenario == "capture":  # one rank over NCCL, on a GPU: the all-reduce in the graph
+        x, y = dataset(rows=96)
+        eager, graphed = model(0, device), model(0, device)
+        opts = gb.optim.SGD(0.1, momentum=0.9), gb.optim.SGD(0.1, momentum=0.9)
+        step = graphed.compile_step("cross_entropy", opts[1], distributed=comm, weight=1.0)
+        for start in range(0, 96, BATCH):
+            rows = slice(start, start + BATCH)
+            eager.train_step(x[rows], y[rows], "cross_entropy", opts[0])
+            step(graphed.to_device(x[rows]), graphed.to_device(y[rows]))
+        fitted = model(0, device)
+        fitted.fit(x, y, loss="cross_entropy", optimizer=gb.optim.SGD(0.1, momentum=0.9),
+                   batch_size=BATCH, verbose=False, distributed=comm)
+        save(out, "capture", rank, eager=eager.backend.to_numpy(eager.flat_params),
+             graphed=graphed.backend.to_numpy(graphed.flat_params),
+             fitted=fitted.backend.to_numpy(fitted.flat_params),
+             captures=step.captures, replays=step.replays, backend=comm.backend)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
 

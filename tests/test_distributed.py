@@ -23,9 +23,9 @@ from gpubackprop.distributed.agreement import describe_data, disagreements
 from gpubackprop.distributed.buckets import layer_ranges, plan_buckets
 from gpubackprop.errors import ConfigError, DistributedError
 
+from . import mpi_worker  # the scenarios the ranks run
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import mpi_worker  # noqa: E402  (tests/mpi_worker.py: the scenarios the ranks run)
 
 MPIEXEC = shutil.which("mpiexec") or (
     str(Path(sys.executable).with_name("mpiexec"))
@@ -37,12 +37,16 @@ needs_mpiexec = pytest.mark.skipif(
 pytest.importorskip("mpi4py", reason="mpi4py is not installed: pip install 'gpubackprop[mpi]'")
 
 
-def run_ranks(scenario: str, out: Path, ranks: int = 2, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``mpiexec -n ranks python tests/mpi_worker.py scenario out`` (one BLAS thread per rank)."""
+def run_ranks(
+    scenario: str, out: Path, ranks: int | None = 2, timeout: float = 120, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n ranks python tests/mpi_worker.py scenario out *extra`` (one BLAS
+    thread per rank); ``ranks=None``: plain ``python`` (a run of one rank)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    launcher = [] if ranks is None else [str(MPIEXEC), "-n", str(ranks)]
     return subprocess.run(
-        [MPIEXEC, "-n", str(ranks), sys.executable, str(HERE / "mpi_worker.py"), scenario, str(out)],
+        [*launcher, sys.executable, str(HERE / "mpi_worker.py"), scenario, str(out), *extra],
         capture_output=True, text=True, timeout=timeout, env=env, check=False,
     )
 
@@ -137,7 +141,9 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
         ("mismatch-optimizer", ["optimizer / hyperparameters / lr: rank 0: 0.1; rank 1: 0.2"]),
     ],
 )
-def test_disagreeing_ranks_raise_on_every_rank(tmp_path: Path, scenario: str, words: list[str]) -> None:
+def test_disagreeing_ranks_raise_on_every_rank(
+    tmp_path: Path, scenario: str, words: list[str]
+) -> None:
     result = run_ranks(scenario, tmp_path)
     assert result.returncode == 0, result.stderr
     for rank in (0, 1):

@@ -58,3 +58,35 @@ def test_sequence_tagging_learns_the_tags(capsys) -> None:
     metrics = _load("sequence_tagging").main(["--device", "cpu"])
     assert metrics["accuracy"] > 0.99
     assert "-> logits (2, 12, 4)" in capsys.readouterr().out
+
+
+def test_distributed_mnist_on_one_and_two_ranks(capsys) -> None:
+    """One rank in this process; two under mpiexec (skipped without it) print the
+    same held-out metrics, as the example's docstring says."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("mpi4py", reason="pip install 'gpubackprop[mpi]'")
+    one = _load("distributed_mnist").main(["--device", "cpu", "--epochs", "3"])
+    assert one["accuracy"] > 0.85 and one["restored_same"] == 1.0
+    out = capsys.readouterr().out
+    line = next(s for s in out.splitlines() if s.startswith("1 rank(s)"))
+    mpiexec = shutil.which("mpiexec") or str(Path(sys.executable).with_name("mpiexec"))
+    if not Path(mpiexec).exists():
+        pytest.skip("no mpiexec: pip install 'gpubackprop[mpi]'")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [mpiexec, "-n", "2", sys.executable, str(EXAMPLES / "distributed_mnist.py"),
+         "--device", "cpu", "--epochs", "3"],
+        capture_output=True, text=True, timeout=120, env=env, check=True,
+    ).stdout
+    held_out = next(s for s in two.splitlines() if s.startswith("2 rank(s)"))
+    # the same metrics to float rounding: compare the accuracy exactly, the loss to 1e-5
+    acc = [float(s.split("'accuracy': ")[1].rstrip("}")) for s in (line, held_out)]
+    loss = [float(s.split("'loss': ")[1].split(",")[0]) for s in (line, held_out)]
+    assert acc[0] == acc[1] and abs(loss[0] - loss[1]) < 1e-5, (line, held_out)
+    assert "predictions equal: True" in two
