@@ -2,13 +2,16 @@
 
 Versions (and why CuPy does not import, if it does not), whether the system shows
 an NVIDIA GPU at all, the CUDA runtime, driver and GPUs, the devices gpubackprop can
-use, and which one ``device="auto"`` picks and why.
+use, which one ``device="auto"`` picks and why, and what data-parallel training
+(:mod:`gpubackprop.distributed`) will find: mpi4py, mpiexec, NCCL.
 """
 
 from __future__ import annotations
 
 import platform
+import shutil
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import TextIO
 
@@ -16,6 +19,7 @@ import numpy as np
 
 from . import arrays
 from .backend import available_devices, get_backend, nvidia_gpu_visible
+from .distributed.transport import MPI_MISSING, nccl_problem
 from .version import __version__
 
 
@@ -49,6 +53,23 @@ def _cuda_rows(cp: ModuleType) -> list[tuple[str, str]]:
     return rows
 
 
+def _distributed_rows(with_cupy: bool) -> list[tuple[str, str]]:
+    """mpi4py's version, where ``mpiexec`` is, and (with CuPy) whether NCCL works: what
+    :func:`gpubackprop.distributed.init` will find. MPI itself is not initialised."""
+    try:
+        import mpi4py
+
+        mpi = str(mpi4py.__version__)
+    except ImportError:
+        mpi = f"not installed ({MPI_MISSING})"
+    beside = Path(sys.executable).with_name("mpiexec")
+    mpiexec = shutil.which("mpiexec") or (str(beside) if beside.exists() else "not found")
+    rows = [("mpi4py", mpi), ("mpiexec", mpiexec)]
+    if with_cupy:
+        rows.append(("NCCL", nccl_problem(1) or "available"))
+    return rows
+
+
 def collect_info() -> list[tuple[str, str]]:
     """The report as ``(label, value)`` rows, in print order."""
     import scipy
@@ -68,6 +89,7 @@ def collect_info() -> list[tuple[str, str]]:
     else:
         rows.append(("CuPy", cp.__version__))
         rows += _cuda_rows(cp)
+    rows += _distributed_rows(cp is not None)
     backend = get_backend("auto")
     rows += [
         ("devices", ", ".join(available_devices())),

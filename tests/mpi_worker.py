@@ -115,9 +115,11 @@ def main() -> None:
         save(out, "resume", rank, whole=whole.backend.to_numpy(whole.flat_params),
              resumed=resumed.backend.to_numpy(resumed.flat_params),
              files=sorted(p.name for p in out.iterdir()))
-    elif scenario in ("mismatch-width", "mismatch-rows", "mismatch-optimizer"):
+    elif scenario in ("mismatch-width", "mismatch-rows", "mismatch-optimizer", "mismatch-dtype"):
         x, y = dataset()
         net = model(0, device, width=7 + rank if scenario == "mismatch-width" else 7)
+        if scenario == "mismatch-dtype" and rank == 1:
+            net = gb.Sequential([gb.Dense(5, 7, "tanh"), gb.Dense(7, 3)], device=device, seed=0)
         if scenario == "mismatch-rows":
             x, y = x[: ROWS - rank], y[: ROWS - rank]
         opt = gb.optim.SGD(0.1 * (1 + rank)) if scenario == "mismatch-optimizer" else (

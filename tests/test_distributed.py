@@ -139,6 +139,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
                             "model / parameters: rank 0: 66; rank 1: 75"]),
         ("mismatch-rows", ["data / rows: rank 0: 97; rank 1: 96", "whole dataset"]),
         ("mismatch-optimizer", ["optimizer / hyperparameters / lr: rank 0: 0.1; rank 1: 0.2"]),
+        ("mismatch-dtype", ["model / dtype: rank 0: 'float64'; rank 1: 'float32'"]),
     ],
 )
 def test_disagreeing_ranks_raise_on_every_rank(

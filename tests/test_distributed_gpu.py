@@ -14,6 +14,8 @@ from gpubackprop.arrays import gpu_count
 from .test_distributed import load, mpi_worker, needs_mpiexec, run_ranks
 
 pytestmark = pytest.mark.gpu
+# the MPI library itself, not only the mpi4py package (a GPU image may lack one)
+pytest.importorskip("mpi4py.MPI", reason="no MPI library: pip install 'gpubackprop[mpi]'")
 
 
 @needs_mpiexec
