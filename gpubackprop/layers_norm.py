@@ -17,9 +17,11 @@ Dropout (inverted), in training mode only; eval mode is the identity::
     dx_i = Δ_i/(1 − p) if keep_i else 0          (the forward's mask, kept as uint8)
 
 u_i is a Philox4x32-10 word (:mod:`gpubackprop.philox`) of counter (i div 4, step) under
-the layer's 64-bit seed; the generator state [seed, step] is a small uint64 array on
-the model's device, advanced by every training-mode forward on the device itself (so a
-captured CUDA graph draws a new mask at every replay).
+the layer's 64-bit seed, i counted from the global batch's first row (the owner model's
+``row_offset`` r: element i of the input is counter r·(elements per row) + i); the
+generator state [seed, step] is a small uint64 array on the model's device, advanced by
+every training-mode forward on the device itself (so a captured CUDA graph draws a new
+mask at every replay).
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ class Dropout(Layer):
         p: the drop probability, 0 ≤ p < 1 (0: the identity in both modes).
 
     The mask of element i at step s is decided by Philox4x32-10 (see
-    :mod:`gpubackprop.philox`): keep iff its uint32 word ≥ round(p·2³²). The key is
+    :mod:`gpubackprop.philox`): keep iff its uint32 word ≥ round(p·2³²), i counted from
+    the owner model's ``row_offset`` (:meth:`counter_base`; data-parallel shards). The key is
     :func:`dropout_seed` (the model's seed and this layer's index; a standalone layer's
     ``build(seed=...)``); s counts the training-mode forwards (:attr:`state` on the
     device: [seed, step]). Backward uses the mask of the last forward (kept as uint8).

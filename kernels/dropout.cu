@@ -3,6 +3,7 @@
 // dropout_backward and gpubackprop/philox.py, bit for bit in the mask.
 //
 //   philox4x32_10          the generator (GBP_HD: the host harness runs it too)
+//   dropout_group<T>       one group of four elements of dropout_forward (GBP_HD too)
 //   dropout_forward<T>     keep_i = u_{offset+i} >= threshold; out_i = keep_i ? x_i * scale : 0;
 //                          mask_i = keep_i; then state[1] += 1 (on the device)
 //   dropout_backward<T>    dx_i = mask_i ? delta_i * scale : 0
@@ -53,33 +54,42 @@ GBP_HD void dropout_words(unsigned long long seed, unsigned long long step,
     philox4x32_10(c, static_cast<unsigned int>(seed), static_cast<unsigned int>(seed >> 32), out);
 }
 
-// Grid-stride over the groups of four that cover elements offset .. offset + n − 1 (the
-// 64-bit counter base `offset`: the index of x[0] in the global batch, so a data-parallel
-// shard draws its rows' one-process masks); every block reads the step before it counts
-// itself done, and the last block to finish advances state[1] and resets the count
-// (integer atomics on the blocks-done counter only, as optim.cu's sgd_step).
+// Group k of the span of x from the 64-bit counter base `offset` (the index of x[0] in
+// the global batch, so a data-parallel shard draws its rows' one-process masks): the
+// elements i = 4k + w − offset % 4 in [0, n) of counter group offset / 4 + k.
+template <typename T>
+GBP_HD void dropout_group(const T* __restrict__ x, T* __restrict__ out,
+                          unsigned char* __restrict__ mask, unsigned long long seed,
+                          unsigned long long step, unsigned long long threshold, T scale,
+                          long long n, unsigned long long offset, long long k) {
+    using A = acc_t<T>;
+    unsigned int u[4];
+    dropout_words(seed, step, offset / 4 + static_cast<unsigned long long>(k), u);
+    const long long head = static_cast<long long>(offset % 4);
+    for (int w = 0; w < 4; ++w) {
+        const long long i = 4 * k + w - head;
+        if (i < 0) continue;
+        if (i >= n) break;
+        const bool keep = static_cast<unsigned long long>(u[w]) >= threshold;
+        mask[i] = keep ? 1 : 0;
+        out[i] = keep ? store<T>(load<A>(x[i]) * load<A>(scale)) : T(0);
+    }
+}
+
+// Grid-stride over the (offset % 4 + n + 3) / 4 groups of the span; every block reads
+// the step before it counts itself done, and the last block to finish advances state[1]
+// and resets the count (integer atomics on the blocks-done counter only, as optim.cu's
+// sgd_step).
 template <typename T>
 __global__ void dropout_forward(const T* __restrict__ x, T* __restrict__ out,
                                 unsigned char* __restrict__ mask, unsigned long long* state,
                                 unsigned long long threshold, T scale, long long n,
                                 unsigned long long offset) {
-    using A = acc_t<T>;
     const unsigned long long seed = state[0];
     const unsigned long long step = state[1];
-    const unsigned long long first = offset / 4;
-    const long long head = static_cast<long long>(offset % 4);
-    const long long groups = (head + n + 3) / 4;
+    const long long groups = (static_cast<long long>(offset % 4) + n + 3) / 4;
     GBP_GRID_STRIDE(k, groups) {
-        unsigned int u[4];
-        dropout_words(seed, step, first + static_cast<unsigned long long>(k), u);
-        for (int w = 0; w < 4; ++w) {
-            const long long i = 4 * k + w - head;
-            if (i < 0) continue;
-            if (i >= n) break;
-            const bool keep = static_cast<unsigned long long>(u[w]) >= threshold;
-            mask[i] = keep ? 1 : 0;
-            out[i] = keep ? store<T>(load<A>(x[i]) * load<A>(scale)) : T(0);
-        }
+        dropout_group(x, out, mask, seed, step, threshold, scale, n, offset, k);
     }
     if (last_block_done(reinterpret_cast<unsigned int*>(state + 2))) {
         state[1] = step + 1;

@@ -37,12 +37,15 @@ needs_mpiexec = pytest.mark.skipif(
 pytest.importorskip("mpi4py", reason="mpi4py is not installed: pip install 'gpubackprop[mpi]'")
 
 
-def run_ranks(scenario: str, out: Path, ranks: int = 2, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_ranks(
+    scenario: str, out: Path, ranks: int = 2, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """``mpiexec -n ranks python tests/mpi_worker.py scenario out`` (one BLAS thread per rank)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
-        [MPIEXEC, "-n", str(ranks), sys.executable, str(HERE / "mpi_worker.py"), scenario, str(out)],
+        [MPIEXEC, "-n", str(ranks), sys.executable, str(HERE / "mpi_worker.py"), scenario,
+         str(out)],
         capture_output=True, text=True, timeout=timeout, env=env, check=False,
     )
 
@@ -180,7 +183,9 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
         ("mismatch-optimizer", ["optimizer / hyperparameters / lr: rank 0: 0.1; rank 1: 0.2"]),
     ],
 )
-def test_disagreeing_ranks_raise_on_every_rank(tmp_path: Path, scenario: str, words: list[str]) -> None:
+def test_disagreeing_ranks_raise_on_every_rank(
+    tmp_path: Path, scenario: str, words: list[str]
+) -> None:
     result = run_ranks(scenario, tmp_path)
     assert result.returncode == 0, result.stderr
     for rank in (0, 1):
