@@ -80,11 +80,14 @@ def layer_norm_backward(
 
 
 def dropout_forward(
-    x: Array, out: Array, mask: Array, state: Array, *, threshold: int, scale: float
+    x: Array, out: Array, mask: Array, state: Array, *, threshold: int, scale: float,
+    offset: int = 0,
 ) -> Array:
-    """out = x·scale where Philox keeps the element (u ≥ ``threshold``), else 0; ``mask``
-    (uint8) = keep; then ``state`` (uint64 [seed, step, 0]) step += 1 by the kernel's last
-    block. One launch, also for an empty ``x`` (the step still advances). Returns ``out``."""
+    """out = x·scale where Philox keeps the element (u_{offset+i} ≥ ``threshold``), else 0;
+    ``mask`` (uint8) = keep; then ``state`` (uint64 [seed, step, 0]) step += 1 by the
+    kernel's last block. ``offset`` is the 64-bit counter base (the index of x's first
+    element in the global batch; an argument of the launch, so fixed in a captured graph).
+    One launch, also for an empty ``x`` (the step still advances). Returns ``out``."""
     args = LaunchArgs("dropout_forward")
     x = args.array("x", x)
     out = args.array("out", out, shape=x.shape, output=True)
@@ -96,9 +99,17 @@ def dropout_forward(
             f"kernels.dropout_forward: threshold must be in [0, 2**32], got {threshold}"
         )
     n = int(x.size)
+    if not 0 <= offset < 2**64 - n:
+        raise ConfigError(
+            f"kernels.dropout_forward: offset must be in [0, 2**64 - n) for n = {n} "
+            f"elements, got {offset}"
+        )
     kernel = kernels.get_kernel("dropout_forward", x.dtype)
-    launch_args = (x, out, mask, state, np.uint64(threshold), args.scalar(scale), np.int64(n))
-    args.grid_stride(kernel, -(-n // 4), launch_args)
+    launch_args = (
+        x, out, mask, state, np.uint64(threshold), args.scalar(scale), np.int64(n),
+        np.uint64(offset),
+    )
+    args.grid_stride(kernel, -(-(offset % 4 + n) // 4), launch_args)
     return out
 
 

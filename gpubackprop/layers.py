@@ -182,6 +182,10 @@ class Layer:
     def set_generator_state(self, state: tuple[int, ...]) -> None:
         """Restore a state from :meth:`generator_state` (no generator: nothing to do)."""
 
+    def advance_generator(self) -> None:
+        """Advance the random generator as one training-mode forward would, without
+        computing anything (no generator: nothing to do)."""
+
     # --- the door to gpubackprop.graph -------------------------------------------------
     def __call__(self, x: Tensor | Array) -> Tensor:
         """``layer(t)``: the layer as one coarse gate of a graph, y = layer.forward(t).

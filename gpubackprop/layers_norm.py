@@ -17,13 +17,16 @@ Dropout (inverted), in training mode only; eval mode is the identity::
     dx_i = Δ_i/(1 − p) if keep_i else 0          (the forward's mask, kept as uint8)
 
 u_i is a Philox4x32-10 word (:mod:`gpubackprop.philox`) of counter (i div 4, step) under
-the layer's 64-bit seed; the generator state [seed, step] is a small uint64 array on
-the model's device, advanced by every training-mode forward on the device itself (so a
-captured CUDA graph draws a new mask at every replay).
+the layer's 64-bit seed, i counted from the global batch's first row (the owner model's
+``row_offset`` r: element i of the input is counter r·(elements per row) + i); the
+generator state [seed, step] is a small uint64 array on the model's device, advanced by
+every training-mode forward on the device itself (so a captured CUDA graph draws a new
+mask at every replay).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -150,7 +153,8 @@ class Dropout(Layer):
         p: the drop probability, 0 ≤ p < 1 (0: the identity in both modes).
 
     The mask of element i at step s is decided by Philox4x32-10 (see
-    :mod:`gpubackprop.philox`): keep iff its uint32 word ≥ round(p·2³²). The key is
+    :mod:`gpubackprop.philox`): keep iff its uint32 word ≥ round(p·2³²), i counted from
+    the owner model's ``row_offset`` (:meth:`counter_base`; data-parallel shards). The key is
     :func:`dropout_seed` (the model's seed and this layer's index; a standalone layer's
     ``build(seed=...)``); s counts the training-mode forwards (:attr:`state` on the
     device: [seed, step]). Backward uses the mask of the last forward (kept as uint8).
@@ -214,6 +218,17 @@ class Dropout(Layer):
         with self.backend.activate():
             self.state[:2] = self.backend.xp.asarray(np.array(values, dtype=np.uint64))
 
+    def advance_generator(self) -> None:
+        """step ← step + 1 (mod 2⁶⁴) on the device, as a training-mode forward with p > 0
+        does (p = 0 draws nothing: the step stays)."""
+        if self.state is None:
+            raise ConfigError(f"{self.label} has no generator yet: put it in a model or build it")
+        if self.p == 0.0:
+            return
+        assert self.backend is not None
+        with self.backend.activate():
+            self.state[1:2] += np.uint64(1)
+
     def _buffers(self, shape: tuple[int, ...]) -> dict[str, Array]:
         """Output, input gradient and uint8 mask of ``shape``, cached by the whole shape
         (the layer takes any width, so the leading shape alone does not fix them)."""
@@ -223,6 +238,16 @@ class Dropout(Layer):
             shape, lambda: {"out": (shape, dtype), "dx": (shape, dtype), "mask": (shape, np.uint8)}
         )
 
+    def counter_base(self, shape: tuple[int, ...]) -> int:
+        """The counter of the first element of an input of ``shape`` (B, ...): r·(elements
+        per row), r = the owner's :attr:`~gpubackprop.params.FlatParameters.row_offset`
+        (0 for a standalone layer), so rows r ... r+B−1 draw the masks they have in the
+        whole batch."""
+        rows = shape[0] if shape else 0
+        if not rows or self.owner is None:
+            return 0
+        return self.owner.row_offset * (math.prod(shape) // rows)
+
     def forward(self, x: Array) -> Array:
         assert self.backend is not None and self.state is not None
         self._shape = tuple(x.shape)
@@ -231,7 +256,8 @@ class Dropout(Layer):
             return x
         ws = self._buffers(self._shape)
         self.backend.ops.dropout_forward(
-            x, ws["out"], ws["mask"], self.state, threshold=self.threshold, scale=self.scale
+            x, ws["out"], ws["mask"], self.state, threshold=self.threshold, scale=self.scale,
+            offset=self.counter_base(x.shape),
         )
         self._mask = ws["mask"]
         return ws["out"]

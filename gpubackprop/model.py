@@ -35,6 +35,7 @@ import numpy as np
 from .anomaly import AnomalyChecker, checker_for
 from .arrays import Array
 from .backend import NO_CONTEXT, Backend, get_backend
+from .checks import check_int
 from .errors import CaptureError, ConfigError, DTypeError, ShapeError
 from .layers import Layer, LayerParameters
 from .losses import Loss, get_loss
@@ -120,6 +121,8 @@ class Sequential(FlatParameters):
             times the throughput on wide layers; see :meth:`.Backend.with_precision`).
             No effect on the CPU; float64 models reject it. Saved in checkpoints.
     """
+
+    _row_offset = 0
 
     def __init__(
         self,
@@ -334,6 +337,26 @@ class Sequential(FlatParameters):
         """Restore states from :meth:`generator_states` (the same draws follow)."""
         for index, state in states.items():
             self.layers[index].set_generator_state(state)
+
+    def advance_generators(self) -> None:
+        """Advance every layer's random generator as one training-mode forward would
+        (Dropout: step ← step + 1), without computing: what a data-parallel rank with no
+        rows in a batch does, so that its generators stay with the other ranks'."""
+        for layer in self.layers:
+            layer.advance_generator()
+
+    @property
+    def row_offset(self) -> int:
+        """The index, within the global batch, of the first row of the batches this model
+        processes (default 0; an int ≥ 0). Dropout's counter of element i of a batch is
+        ``row_offset · (elements per row) + i``, so a data-parallel rank forwarding rows
+        r ... of every global batch with ``row_offset = r`` draws exactly the masks those
+        rows get in the one-process forward (``fit(distributed=...)`` sets it)."""
+        return self._row_offset
+
+    @row_offset.setter
+    def row_offset(self, value: int) -> None:
+        self._row_offset = check_int("Sequential.row_offset", value, minimum=0)
 
     # --- input checks ------------------------------------------------------------------
     def to_device(self, x: Any) -> Array:

@@ -154,6 +154,10 @@ class FlatParameters:
     flat_params: Array
     #: the seed the parameters were initialised from (None: fresh entropy)
     seed: Any = None
+    #: the index, within the global batch, of the first row of the batches its layers
+    #: process (a data-parallel shard's start; Dropout's counters start there): 0 but
+    #: where :attr:`Sequential.row_offset <gpubackprop.Sequential.row_offset>` is set
+    row_offset: int = 0
 
     @property
     def device(self) -> str:

@@ -15,7 +15,9 @@ The counter scheme of :func:`dropout_words` (the one both devices use): element 
 step s under key (seed) K is word i mod 4 of Philox(c = (j mod 2³², j div 2³², s mod 2³²,
 s div 2³²), k = (K mod 2³², K div 2³²)) with j = i div 4. The element is kept iff that
 word u ≥ :func:`keep_threshold` (p) = round(p·2³²): integers compared, no float rounding,
-so P(keep) = 1 − threshold/2³², within 2⁻³³ of 1 − p.
+so P(keep) = 1 − threshold/2³², within 2⁻³³ of 1 − p. i is the element's index in the
+whole (global) batch: a forward over rows r, r+1, ... of it (a data-parallel shard) starts
+at the 64-bit counter base i = r·(elements per row), so its masks are those rows' masks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import Array
+from .errors import ConfigError
 
 M0, M1 = 0xD2511F53, 0xCD9E8D57
 W0, W1 = 0x9E3779B9, 0xBB67AE85
@@ -73,15 +76,20 @@ def keep_threshold(p: float) -> int:
     return round(float(p) * 2.0**32)
 
 
-def dropout_words(xp: ModuleType, n: int, seed: int, step: int) -> Array:
-    """The uint32 words u_0 ... u_{n−1} of elements 0 ... n−1 at ``step`` under ``seed``
-    (64-bit integers): u_i = word i mod 4 of Philox(c = (j, s) as 32-bit halves, k = seed's
-    halves), j = i div 4. Computed :data:`CHUNK` groups of four at a time (in cache)."""
-    groups = -(-n // 4)
+def dropout_words(xp: ModuleType, n: int, seed: int, step: int, offset: int = 0) -> Array:
+    """The uint32 words u_o ... u_{o+n−1} of elements o ... o+n−1 (o = ``offset``, a
+    64-bit counter base) at ``step`` under ``seed`` (64-bit integers): u_i = word i mod 4
+    of Philox(c = (j, s) as 32-bit halves, k = seed's halves), j = i div 4. Computed
+    :data:`CHUNK` groups of four at a time (in cache). ``offset`` = r·(elements per row)
+    gives the words of rows r, r+1, ... of a batch (a data-parallel shard's masks)."""
+    if not 0 <= offset < 2**64 - n:
+        raise ConfigError(f"philox.dropout_words: offset must be in [0, 2**64 - n), got {offset}")
+    first, head = divmod(offset, 4)
+    groups = -(-(head + n) // 4)
     words = xp.empty((groups, 4), dtype=np.uint32)
     key = (seed & _LOW32, (seed >> 32) & _LOW32)
     for start in range(0, groups, CHUNK):
-        j = xp.arange(start, min(groups, start + CHUNK), dtype=np.uint64)
+        j = xp.arange(start, min(groups, start + CHUNK), dtype=np.uint64) + np.uint64(first)
         c = [
             j & np.uint64(_LOW32),
             j >> np.uint64(32),
@@ -91,8 +99,7 @@ def dropout_words(xp: ModuleType, n: int, seed: int, step: int) -> Array:
         _rounds(xp, c, key)
         for w in range(4):
             words[start : start + len(j), w] = c[w]
-    return words.reshape(-1)[:n]
-
+    return words.reshape(-1)[head : head + n]
 
 __all__ = [
     "CHUNK", "M0", "M1", "ROUNDS", "W0", "W1", "dropout_words", "keep_threshold", "philox4x32_10",

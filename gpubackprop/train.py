@@ -504,15 +504,18 @@ def _fit(
                     batch = _rows(model, data, index, device_index) if hi > lo else None
                     full = hi - lo == shard[1] - shard[0] and weight == shard_weight
                     if compiled is not None and full and batch is not None:
+                        model.row_offset = shard[0]  # Dropout's masks: this shard's rows
                         try:
                             compiled(batch.x, batch.y)
                             value, out = compiled.loss_value, compiled.output
                         except CaptureError as exc:
                             warnings.warn(f"fit: training eagerly: {exc}", RuntimeWarning, 2)
                             compiled = None
+                        finally:
+                            model.row_offset = 0
                     if compiled is None or not full:
                         if comm is not None:
-                            value = comm.train_step(model, batch, optimizer, weight)
+                            value = comm.train_step(model, batch, optimizer, weight, first)
                         else:
                             assert batch is not None  # one process: every batch has rows
                             value = model.step(batch, optimizer)

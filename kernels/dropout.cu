@@ -3,13 +3,15 @@
 // dropout_backward and gpubackprop/philox.py, bit for bit in the mask.
 //
 //   philox4x32_10          the generator (GBP_HD: the host harness runs it too)
-//   dropout_forward<T>     keep_i = u_i >= threshold; out_i = keep_i ? x_i * scale : 0;
+//   dropout_group<T>       one group of four elements of dropout_forward (GBP_HD too)
+//   dropout_forward<T>     keep_i = u_{offset+i} >= threshold; out_i = keep_i ? x_i * scale : 0;
 //                          mask_i = keep_i; then state[1] += 1 (on the device)
 //   dropout_backward<T>    dx_i = mask_i ? delta_i * scale : 0
 //
 // The counter scheme (docs/normalization_and_dropout.md): element i of step s under
 // key K is word i % 4 of philox4x32_10(c = (j lo, j hi, s lo, s hi), k = (K lo, K hi))
-// with j = i / 4. state is uint64[3] on the device: [K, s, blocks-done counter].
+// with j = i / 4, i = offset + the index in x (offset: a 64-bit counter base).
+// state is uint64[3] on the device: [K, s, blocks-done counter].
 #include "gbp_math.cuh"
 
 namespace gbp {
@@ -44,36 +46,50 @@ GBP_HD void philox4x32_10(const unsigned int c_in[4], unsigned int k0, unsigned 
 }
 
 // The four words of group j (elements 4j .. 4j+3) at step `step` under key `seed`.
-GBP_HD void dropout_words(unsigned long long seed, unsigned long long step, long long j,
-                          unsigned int out[4]) {
-    const unsigned long long g = static_cast<unsigned long long>(j);
-    const unsigned int c[4] = {static_cast<unsigned int>(g), static_cast<unsigned int>(g >> 32),
+GBP_HD void dropout_words(unsigned long long seed, unsigned long long step,
+                          unsigned long long j, unsigned int out[4]) {
+    const unsigned int c[4] = {static_cast<unsigned int>(j), static_cast<unsigned int>(j >> 32),
                                static_cast<unsigned int>(step),
                                static_cast<unsigned int>(step >> 32)};
     philox4x32_10(c, static_cast<unsigned int>(seed), static_cast<unsigned int>(seed >> 32), out);
 }
 
-// Grid-stride over the groups of four; every block reads the step before it counts
-// itself done, and the last block to finish advances state[1] and resets the count
-// (integer atomics on the blocks-done counter only, as optim.cu's sgd_step).
+// Group k of the span of x from the 64-bit counter base `offset` (the index of x[0] in
+// the global batch, so a data-parallel shard draws its rows' one-process masks): the
+// elements i = 4k + w − offset % 4 in [0, n) of counter group offset / 4 + k.
+template <typename T>
+GBP_HD void dropout_group(const T* __restrict__ x, T* __restrict__ out,
+                          unsigned char* __restrict__ mask, unsigned long long seed,
+                          unsigned long long step, unsigned long long threshold, T scale,
+                          long long n, unsigned long long offset, long long k) {
+    using A = acc_t<T>;
+    unsigned int u[4];
+    dropout_words(seed, step, offset / 4 + static_cast<unsigned long long>(k), u);
+    const long long head = static_cast<long long>(offset % 4);
+    for (int w = 0; w < 4; ++w) {
+        const long long i = 4 * k + w - head;
+        if (i < 0) continue;
+        if (i >= n) break;
+        const bool keep = static_cast<unsigned long long>(u[w]) >= threshold;
+        mask[i] = keep ? 1 : 0;
+        out[i] = keep ? store<T>(load<A>(x[i]) * load<A>(scale)) : T(0);
+    }
+}
+
+// Grid-stride over the (offset % 4 + n + 3) / 4 groups of the span; every block reads
+// the step before it counts itself done, and the last block to finish advances state[1]
+// and resets the count (integer atomics on the blocks-done counter only, as optim.cu's
+// sgd_step).
 template <typename T>
 __global__ void dropout_forward(const T* __restrict__ x, T* __restrict__ out,
                                 unsigned char* __restrict__ mask, unsigned long long* state,
-                                unsigned long long threshold, T scale, long long n) {
-    using A = acc_t<T>;
+                                unsigned long long threshold, T scale, long long n,
+                                unsigned long long offset) {
     const unsigned long long seed = state[0];
     const unsigned long long step = state[1];
-    const long long groups = (n + 3) / 4;
-    GBP_GRID_STRIDE(j, groups) {
-        unsigned int u[4];
-        dropout_words(seed, step, j, u);
-        for (int w = 0; w < 4; ++w) {
-            const long long i = 4 * j + w;
-            if (i >= n) break;
-            const bool keep = static_cast<unsigned long long>(u[w]) >= threshold;
-            mask[i] = keep ? 1 : 0;
-            out[i] = keep ? store<T>(load<A>(x[i]) * load<A>(scale)) : T(0);
-        }
+    const long long groups = (static_cast<long long>(offset % 4) + n + 3) / 4;
+    GBP_GRID_STRIDE(k, groups) {
+        dropout_group(x, out, mask, seed, step, threshold, scale, n, offset, k);
     }
     if (last_block_done(reinterpret_cast<unsigned int*>(state + 2))) {
         state[1] = step + 1;

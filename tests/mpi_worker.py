@@ -32,6 +32,15 @@ def model(seed: int, device: str = "cpu", width: int = 7) -> gb.Sequential:
     )
 
 
+def dropout_model(seed: int, device: str = "cpu") -> gb.Sequential:
+    """A float64 model with Dropout(0.3) between its Dense layers (its masks depend on
+    each row's place in the global batch and on the step)."""
+    return gb.Sequential(
+        [gb.Dense(5, 16, "tanh"), gb.Dropout(0.3), gb.Dense(16, 3)],
+        device=device, dtype="float64", seed=seed,
+    )
+
+
 def optimizers() -> dict[str, gb.optim.Optimizer]:
     return {
         "sgd": gb.optim.SGD(0.1, momentum=0.9),
@@ -39,12 +48,14 @@ def optimizers() -> dict[str, gb.optim.Optimizer]:
     }
 
 
-def train(comm: gb.distributed.Communicator | None, kind: str, device: str, epochs: int = 3):
+def train(comm: gb.distributed.Communicator | None, kind: str, device: str, epochs: int = 3,
+          build=model):
     """The run compared across process counts: a different seed per rank (rank 0's
-    parameters must win), validation data, 3 epochs. Returns (model, history)."""
+    parameters must win), validation data, 3 epochs, the model ``build(seed, device)``.
+    Returns (model, history)."""
     x, y = dataset()
     rank = 0 if comm is None else comm.rank
-    net = model(seed=rank, device=device)
+    net = build(rank, device)
     history = net.fit(
         x, y, loss="cross_entropy", optimizer=optimizers()[kind], epochs=epochs,
         batch_size=BATCH, validation_data=(x[:41], y[:41]), verbose=rank == 0,
@@ -99,6 +110,16 @@ def main() -> None:
                     predict=net.predict(x, batch_size=10, distributed=comm),
                 )
         save(out, "custom", rank, params=custom_loop(comm, device))
+    elif scenario == "dropout":
+        for overlap in (True, False):
+            comm.overlap = overlap
+            net, history = train(comm, "sgd", device, build=dropout_model)
+            save(
+                out, f"dropout-{'overlap' if overlap else 'after'}", rank,
+                params=net.backend.to_numpy(net.flat_params),
+                history=json.dumps(history.history),
+                generator=np.array(net.generator_states()[1], dtype=np.uint64),
+            )
     elif scenario == "resume":
         x, y = dataset()
         whole, _ = train(comm, "adam", device, epochs=4)

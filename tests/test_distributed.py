@@ -56,13 +56,31 @@ def load(out: Path, name: str, rank: int) -> dict[str, np.ndarray]:
         return dict(f)
 
 
+def ran(tmp_path_factory: pytest.TempPathFactory, scenario: str) -> Path:
+    """The folder of a successful 2-rank run of ``scenario``."""
+    out = tmp_path_factory.mktemp(scenario)
+    result = run_ranks(scenario, out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def assert_ranks_equal_one_process(out: Path, name: str, net: gb.Sequential,
+                                   history: gb.History) -> None:
+    """Both ranks' parameters of run ``name`` equal ``net``'s to 1e-10 (float64), and
+    their history ``history``'s."""
+    for rank in (0, 1):
+        got = load(out, name, rank)
+        np.testing.assert_allclose(got["params"], net.flat_params, rtol=0, atol=1e-10)
+        seen = json.loads(str(got["history"]))
+        for key, values in history.history.items():
+            if key != "seconds":
+                np.testing.assert_allclose(seen[key], values, rtol=1e-10, atol=1e-12, err_msg=key)
+
+
 # --- the 2-rank runs ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("train")
-    result = run_ranks("train", out)
-    assert result.returncode == 0, result.stderr
-    return out
+    return ran(tmp_path_factory, "train")
 
 
 @needs_mpiexec
@@ -73,16 +91,41 @@ def test_two_ranks_equal_one_process(trained: Path, kind: str, overlap: str) -> 
     different seed per rank: the parameters equal one process's to 1e-10 (float64),
     the history too, on both ranks."""
     net, history = mpi_worker.train(None, kind, "cpu")
-    expected = net.flat_params
-    for rank in (0, 1):
-        got = load(trained, f"{kind}-{overlap}", rank)
-        np.testing.assert_allclose(got["params"], expected, rtol=0, atol=1e-10)
-        seen = json.loads(str(got["history"]))
-        for key, values in history.history.items():
-            if key != "seconds":
-                np.testing.assert_allclose(seen[key], values, rtol=1e-10, atol=1e-12, err_msg=key)
+    assert_ranks_equal_one_process(trained, f"{kind}-{overlap}", net, history)
     # the parameters are not trivially equal: training moved them
-    assert np.abs(expected - mpi_worker.model(0).flat_params).max() > 1e-2
+    assert np.abs(net.flat_params - mpi_worker.model(0).flat_params).max() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def dropout_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ran(tmp_path_factory, "dropout")
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("overlap", ["overlap", "after"])
+def test_two_ranks_with_dropout_equal_one_process(dropout_trained: Path, overlap: str) -> None:
+    """Dropout(0.3) between the Dense layers, as the "train" run with SGD: each rank's
+    shard draws the masks its rows get in one process (Sequential.row_offset), and rank 1,
+    with no row in the last batch of an epoch, advances its generator all the same
+    (Sequential.advance_generators); a different seed per rank (other Dropout keys) is
+    overruled by rank 0's. The parameters equal one process's to 1e-10, the history too."""
+    net, history = mpi_worker.train(None, "sgd", "cpu", build=mpi_worker.dropout_model)
+    assert_ranks_equal_one_process(dropout_trained, f"dropout-{overlap}", net, history)
+    assert np.abs(net.flat_params - mpi_worker.dropout_model(0).flat_params).max() > 1e-2
+
+
+@needs_mpiexec
+def test_dropout_generators_after_fit_equal_one_process(dropout_trained: Path) -> None:
+    """Both ranks end with the one-process generator state (key, step): rank 0's key,
+    and one step per batch, 7 batches x 3 epochs, also on rank 1, which has no row in
+    each epoch's last batch."""
+    net, _ = mpi_worker.train(None, "sgd", "cpu", build=mpi_worker.dropout_model)
+    expected = net.generator_states()[1]
+    assert expected[1] == 3 * math.ceil(mpi_worker.ROWS / mpi_worker.BATCH)
+    for overlap in ("overlap", "after"):
+        for rank in (0, 1):
+            got = load(dropout_trained, f"dropout-{overlap}", rank)["generator"]
+            assert tuple(int(v) for v in got) == expected, (overlap, rank)
 
 
 @needs_mpiexec

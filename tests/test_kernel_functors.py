@@ -281,27 +281,41 @@ def test_host_adam_element_is_bit_exact(
 
 # --- Philox4x32-10 of kernels/dropout.cu on the host -------------------------------------------
 PHILOX_HARNESS = r"""
-// Host harness: gbp::dropout_words (and so gbp::philox4x32_10) of dropout.cu on the CPU.
-// argv: seed step n out_path; writes the n uint32 words u_0 .. u_{n-1}.
+// Host harness: gbp::dropout_words (and so gbp::philox4x32_10) and gbp::dropout_group
+// (the body of the dropout_forward kernel) of dropout.cu on the CPU.
+// argv: seed step n offset threshold out_path; writes the n uint32 words u_o .. u_{o+n-1}
+// of the elements from the 64-bit counter base o = offset (element i: word i % 4 of
+// group i / 4), then the n mask bytes of every group of dropout_forward's span.
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 #include "dropout.cu"
 
 int main(int argc, char** argv) {
-    if (argc != 5) return 2;
+    if (argc != 7) return 2;
     const unsigned long long seed = std::strtoull(argv[1], nullptr, 10);
     const unsigned long long step = std::strtoull(argv[2], nullptr, 10);
     const long long n = std::strtoll(argv[3], nullptr, 10);
+    const unsigned long long offset = std::strtoull(argv[4], nullptr, 10);
+    const unsigned long long threshold = std::strtoull(argv[5], nullptr, 10);
     std::vector<unsigned int> words(static_cast<size_t>(n));
-    for (long long j = 0; 4 * j < n; ++j) {
+    for (long long k = 0; k < n; ++k) {
+        const unsigned long long i = offset + static_cast<unsigned long long>(k);
         unsigned int u[4];
-        gbp::dropout_words(seed, step, j, u);
-        for (int w = 0; w < 4 && 4 * j + w < n; ++w) words[static_cast<size_t>(4 * j + w)] = u[w];
+        gbp::dropout_words(seed, step, i / 4, u);
+        words[static_cast<size_t>(k)] = u[i % 4];
     }
-    FILE* f = std::fopen(argv[4], "wb");
+    std::vector<float> x(static_cast<size_t>(n), 1.0f), out(static_cast<size_t>(n));
+    std::vector<unsigned char> mask(static_cast<size_t>(n), 2);
+    const long long groups = (static_cast<long long>(offset % 4) + n + 3) / 4;
+    for (long long k = 0; k < groups; ++k) {
+        gbp::dropout_group(x.data(), out.data(), mask.data(), seed, step, threshold, 2.0f, n,
+                           offset, k);
+    }
+    FILE* f = std::fopen(argv[6], "wb");
     if (!f) return 3;
     std::fwrite(words.data(), sizeof(unsigned int), words.size(), f);
+    std::fwrite(mask.data(), 1, mask.size(), f);
     std::fclose(f);
     return 0;
 }
@@ -315,22 +329,37 @@ def philox_harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @needs_nvcc
 @pytest.mark.parametrize(
-    "seed,step,n",
-    [(0, 0, 1), (2**64 - 1, 2**64 - 1, 7), (0x0123456789ABCDEF, 2**32 + 5, 1031), (42, 3, 4096)],
+    "seed,step,n,offset",
+    [
+        (0, 0, 1, 0), (2**64 - 1, 2**64 - 1, 7, 0), (0x0123456789ABCDEF, 2**32 + 5, 1031, 0),
+        (42, 3, 4096, 0), (42, 3, 37, 6), (0x0123456789ABCDEF, 7, 1031, 4 * 2**32 - 5),
+        (9, 2**40, 13, 2**63 + 1),
+    ],
 )
 def test_host_philox_matches_numpy_bit_for_bit(
-    philox_harness: Path, seed: int, step: int, n: int
+    philox_harness: Path, seed: int, step: int, n: int, offset: int
 ) -> None:
     """The device function's words = gpubackprop.philox.dropout_words (the same counter
-    scheme on both devices, so the CPU and GPU masks agree bit for bit)."""
-    from gpubackprop.philox import dropout_words
+    scheme on both devices, so the CPU and GPU masks agree bit for bit), also from a
+    64-bit counter base (a data-parallel shard's; past 2³² groups of four); and the
+    kernel's groups (dropout_group) write every mask element, the reference's."""
+    from gpubackprop.philox import dropout_words, keep_threshold
 
-    out = philox_harness.parent / f"words-{n}.bin"
+    out = philox_harness.parent / f"words-{n}-{offset}.bin"
+    threshold = keep_threshold(0.3)
     done = subprocess.run(
-        [str(philox_harness), str(seed), str(step), str(n), str(out)],
+        [str(philox_harness), str(seed), str(step), str(n), str(offset), str(threshold),
+         str(out)],
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    np.testing.assert_array_equal(
-        np.fromfile(out, dtype=np.uint32), dropout_words(np, n, seed, step)
+    raw = out.read_bytes()
+    words = dropout_words(np, n, seed, step, offset)
+    np.testing.assert_array_equal(np.frombuffer(raw[: 4 * n], dtype=np.uint32), words)
+    mask = np.empty(n, np.uint8)
+    NumpyOps().dropout_forward(
+        np.ones(n, np.float32), np.empty(n, np.float32), mask,
+        np.array([seed, step, 0], dtype=np.uint64), threshold=threshold, scale=2.0,
+        offset=offset,
     )
+    np.testing.assert_array_equal(np.frombuffer(raw[4 * n :], dtype=np.uint8), mask)

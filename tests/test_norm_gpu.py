@@ -97,6 +97,48 @@ def test_dropout_kernels_match_the_cpu_bit_for_bit(
     np.testing.assert_array_equal(dxd.get(), dx)
 
 
+@pytest.mark.parametrize("offset", [1, 6, 4 * 2**32 - 3, 2**62 + 2])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (257, 1031)])
+def test_dropout_kernel_from_a_counter_base_matches_the_cpu(
+    cp: Any, shape: tuple[int, int], offset: int, rng: np.random.Generator
+) -> None:
+    """A 64-bit counter base (a data-parallel shard's first element in the global
+    batch; past 2³² groups of four too): the kernel's mask = the reference's bit for bit."""
+    x = (rng.standard_normal(shape) + 5).astype(np.float32)
+    threshold, scale = keep_threshold(0.3), 1 / 0.7
+    state = np.array([0xFEEDFACE12345678, 2**32 + 9, 0], dtype=np.uint64)
+    out, mask = np.empty_like(x), np.empty(shape, np.uint8)
+    NumpyOps().dropout_forward(
+        x, out, mask, state.copy(), threshold=threshold, scale=scale, offset=offset
+    )
+    outd, maskd, stated = cp.empty(shape, np.float32), cp.empty(shape, np.uint8), cp.asarray(state)
+    kernels_norm.dropout_forward(
+        cp.asarray(x), outd, maskd, stated, threshold=threshold, scale=scale, offset=offset
+    )
+    np.testing.assert_array_equal(maskd.get(), mask)
+    np.testing.assert_array_equal(outd.get(), out)
+    np.testing.assert_array_equal(stated.get(), [state[0], state[1] + 1, 0])
+
+
+def test_a_captured_shard_step_keeps_its_counter_base(cp: Any, rng: np.random.Generator) -> None:
+    """model.row_offset at capture is the kernel's counter base at every replay: the
+    replayed masks of rows 3:67 are the eager whole-batch masks of those rows."""
+    x = rng.standard_normal((70, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 70)
+    shard = _model("cuda")
+    shard.row_offset = 3
+    step = shard.compile_step("cross_entropy", gb.optim.SGD(lr=0.0))
+    whole = _model("cuda")
+    for _ in range(3):
+        step(cp.asarray(x[3:67]), cp.asarray(y[3:67]))
+        whole.train_step(x, y, "cross_entropy", gb.optim.SGD(lr=0.0))
+        np.testing.assert_array_equal(
+            cp.asnumpy(shard.layers[1].workspaces.get((64, 32), {})["mask"]),
+            cp.asnumpy(whole.layers[1].workspaces.get((70, 32), {})["mask"])[3:67],
+        )
+    assert step.replays == 3
+
+
 def _model(device: str) -> gb.Sequential:
     return gb.Sequential(
         [gb.Dense(6, 32, "relu"), gb.Dropout(0.5), gb.LayerNorm(32), gb.Dense(32, 3)],

@@ -209,11 +209,12 @@ class CupyOps(NumpyOps):
         return kernels_norm.layer_norm_backward(delta, x, weight, mean, rstd, dx, dweight, dbias)
 
     def dropout_forward(
-        self, x: Array, out: Array, mask: Array, state: Array, *, threshold: int, scale: float
+        self, x: Array, out: Array, mask: Array, state: Array, *, threshold: int, scale: float,
+        offset: int = 0,
     ) -> Array:
         """As the reference; the step counter is read and advanced on the device."""
         return kernels_norm.dropout_forward(
-            x, out, mask, state, threshold=threshold, scale=scale
+            x, out, mask, state, threshold=threshold, scale=scale, offset=offset
         )
 
     def dropout_backward(self, delta: Array, mask: Array, dx: Array, *, scale: float) -> Array:

@@ -375,18 +375,20 @@ class NumpyOps:
         return dx
 
     def dropout_forward(
-        self, x: Array, out: Array, mask: Array, state: Array, *, threshold: int, scale: float
+        self, x: Array, out: Array, mask: Array, state: Array, *, threshold: int, scale: float,
+        offset: int = 0,
     ) -> Array:
         """Inverted dropout of ``x`` (any shape, C-contiguous) at the generator ``state``
         (uint64 [seed, step, 0]), then step += 1 (in the array: a CUDA graph replays it)::
 
-            keep_i = u_i ≥ threshold      out_i = x_i·scale if keep_i else 0
+            keep_i = u_{offset+i} ≥ threshold      out_i = x_i·scale if keep_i else 0
 
-        u_i from :func:`gpubackprop.philox.dropout_words` (seed, step); ``mask``
+        u from :func:`gpubackprop.philox.dropout_words` (seed, step), from the counter
+        base ``offset`` (the index of x's first element in the global batch); ``mask``
         (uint8, x's shape) gets keep. Returns ``out``."""
         xp = self.xp
         seed, step = (int(v) for v in state[:2])
-        words = dropout_words(xp, int(x.size), seed, step)
+        words = dropout_words(xp, int(x.size), seed, step, offset)
         xp.greater_equal(
             words.astype(np.uint64), np.uint64(threshold), out=mask.reshape(-1), casting="unsafe"
         )

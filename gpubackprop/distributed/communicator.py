@@ -116,10 +116,12 @@ class Communicator:
 
     def broadcast_parameters(self, model: Sequential, optimizer: Optimizer | None = None) -> None:
         """Give every rank rank 0's parameters, its shuffling generator's state (so all
-        ranks draw the same order in ``fit``) and, with ``optimizer``, its state
-        arrays and step count; different seeds per rank cannot make the ranks differ."""
+        ranks draw the same order in ``fit``), its layers' generator states (Dropout's
+        key and step: the same masks) and, with ``optimizer``, its state arrays and step
+        count; different seeds per rank cannot make the ranks differ."""
         self.broadcast(model.flat_params)
         model.rng.bit_generator.state = self.broadcast_object(model.rng.bit_generator.state)
+        model.set_generator_states(self.broadcast_object(model.generator_states()))
         if optimizer is not None:
             state = optimizer.state_dict()
             arrays = state["state"]
@@ -184,23 +186,32 @@ class Communicator:
         return model.backend.is_gpu and self.transport.nccl_comm is not None
 
     def train_step(
-        self, model: Sequential, batch: Batch | None, optimizer: Optimizer, weight: float
+        self, model: Sequential, batch: Batch | None, optimizer: Optimizer, weight: float,
+        row_offset: int,
     ) -> Array | None:
         """One data-parallel step: forward, loss and backward on this rank's shard
-        ``batch`` (None: no rows here, zero gradients), g ← Σ_r w_r g_r (bucket by bucket
-        during backward when :attr:`overlap`), then the optimizer's update. Returns
-        the shard's loss (a 0-d device array) or None."""
+        ``batch`` (None: no rows here, zero gradients, and the model's random generators
+        advanced as by a forward), g ← Σ_r w_r g_r (bucket by bucket during backward when
+        :attr:`overlap`), then the optimizer's update. ``row_offset`` is the shard's first
+        row in the global batch (the forward runs with ``model.row_offset`` set to it, so
+        Dropout draws the one-process masks of these rows). Returns the shard's loss (a
+        0-d device array) or None."""
         buckets = self.gradient_buckets(model)
         buckets.begin(weight)
         value = None
-        if batch is None:
-            model.flat_grads.fill(0)
-            buckets.start_all()
-        elif self.overlap:
-            value = model.loss_and_grad_batch(batch, on_gradients=buckets.layer_done)
-        else:
-            value = model.loss_and_grad_batch(batch)
-            buckets.start_all()
+        model.row_offset = row_offset
+        try:
+            if batch is None:
+                model.advance_generators()
+                model.flat_grads.fill(0)
+                buckets.start_all()
+            elif self.overlap:
+                value = model.loss_and_grad_batch(batch, on_gradients=buckets.layer_done)
+            else:
+                value = model.loss_and_grad_batch(batch)
+                buckets.start_all()
+        finally:
+            model.row_offset = 0
         buckets.finish()
         optimizer.step(model.flat_params, model.flat_grads)
         return value
