@@ -78,6 +78,46 @@ KIB, MIB = 1 << 10, 1 << 20
 SIZES = [4 * KIB * 4**k for k in range(8)]
 #: the 2-rank sub-run: the first processes' rank count
 RANKS = 2
+#: the smallest message of the second fit: 2 ranks' buffers beyond this machine's L2
+#: (2 MiB per core), where the bandwidth drops
+LARGE = 4 * MIB
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """An interconnect of the paper model (assumed figures, not measured here).
+
+    Attributes:
+        name: what it is.
+        ranks: GPUs in the ring.
+        alpha: latency of one of the ring's 2(n−1) steps (s).
+        bandwidth: the bus bandwidth B of the ring model (bytes/s).
+        source: where the figures come from.
+    """
+
+    name: str
+    ranks: int
+    alpha: float
+    bandwidth: float
+    source: str
+
+
+#: docs/scaling.md's interconnects: 8 H100/H200 over NVLink 4 (NCCL ring bus bandwidth
+#: ~370 GB/s of the 450 GB/s line rate per direction, NVIDIA/nccl-tests#212; a tiny
+#: all-reduce on 8 NVLink GPUs takes 12-17 us, deepseek-ai/DeepEP#303), and 8 GPUs one
+#: per host over 100 Gb/s Ethernet (12.5 GB/s line rate at an assumed 80 %, RoCE, an
+#: assumed 10 us per step)
+LINKS = (
+    Link("NVLink 4, 8 GPUs", 8, 1e-6, 370e9, "nccl-tests ring busbw; DeepEP#303 latency"),
+    Link("100 Gb/s Ethernet, 8 hosts", 8, 10e-6, 0.8 * 12.5e9, "assumed 80% of line rate"),
+)
+#: measured GPU step times (ms) on an H100 (shared/GPU-NOTES.md: PyTorch CUDA-graph
+#: replay of the same networks and batches; gpubackprop's own GPU step is not yet
+#: measured): the compute that the all-reduce is set against
+GPU_STEP_MS = {"mnist-mlp": 0.142, "wide-b512": 1.001}
+#: the share of a step's compute that backward is (2 of the 3 GEMMs per layer): the
+#: most of the all-reduce that overlap can hide
+BACKWARD_SHARE = 2 / 3
 FULL = {"window_seconds": 0.5, "rounds": 3, "warmup": 2, "launches": 3, "max_bytes": 64 * MIB,
         "iterations": 1000, "buckets": "256K,4M,1G"}
 QUICK = {"window_seconds": 0.1, "rounds": 3, "warmup": 1, "launches": 1, "max_bytes": 4 * MIB,
@@ -127,16 +167,20 @@ def ring_allreduce_seconds(nbytes: float, ranks: int, alpha: float, bandwidth: f
 
 
 def fit_ring_model(
-    nbytes: Sequence[float], seconds: Sequence[float], ranks: int
+    nbytes: Sequence[float], seconds: Sequence[float], ranks: int, alpha: float | None = None
 ) -> tuple[float, float]:
     """(α, B) of :func:`ring_allreduce_seconds` fitted to measured points by least
     squares on the relative error Σ ((2(n−1)α + x/B − t) / t)², x = 2(n−1)/n · bytes,
-    so that the small messages count as much as the large ones."""
+    so that the small messages count as much as the large ones. With ``alpha`` given,
+    only B is fitted."""
     t = np.asarray(seconds, dtype=np.float64)
     x = 2 * (ranks - 1) / ranks * np.asarray(nbytes, dtype=np.float64)
+    if alpha is not None:
+        residual = 1 - 2 * (ranks - 1) * alpha / t
+        return alpha, float(np.sum((x / t) ** 2) / np.sum(x / t * residual))
     design = np.stack([np.full_like(x, 2 * (ranks - 1)), x], axis=1) / t[:, None]
-    (alpha, inverse_bandwidth), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
-    return float(alpha), float(1 / inverse_bandwidth)
+    (fitted, inverse_bandwidth), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+    return float(fitted), float(1 / inverse_bandwidth)
 
 
 def parse_bytes(text: str) -> int:
@@ -159,6 +203,32 @@ def iterations_for(nbytes: int, small: int) -> int:
     """osu's rule of fewer iterations for large messages: ``small`` up to 64 KiB, then
     in proportion to 1/bytes (at least 10)."""
     return max(10, min(small, small * 64 * KIB // nbytes))
+
+
+def paper_rows(networks: Sequence[Network]) -> list[list[str]]:
+    """The paper model per network and link: gradient bytes (float32), the all-reduce
+    time t_ar of :func:`ring_allreduce_seconds`, the GPU step t_c (:data:`GPU_STEP_MS`),
+    and the parallel efficiency t_c / (t_c + t_ar) without overlap and
+    t_c / (t_c + max(0, t_ar − f·t_c)) with ideal overlap (f = :data:`BACKWARD_SHARE`);
+    each GPU runs the network's batch (8× the global batch)."""
+    rows = []
+    for net in networks:
+        if net.name not in GPU_STEP_MS:
+            continue
+        nbytes, compute = 4 * net.num_parameters, GPU_STEP_MS[net.name] / 1e3
+        for link in LINKS:
+            t = ring_allreduce_seconds(nbytes, link.ranks, link.alpha, link.bandwidth)
+            hidden = compute + max(0.0, t - BACKWARD_SHARE * compute)
+            rows.append([
+                net.name, format_bytes(nbytes), link.name, f"{1e6 * link.alpha:.0f}",
+                f"{link.bandwidth / 1e9:.0f}", f"{1e6 * t:.0f}", f"{1e6 * compute:.0f}",
+                f"{compute / (compute + t):.0%}", f"{compute / hidden:.0%}",
+            ])
+    return rows
+
+
+PAPER_HEAD = ["network", "gradient", "link", "alpha us", "B GB/s", "all-reduce us",
+              "GPU step us", "efficiency", "with overlap"]
 
 
 # --- timing (inside a sub-run) ----------------------------------------------------------
@@ -402,30 +472,41 @@ def step_rows(
                 name, label, f"{timing['median_ms']:.2f}",
                 f"{timing['p10_ms']:.2f}-{timing['p90_ms']:.2f}",
                 f"{1e3 / timing['median_ms']:.1f}", f"{speedup:.2f}", f"{speedup / 2:.0%}",
+                f"{one['p10_ms'] / timing['p10_ms']:.2f}",
             ])
     return rows
 
 
+def modelled(nbytes: float, ranks: int, fit: dict[str, float] | None, unit: str) -> str:
+    """The fitted ring model's time for ``nbytes`` in ``unit`` (``"us"`` or ``"ms"``),
+    or ``-`` without a fit."""
+    if fit is None:
+        return "-"
+    seconds = ring_allreduce_seconds(nbytes, ranks, fit["alpha_s"], fit["bandwidth_Bps"])
+    return f"{1e6 * seconds:.1f}" if unit == "us" else f"{1e3 * seconds:.2f}"
+
+
 def sweep_rows(
-    sweep: list[dict[str, Any]], ranks: int, alpha: float, bandwidth: float
+    sweep: list[dict[str, Any]], ranks: int, fits: dict[str, dict[str, float]]
 ) -> list[list[str]]:
     """The all-reduce table: per size, MPI's and gpubackprop's mean and median, the bus
-    bandwidth 2(n−1)/n · bytes / t of MPI's median, and the fitted model's time."""
+    bandwidth 2(n−1)/n · bytes / t of MPI's median, and the two fits' times."""
     rows = []
     for point in sweep:
         nbytes, mpi, ours = point["bytes"], point["mpi"], point["gpubackprop"]
         bus = 2 * (ranks - 1) / ranks * nbytes / (mpi["median_us"] * 1e-6) / 1e9
-        model = 1e6 * ring_allreduce_seconds(nbytes, ranks, alpha, bandwidth)
         rows.append([
             format_bytes(nbytes), str(mpi["iterations"]), f"{mpi['mean_us']:.1f}",
             f"{mpi['median_us']:.1f}", f"{bus:.2f}", f"{ours['mean_us']:.1f}",
-            f"{ours['median_us']:.1f}", f"{ours['mean_us'] / mpi['mean_us']:.2f}", f"{model:.1f}",
+            f"{ours['median_us']:.1f}", f"{ours['median_us'] / mpi['median_us']:.2f}",
+            modelled(nbytes, ranks, fits.get("all"), "us"),
+            modelled(nbytes, ranks, fits.get("large"), "us"),
         ])
     return rows
 
 
 def overlap_rows(
-    ranks: dict[str, Any], fit: tuple[float, float] | None, label: str = ""
+    ranks: dict[str, Any], fits: dict[str, dict[str, float]], label: str = ""
 ) -> list[list[str]]:
     """The overlap table: per network, the gradient, its all-reduce alone (bucketed,
     one message, the model's prediction), the step after backward and with overlap,
@@ -434,24 +515,25 @@ def overlap_rows(
     for name, run in ranks["networks"].items():
         steps = run["steps"]
         after, overlap = steps["after"]["median_ms"], steps["overlap"]["median_ms"]
-        alone = run["allreduce_bucketed"]["mean_us"] / 1e3
-        predicted = "-" if fit is None else (
-            f"{1e3 * ring_allreduce_seconds(run['gradient_bytes'], ranks['ranks'], *fit):.2f}"
-        )
+        alone = run["allreduce_bucketed"]["median_us"] / 1e3
+        nbytes, n = run["gradient_bytes"], ranks["ranks"]
         rows.append([
             name + label, format_bytes(run["gradient_bytes"]), str(run["buckets"]["overlap"]),
-            f"{alone:.2f}", f"{run['allreduce_one_message']['mean_us'] / 1e3:.2f}", predicted,
+            f"{alone:.2f}", f"{run['allreduce_one_message']['median_us'] / 1e3:.2f}",
+            modelled(nbytes, n, fits.get("all"), "ms"),
+            modelled(nbytes, n, fits.get("large"), "ms"),
             f"{steps['compute only']['median_ms']:.2f}", f"{after:.2f}", f"{overlap:.2f}",
             f"{after - overlap:.2f}", f"{(after - overlap) / alone:.0%}",
         ])
     return rows
 
 
-STEP_HEAD = ["network", "configuration", "ms/step", "p10-p90", "steps/s", "speedup", "efficiency"]
+STEP_HEAD = ["network", "configuration", "ms/step", "p10-p90", "steps/s", "speedup", "efficiency",
+             "speedup p10"]
 SWEEP_HEAD = ["size", "iters", "MPI mean us", "MPI median us", "bus GB/s", "gb mean us",
-              "gb median us", "gb/MPI", "model us"]
-OVERLAP_HEAD = ["network", "gradient", "buckets", "all-reduce ms", "one message ms", "model ms",
-                "compute only ms", "after ms", "overlap ms", "gain ms", "hidden"]
+              "gb median us", "gb/MPI median", "fit all us", f"fit >={format_bytes(LARGE)} us"]
+OVERLAP_HEAD = ["network", "gradient", "buckets", "all-reduce ms", "one message ms", "fit all ms",
+                f"fit >={format_bytes(LARGE)} ms", "compute only ms", "after ms", "overlap ms", "gain ms", "hidden"]
 
 
 def report(results: dict[str, Any]) -> str:
@@ -459,31 +541,40 @@ def report(results: dict[str, Any]) -> str:
     single, ranks = results["single"], results["ranks"]
     extra = {label: results[key] for key, label in (("async", "async progress"),) if key in results}
     parts = ["Training steps, the same global batch in every configuration "
-             "(speedup over 1 process x 1 thread; efficiency = speedup / 2):",
+             "(speedup over 1 process x 1 thread of the medians; efficiency = speedup / 2; "
+             "speedup p10: of the 10th percentiles, the quieter windows):",
              format_table(STEP_HEAD, step_rows(single, ranks, extra))]
     for name, run in ranks["networks"].items():
         two = single["1x2"][name]["median_ms"] / run["steps"]["overlap"]["median_ms"]
         parts.append(f"{name}: 2 ranks x 1 thread (overlap) vs 1 process x 2 threads: {two:.2f}x")
-    fit = results.get("fit")
-    if ranks["sweep"] and fit is not None:
+    fits = results["fits"]
+    if ranks["sweep"]:
         parts += [
             f"\nAll-reduce of a float32 buffer, {ranks['ranks']} ranks, osu_allreduce's loop "
             "(MPI: Allreduce(IN_PLACE); gb: comm.transport.sum_now):",
-            format_table(SWEEP_HEAD, sweep_rows(ranks["sweep"], ranks["ranks"],
-                                                fit["alpha_s"], fit["bandwidth_Bps"])),
-            f"ring model fitted to MPI's medians: alpha = {1e6 * fit['alpha_s']:.2f} us per step, "
-            f"B = {fit['bandwidth_Bps'] / 1e9:.2f} GB/s",
+            format_table(SWEEP_HEAD, sweep_rows(ranks["sweep"], ranks["ranks"], fits)),
+        ]
+        parts += [
+            f"ring model fitted to MPI's medians from {format_bytes(fit['least_bytes'])} up "
+            f"({'alpha and B' if key == 'all' else 'B, with that alpha'}): "
+            f"alpha = {1e6 * fit['alpha_s']:.2f} us per step, "
+            f"B = {fit['bandwidth_Bps'] / 1e9:.2f} GB/s"
+            for key, fit in fits.items()
         ]
     load = ", ".join(f"{key} {' '.join(f'{v:.1f}' for v in values)}"
                      for key, values in results["loadavg_1min_before_launches"].items())
     parts.append(f"1-minute load average before each launch: {load}")
-    fitted = None if fit is None else (fit["alpha_s"], fit["bandwidth_Bps"])
-    rows = overlap_rows(ranks, fitted)
+    rows = overlap_rows(ranks, fits)
     for label, run in extra.items():
-        rows += overlap_rows(run, fitted, f" ({label})")
+        rows += overlap_rows(run, fits, f" ({label})")
     parts += ["\nOverlap: the gradient's all-reduce alone against the step with the all-reduce "
               "after backward and overlapped with it (hidden = gain / all-reduce):",
               format_table(OVERLAP_HEAD, rows)]
+    paper = paper_rows(get_networks(",".join(ranks["networks"])))
+    if paper:
+        parts += ["\nOn paper (not measured here): the ring model on 8 GPUs, assumed links "
+                  "(bench/distributed.py LINKS), H100 step times (GPU_STEP_MS), each GPU on "
+                  "the network's batch:", format_table(PAPER_HEAD, paper)]
     return "\n".join(parts)
 
 
@@ -572,13 +663,26 @@ def run_all(settings: Settings, async_progress: bool = False) -> dict[str, Any]:
     }
     if async_progress:
         results["async"] = merge_ranks(runs["async"])
-    sweep = results["ranks"]["sweep"]
-    if len(sweep) >= 2:
-        alpha, bandwidth = fit_ring_model(
-            [p["bytes"] for p in sweep], [p["mpi"]["median_us"] * 1e-6 for p in sweep], RANKS
-        )
-        results["fit"] = {"alpha_s": alpha, "bandwidth_Bps": bandwidth, "fitted_to": "MPI medians"}
+    results["fits"] = fit_sweep(results["ranks"]["sweep"])
     return results
+
+
+def fit_sweep(sweep: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The ring model fitted to MPI's medians: α and B over all sizes (``all``), then
+    B alone over the sizes of at least :data:`LARGE` with that α (``large``: the
+    bandwidth once messages leave the caches), each where there are points enough."""
+    fits: dict[str, dict[str, float]] = {}
+    alpha = None
+    for key, least in (("all", 0), ("large", LARGE)):
+        points = [p for p in sweep if p["bytes"] >= least]
+        if len(points) >= (2 if alpha is None else 1):
+            alpha, bandwidth = fit_ring_model(
+                [p["bytes"] for p in points], [p["mpi"]["median_us"] * 1e-6 for p in points],
+                RANKS, alpha,
+            )
+            fits[key] = {"alpha_s": alpha, "bandwidth_Bps": bandwidth,
+                         "least_bytes": points[0]["bytes"]}
+    return fits
 
 
 def main(argv: list[str] | None = None) -> int:
