@@ -533,7 +533,8 @@ STEP_HEAD = ["network", "configuration", "ms/step", "p10-p90", "steps/s", "speed
 SWEEP_HEAD = ["size", "iters", "MPI mean us", "MPI median us", "bus GB/s", "gb mean us",
               "gb median us", "gb/MPI median", "fit all us", f"fit >={format_bytes(LARGE)} us"]
 OVERLAP_HEAD = ["network", "gradient", "buckets", "all-reduce ms", "one message ms", "fit all ms",
-                f"fit >={format_bytes(LARGE)} ms", "compute only ms", "after ms", "overlap ms", "gain ms", "hidden"]
+                f"fit >={format_bytes(LARGE)} ms", "compute only ms", "after ms", "overlap ms",
+                "gain ms", "hidden"]
 
 
 def report(results: dict[str, Any]) -> str:
