@@ -27,6 +27,31 @@ def test_fit_recovers_alpha_and_bandwidth() -> None:
         alpha, bandwidth = distributed.fit_ring_model(sizes, times, ranks)
         assert alpha == pytest.approx(3e-6, rel=1e-9)
         assert bandwidth == pytest.approx(2.5e9, rel=1e-9)
+        # with alpha given, only B is fitted
+        assert distributed.fit_ring_model(sizes[4:], times[4:], ranks, 3e-6) == pytest.approx(
+            (3e-6, 2.5e9), rel=1e-9
+        )
+
+
+def test_fit_sweep_takes_beyond_l2_bandwidth_with_the_small_message_alpha() -> None:
+    def point(nbytes: int, bandwidth: float) -> dict[str, object]:
+        us = 1e6 * distributed.ring_allreduce_seconds(nbytes, 2, 2e-6, bandwidth)
+        return {"bytes": nbytes, "mpi": {"median_us": us}}
+
+    sweep = [point(b, 3e9 if b < distributed.LARGE else 1e9) for b in distributed.SIZES]
+    fits = distributed.fit_sweep(sweep)
+    assert fits["large"]["least_bytes"] == distributed.LARGE
+    assert fits["large"]["alpha_s"] == fits["all"]["alpha_s"]
+    assert fits["large"]["bandwidth_Bps"] == pytest.approx(1e9, rel=0.05)
+
+
+def test_paper_model_rows() -> None:
+    rows = distributed.paper_rows(distributed.get_networks("mnist-mlp,wide-b512,seed-2layer"))
+    assert [(r[0], r[2]) for r in rows] == [
+        (net, link.name) for net in ("mnist-mlp", "wide-b512") for link in distributed.LINKS
+    ]
+    # mnist-mlp: 669,706 float32 parameters; 14 us + 1.75 * 2,678,824 B / 370 GB/s = 27 us
+    assert rows[0][1] == "2.55 MiB" and rows[0][5] == "27" and rows[0][7] == "84%"
 
 
 def test_sizes_bytes_and_iterations() -> None:
@@ -66,6 +91,6 @@ def test_tiny_run_prints_tables_and_writes_json(
     assert net["buckets"]["overlap, buckets 1 GiB"] == 1
     assert net["allreduce_bucketed"]["mean_us"] > 0
     assert [p["bytes"] for p in results["ranks"]["sweep"]] == [4096, 16384]
-    assert results["fit"]["bandwidth_Bps"] > 0
+    assert results["fits"]["all"]["bandwidth_Bps"] > 0 and "large" not in results["fits"]
     for key in ("1x1", "1x2"):
         assert results["single"][key]["seed-2layer"]["median_ms"] > 0
