@@ -294,7 +294,7 @@ def osu_loop(call: Callable[[], object], comm: Any, iterations: int) -> dict[str
 def single_run(settings: Settings) -> dict[str, Any]:
     """One process: ``model.step`` on the whole batch, per network."""
     results = {}
-    for net in get_networks(settings.networks):
+    for net in get_networks(settings.networks, NETWORKS):
         model = build_model(net, seed=settings.seed)
         x, y = make_batch(net, settings.seed)
         batch = model.prepare_batch(x, y, net.loss)
@@ -382,7 +382,7 @@ def ranks_run(settings: Settings) -> dict[str, Any] | None:
     then the all-reduce sweep. Returns the results on rank 0 (None elsewhere)."""
     comm = gb.distributed.init("mpi")
     networks: dict[str, Any] = {}
-    for net in get_networks(settings.networks):
+    for net in get_networks(settings.networks, NETWORKS):
         steps, models, counts = rank_steps(net, comm, settings)
         timings = time_variants(steps, settings, comm)
         digests = {
@@ -571,7 +571,7 @@ def report(results: dict[str, Any]) -> str:
     parts += ["\nOverlap: the gradient's all-reduce alone against the step with the all-reduce "
               "after backward and overlapped with it (hidden = gain / all-reduce):",
               format_table(OVERLAP_HEAD, rows)]
-    paper = paper_rows(get_networks(",".join(ranks["networks"])))
+    paper = paper_rows(get_networks(",".join(ranks["networks"]), NETWORKS))
     if paper:
         parts += ["\nOn paper (not measured here): the ring model on 8 GPUs, assumed links "
                   "(bench/distributed.py LINKS), H100 step times (GPU_STEP_MS), each GPU on "
@@ -689,9 +689,8 @@ def fit_sweep(sweep: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker is not None:
-        worker(args.worker, args.out, Settings(**{
-            k: tuple(v) if k == "buckets" else v for k, v in json.loads(args.settings).items()
-        }))
+        told: dict[str, Any] = json.loads(args.settings)
+        worker(args.worker, args.out, Settings(**{**told, "buckets": tuple(told["buckets"])}))
         return 0
     settings = settings_from(args)
     results = run_all(settings, args.async_progress)
