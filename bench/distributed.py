@@ -227,6 +227,29 @@ def paper_rows(networks: Sequence[Network]) -> list[list[str]]:
     return rows
 
 
+EXPOSED_HEAD = ["network", "variant", "buckets", "exposed ms", "p10 ms", "all-reduce ms",
+                "hidden"]
+
+
+def exposed_rows(ranks: dict[str, Any], label: str = "") -> list[list[str]]:
+    """Per network and variant: the all-reduce time left after backward (median, p10),
+    the gradient's all-reduce alone, and hidden = 1 − exposed / exposed after backward."""
+    rows = []
+    for name, run in ranks["networks"].items():
+        exposed = run.get("exposed")
+        if not exposed:
+            continue
+        after = exposed["after"]["median_ms"]
+        for variant, timing in exposed.items():
+            rows.append([
+                name + label, variant, str(run["buckets"][variant]),
+                f"{timing['median_ms']:.2f}", f"{timing['p10_ms']:.2f}",
+                f"{run['allreduce_bucketed']['median_us'] / 1e3:.2f}",
+                f"{1 - timing['median_ms'] / after:.0%}",
+            ])
+    return rows
+
+
 PAPER_HEAD = ["network", "gradient", "link", "alpha us", "B GB/s", "all-reduce us",
               "GPU step us", "efficiency", "with overlap"]
 
@@ -309,45 +332,78 @@ def parameters_digest(model: gb.Sequential) -> str:
     return hashlib.sha256(np.ascontiguousarray(model.flat_params).tobytes()).hexdigest()
 
 
-def rank_steps(
+@dataclasses.dataclass
+class RankVariant:
+    """One 2-rank variant of the step: its own model (so its own bucket plan), this
+    rank's shard of the batch, its optimizer, its weight B_r / B and whether the
+    all-reduce overlaps backward."""
+
+    comm: Any
+    model: gb.Sequential
+    batch: Any
+    optimizer: Any
+    weight: float
+    overlap: bool
+
+    def step(self) -> object:
+        """``comm.train_step`` with ``comm.overlap`` set for this variant first."""
+        self.comm.overlap = self.overlap
+        return self.comm.train_step(self.model, self.batch, self.optimizer, self.weight)
+
+    def exposed_seconds(self) -> float:
+        """One step as ``comm.train_step`` takes it, made of the same public pieces, that
+        returns the time from the end of backward until every bucket's sum is done:
+        the part of the all-reduce that backward did not hide (all of it, after)."""
+        buckets = self.comm.gradient_buckets(self.model)
+        buckets.begin(self.weight)
+        hook = buckets.layer_done if self.overlap else None
+        self.model.loss_and_grad_batch(self.batch, on_gradients=hook)
+        started = time.perf_counter()
+        if not self.overlap:
+            buckets.start_all()
+        buckets.finish()
+        exposed = time.perf_counter() - started
+        self.optimizer.step(self.model.flat_params, self.model.flat_grads)
+        return exposed
+
+
+def rank_variants(
     net: Network, comm: Any, settings: Settings
-) -> tuple[dict[str, Callable[[], object]], dict[str, gb.Sequential], dict[str, int]]:
-    """The 2-rank variants of a step on ``net``: each has its own model (so its own
-    bucket plan) and optimizer. Returns (steps, models with an all-reduce, bucket
-    counts)."""
+) -> tuple[dict[str, RankVariant], Callable[[], object]]:
+    """The 2-rank variants of a step on ``net`` (overlap and after with the default
+    buckets, overlap with each of ``settings.buckets``) and the compute-only step (its
+    own model, no all-reduce)."""
     x, y = make_batch(net, settings.seed)
     start, stop = comm.shard(net.batch)
-    weight = (stop - start) / net.batch
     plans = {"overlap": (True, DEFAULT_BUCKET_BYTES), "after": (False, DEFAULT_BUCKET_BYTES)}
     for size in settings.buckets:
         plans[f"overlap, buckets {format_bytes(size)}"] = (True, size)
-    steps: dict[str, Callable[[], object]] = {}
-    models, counts = {}, {}
+    variants = {}
     for name, (overlap, bucket_bytes) in plans.items():
         model = build_model(net, seed=settings.seed)
         batch = model.prepare_batch(x[start:stop], y[start:stop], net.loss)
-        optimizer = gb.optim.SGD(LR)
         comm.bucket_bytes = bucket_bytes  # read when the model's buckets are planned
-        counts[name] = len(comm.gradient_buckets(model).buckets)
-        steps[name] = train_step_call(comm, model, batch, optimizer, weight, overlap)
-        models[name] = model
+        comm.gradient_buckets(model)
+        variants[name] = RankVariant(comm, model, batch, gb.optim.SGD(LR),
+                                     (stop - start) / net.batch, overlap)
     alone = build_model(net, seed=settings.seed)
     alone_batch = alone.prepare_batch(x[start:stop], y[start:stop], net.loss)
-    alone_optimizer = gb.optim.SGD(LR)
-    steps["compute only"] = lambda: alone.step(alone_batch, alone_optimizer)
-    return steps, models, counts
+    return variants, functools.partial(alone.step, alone_batch, gb.optim.SGD(LR))
 
 
-def train_step_call(
-    comm: Any, model: gb.Sequential, batch: Any, optimizer: Any, weight: float, overlap: bool
-) -> Callable[[], object]:
-    """``comm.train_step`` with ``comm.overlap`` set for this variant first."""
-
-    def step() -> object:
-        comm.overlap = overlap
-        return comm.train_step(model, batch, optimizer, weight)
-
-    return step
+def exposed_allreduce(
+    comm: Any, variants: dict[str, RankVariant], settings: Settings
+) -> dict[str, dict[str, float]]:
+    """Per variant, the all-reduce time left after backward (:meth:`RankVariant.
+    exposed_seconds`) over ``settings.rounds`` × 3 steps, the variants in turn, a
+    barrier before each step. Per step the smaller rank's time counts (the other rank
+    also waits for the slower rank's backward); reported: its median and p10 (ms)."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(3 * settings.rounds):
+        for name, variant in variants.items():
+            comm.barrier()
+            samples[name].append(1e3 * -comm.max(-variant.exposed_seconds()))
+    return {name: summarize(values, keep_samples=False) for name, values in samples.items()}
 
 
 def gradient_allreduce(comm: Any, model: gb.Sequential, settings: Settings) -> dict[str, Any]:
@@ -383,23 +439,30 @@ def ranks_run(settings: Settings) -> dict[str, Any] | None:
     comm = gb.distributed.init("mpi")
     networks: dict[str, Any] = {}
     for net in get_networks(settings.networks, NETWORKS):
-        steps, models, counts = rank_steps(net, comm, settings)
-        timings = time_variants(steps, settings, comm)
+        variants, compute_only = rank_variants(net, comm, settings)
+        steps = {name: variant.step for name, variant in variants.items()}
+        timings = time_variants({**steps, "compute only": compute_only}, settings, comm)
+        exposed = exposed_allreduce(comm, variants, settings) if settings.collectives else None
         digests = {
-            name: comm.mpi_comm.allgather(parameters_digest(m)) for name, m in models.items()
+            name: comm.mpi_comm.allgather(parameters_digest(v.model))
+            for name, v in variants.items()
         }
         unequal = [name for name, seen in digests.items() if len(set(seen)) != 1]
         if unequal:
             raise RuntimeError(f"{net.name}: the ranks' parameters differ after {unequal}")
+        model = variants["overlap"].model
         networks[net.name] = {
-            "parameters": models["overlap"].num_parameters,
-            "gradient_bytes": models["overlap"].flat_grads.nbytes,
-            "buckets": counts,
+            "parameters": model.num_parameters,
+            "gradient_bytes": model.flat_grads.nbytes,
+            "buckets": {
+                name: len(comm.gradient_buckets(v.model).buckets) for name, v in variants.items()
+            },
             "steps": timings,
             "ranks_identical": True,
         }
         if settings.collectives:
-            networks[net.name].update(gradient_allreduce(comm, models["overlap"], settings))
+            networks[net.name]["exposed"] = exposed
+            networks[net.name].update(gradient_allreduce(comm, model, settings))
     sweep = [] if not settings.collectives else [
         allreduce_point(comm, nbytes, settings) for nbytes in SIZES if nbytes <= settings.max_bytes
     ]
@@ -571,6 +634,13 @@ def report(results: dict[str, Any]) -> str:
     parts += ["\nOverlap: the gradient's all-reduce alone against the step with the all-reduce "
               "after backward and overlapped with it (hidden = gain / all-reduce):",
               format_table(OVERLAP_HEAD, rows)]
+    exposed = exposed_rows(ranks)
+    for label, run in extra.items():
+        exposed += exposed_rows(run, f" ({label})")
+    if exposed:
+        parts += ["\nThe all-reduce left after backward (from the end of backward until every "
+                  "bucket is summed; the smaller rank's time per step):",
+                  format_table(EXPOSED_HEAD, exposed)]
     paper = paper_rows(get_networks(",".join(ranks["networks"]), NETWORKS))
     if paper:
         parts += ["\nOn paper (not measured here): the ring model on 8 GPUs, assumed links "

@@ -82,7 +82,7 @@ def test_tiny_run_prints_tables_and_writes_json(
     assert distributed.main(argv) == 0
     printed = capsys.readouterr().out
     for words in ("1 process x 2 threads", "2 ranks x 1 thread, overlap, buckets 1 GiB",
-                  "ring model fitted", "hidden", f"wrote {out}"):
+                  "ring model fitted", "hidden", "left after backward", f"wrote {out}"):
         assert words in printed
     results = json.loads(out.read_text())["results"]
     net = results["ranks"]["networks"]["seed-2layer"]
@@ -90,6 +90,8 @@ def test_tiny_run_prints_tables_and_writes_json(
     assert set(net["steps"]) == {"overlap", "after", "overlap, buckets 1 GiB", "compute only"}
     assert net["buckets"]["overlap, buckets 1 GiB"] == 1
     assert net["allreduce_bucketed"]["mean_us"] > 0
+    assert set(net["exposed"]) == set(net["steps"]) - {"compute only"}
+    assert all(v["median_ms"] > 0 for v in net["exposed"].values())
     assert [p["bytes"] for p in results["ranks"]["sweep"]] == [4096, 16384]
     assert results["fits"]["all"]["bandwidth_Bps"] > 0 and "large" not in results["fits"]
     for key in ("1x1", "1x2"):
