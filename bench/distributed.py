@@ -232,7 +232,7 @@ EXPOSED_HEAD = ["network", "variant", "buckets", "exposed ms", "p10 ms", "all-re
 
 
 def exposed_rows(ranks: dict[str, Any], label: str = "") -> list[list[str]]:
-    """Per network and variant: the all-reduce time left after backward (median, p10),
+    """Per network and variant: the all-reduce time not hidden by backward (median, p10),
     the gradient's all-reduce alone, and hidden = 1 − exposed / exposed after backward."""
     rows = []
     for name, run in ranks["networks"].items():
@@ -352,17 +352,25 @@ class RankVariant:
 
     def exposed_seconds(self) -> float:
         """One step as ``comm.train_step`` takes it, made of the same public pieces, that
-        returns the time from the end of backward until every bucket's sum is done:
-        the part of the all-reduce that backward did not hide (all of it, after)."""
+        returns the time spent in communication calls that backward's arithmetic did not
+        hide: inside ``layer_done`` during backward (scaling a bucket, starting its sum,
+        letting MPI progress) plus from the end of backward until every bucket's sum is
+        done (all of the all-reduce, after backward)."""
         buckets = self.comm.gradient_buckets(self.model)
         buckets.begin(self.weight)
-        hook = buckets.layer_done if self.overlap else None
-        self.model.loss_and_grad_batch(self.batch, on_gradients=hook)
+        inside = [0.0]
+
+        def layer_done(index: int) -> None:
+            started = time.perf_counter()
+            buckets.layer_done(index)
+            inside[0] += time.perf_counter() - started
+
+        self.model.loss_and_grad_batch(self.batch, layer_done if self.overlap else None)
         started = time.perf_counter()
         if not self.overlap:
             buckets.start_all()
         buckets.finish()
-        exposed = time.perf_counter() - started
+        exposed = inside[0] + time.perf_counter() - started
         self.optimizer.step(self.model.flat_params, self.model.flat_grads)
         return exposed
 
@@ -394,7 +402,7 @@ def rank_variants(
 def exposed_allreduce(
     comm: Any, variants: dict[str, RankVariant], settings: Settings
 ) -> dict[str, dict[str, float]]:
-    """Per variant, the all-reduce time left after backward (:meth:`RankVariant.
+    """Per variant, the all-reduce time not hidden by backward (:meth:`RankVariant.
     exposed_seconds`) over ``settings.rounds`` × 3 steps, the variants in turn, a
     barrier before each step. Per step the smaller rank's time counts (the other rank
     also waits for the slower rank's backward); reported: its median and p10 (ms)."""
@@ -638,8 +646,9 @@ def report(results: dict[str, Any]) -> str:
     for label, run in extra.items():
         exposed += exposed_rows(run, f" ({label})")
     if exposed:
-        parts += ["\nThe all-reduce left after backward (from the end of backward until every "
-                  "bucket is summed; the smaller rank's time per step):",
+        parts += ["\nThe all-reduce not hidden by backward: time in the bucket calls during "
+                  "backward plus from its end until every bucket is summed (the smaller "
+                  "rank's time per step):",
                   format_table(EXPOSED_HEAD, exposed)]
     paper = paper_rows(get_networks(",".join(ranks["networks"]), NETWORKS))
     if paper:

@@ -82,7 +82,7 @@ def test_tiny_run_prints_tables_and_writes_json(
     assert distributed.main(argv) == 0
     printed = capsys.readouterr().out
     for words in ("1 process x 2 threads", "2 ranks x 1 thread, overlap, buckets 1 GiB",
-                  "ring model fitted", "hidden", "left after backward", f"wrote {out}"):
+                  "ring model fitted", "hidden", "not hidden by backward", f"wrote {out}"):
         assert words in printed
     results = json.loads(out.read_text())["results"]
     net = results["ranks"]["networks"]["seed-2layer"]
