@@ -344,11 +344,14 @@ class RankVariant:
     optimizer: Any
     weight: float
     overlap: bool
+    row_offset: int
 
     def step(self) -> object:
         """``comm.train_step`` with ``comm.overlap`` set for this variant first."""
         self.comm.overlap = self.overlap
-        return self.comm.train_step(self.model, self.batch, self.optimizer, self.weight)
+        return self.comm.train_step(
+            self.model, self.batch, self.optimizer, self.weight, self.row_offset
+        )
 
     def exposed_seconds(self) -> float:
         """One step as ``comm.train_step`` takes it, made of the same public pieces, that
@@ -393,7 +396,7 @@ def rank_variants(
         comm.bucket_bytes = bucket_bytes  # read when the model's buckets are planned
         comm.gradient_buckets(model)
         variants[name] = RankVariant(comm, model, batch, gb.optim.SGD(LR),
-                                     (stop - start) / net.batch, overlap)
+                                     (stop - start) / net.batch, overlap, start)
     alone = build_model(net, seed=settings.seed)
     alone_batch = alone.prepare_batch(x[start:stop], y[start:stop], net.loss)
     return variants, functools.partial(alone.step, alone_batch, gb.optim.SGD(LR))

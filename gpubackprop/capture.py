@@ -22,8 +22,9 @@ How it stays correct:
 * Labels are not range-checked per step (a host sync); ``fit`` checks the whole
   dataset once, and an out-of-range label gives a NaN loss, never a wrong gradient.
 * Data parallel over NCCL (``distributed=``), each gradient bucket's all-reduce is
-  recorded on the same stream right after backward writes it, so one step is still
-  one graph launch on every rank.
+  recorded right after backward writes it, on a side stream forked from and joined
+  back to the capture stream by events, so one step is still one graph launch on
+  every rank.
 """
 
 from __future__ import annotations

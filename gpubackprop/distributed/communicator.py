@@ -55,7 +55,8 @@ class Communicator:
         local_rank: the rank among the processes on this machine (its GPU index).
         local_size: the number of ranks on this machine.
         backend: ``"mpi"`` (gradients over MPI; GPU gradients through host memory) or
-            ``"nccl"`` (GPU gradients over NCCL on the training stream).
+            ``"nccl"`` (GPU gradients over NCCL, on a side stream joined to the
+            training stream by events).
         overlap: whether ``fit`` starts each bucket's all-reduce during backward
             (True) or sums the whole gradient after backward.
         bucket_bytes: the least size of a gradient bucket.

@@ -5,9 +5,12 @@ Nothing here is our own transport: MPI is ``mpi4py`` (the ``mpich`` wheel gives 
 working MPI and ``mpiexec`` from the package index), NCCL is CuPy's
 ``cupy.cuda.nccl``. A sum is started by :meth:`Transport.start_sum` and finished by
 :meth:`Transport.finish`: MPI's ``Iallreduce`` runs while backward goes on (the
-request is tested after every layer so that MPI makes progress), NCCL's all-reduce is
-queued on the current (training) stream, so it is ordered before the optimizer's
-kernels without a host wait and can be recorded in a CUDA graph.
+request is tested after layers that start no bucket so that MPI makes progress).
+NCCL's all-reduce runs on a side stream that forks from the training stream at an
+event recorded after backward wrote the bucket, so it overlaps the backward kernels of
+earlier layers; :meth:`Transport.finish` makes the training stream wait for the side
+stream's events (no host wait). Fork and join are events, so the whole pattern can be
+recorded inside the step's CUDA graph.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class PendingSum:
     request: Any
     device_buffer: Array | None = None
     host_copy: np.ndarray | None = None
+    #: NCCL: the side stream's event recorded after the all-reduce
+    done: Any = None
 
 
 class Transport:
@@ -87,14 +92,14 @@ class Transport:
         self.mpi_comm = mpi_comm
         self.nccl_comm = nccl_comm
         self._warned = False
+        self._side_stream: Any = None
 
     def start_sum(self, buffer: Array) -> PendingSum:
         """Start Σ_ranks ``buffer`` into ``buffer`` (a contiguous NumPy or CuPy array)."""
         if not is_cupy_array(buffer):
             return PendingSum(self.mpi_comm.Iallreduce(self.mpi.IN_PLACE, buffer, self.mpi.SUM))
         if self.nccl_comm is not None:
-            self._nccl_sum(buffer)
-            return PendingSum(None)
+            return PendingSum(None, done=self._nccl_sum(buffer))
         if not self._warned:
             self._warned = True
             warnings.warn(
@@ -109,17 +114,28 @@ class Transport:
             self.mpi_comm.Iallreduce(self.mpi.IN_PLACE, host, self.mpi.SUM), buffer, host
         )
 
-    def _nccl_sum(self, buffer: Array) -> None:
+    def _nccl_sum(self, buffer: Array) -> Any:
+        """Fork a side stream from the current (training) stream at this point, queue
+        NCCL's in-place all-reduce of ``buffer`` on it; returns the event recorded on
+        the side stream after it."""
         from cupy.cuda import nccl
 
         kinds = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
         cp = cupy_module()
         assert cp is not None  # a CuPy buffer came in
-        stream = cp.cuda.get_current_stream()
+        if self._side_stream is None:
+            self._side_stream = cp.cuda.Stream(non_blocking=True)
+        training, side = cp.cuda.get_current_stream(), self._side_stream
+        written = cp.cuda.Event(disable_timing=True)
+        written.record(training)  # after the backward kernels that wrote the bucket
+        side.wait_event(written)
         self.nccl_comm.allReduce(
             buffer.data.ptr, buffer.data.ptr, buffer.size, kinds[np.dtype(buffer.dtype)],
-            nccl.NCCL_SUM, stream.ptr,
+            nccl.NCCL_SUM, side.ptr,
         )
+        done = cp.cuda.Event(disable_timing=True)
+        done.record(side)
+        return done
 
     def progress(self, pending: list[PendingSum]) -> None:
         """Let MPI move the started sums along (MPICH progresses non-blocking
@@ -129,13 +145,19 @@ class Transport:
             self.mpi.Request.Testall(requests)
 
     def finish(self, pending: list[PendingSum]) -> None:
-        """Wait for every started sum; host-staged GPU buffers are copied back."""
+        """Wait for every started sum: MPI requests on the host (host-staged GPU buffers
+        are then copied back); NCCL sums by making the training stream wait for the side
+        stream's events (the host does not wait)."""
         requests = [p.request for p in pending if p.request is not None]
         if requests:
             self.mpi.Request.Waitall(requests)
         for p in pending:
             if p.device_buffer is not None:
                 p.device_buffer.set(p.host_copy)
+            if p.done is not None:
+                cp = cupy_module()
+                assert cp is not None
+                cp.cuda.get_current_stream().wait_event(p.done)
 
     def sum_now(self, buffer: Array) -> None:
         """Σ_ranks ``buffer`` into ``buffer``, finished on return."""
