@@ -290,3 +290,65 @@ def test_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="bucket_bytes"):
         gb.distributed.init(bucket_bytes=0)
     assert issubclass(DistributedError, gb.GpuBackpropError)
+
+
+def test_nccl_sum_forks_a_side_stream_and_joins_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order of the NCCL path's calls, against a stand-in for CuPy (no GPU here): an
+    event on the training stream after backward, the side stream waiting for it, the
+    in-place all-reduce on the side stream, an event there, and finish making the
+    training stream wait for it (no host wait)."""
+    import types
+
+    from gpubackprop.distributed import transport
+
+    calls: list[tuple[object, ...]] = []
+
+    streams: list[Stream] = []
+
+    class Stream:
+        def __init__(self, name: str = "side", non_blocking: bool = False) -> None:
+            self.name, self.ptr = name, id(self)
+            streams.append(self)
+
+        def wait_event(self, event: object) -> None:
+            calls.append(("wait", self.name, event.name))  # type: ignore[attr-defined]
+
+    training = Stream("training")
+
+    class Event:
+        count = 0
+
+        def __init__(self, disable_timing: bool = False) -> None:
+            Event.count += 1
+            self.name = f"event{Event.count}"
+
+        def record(self, stream: Stream) -> None:
+            calls.append(("record", stream.name, self.name))
+
+    cuda = types.SimpleNamespace(Stream=Stream, Event=Event,
+                                 get_current_stream=lambda: training)
+    nccl = types.ModuleType("cupy.cuda.nccl")
+    nccl.NCCL_FLOAT32, nccl.NCCL_FLOAT64, nccl.NCCL_SUM = 7, 8, 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", types.SimpleNamespace(nccl=nccl))
+    monkeypatch.setattr(transport, "cupy_module", lambda: types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(transport, "is_cupy_array", lambda array: True)
+
+    class Comm:
+        def allReduce(self, send, recv, count, kind, op, stream):  # NCCL's method name
+            assert send == recv  # in place
+            side = next(s for s in streams if s.ptr == stream)
+            calls.append(("allReduce", side.name, count, kind, op))
+
+    buffer = types.SimpleNamespace(data=types.SimpleNamespace(ptr=1234), size=10,
+                                   dtype=np.dtype(np.float64))
+    transport_obj = transport.Transport(None, None, Comm())
+    pending = [transport_obj.start_sum(buffer)]
+    transport_obj.finish(pending)
+    assert calls == [
+        ("record", "training", "event1"),
+        ("wait", "side", "event1"),
+        ("allReduce", "side", 10, 8, 0),
+        ("record", "side", "event2"),
+        ("wait", "training", "event2"),
+    ]
