@@ -49,6 +49,19 @@ class NumpyOps:
 
     xp: ModuleType = np
 
+    def __init__(self) -> None:
+        self._scratch: dict[tuple[str, tuple[int, ...], Any], Array] = {}
+
+    def scratch(self, purpose: str, shape: tuple[int, ...], dtype: Any) -> Array:
+        """A cached work array for ``purpose`` (contents undefined), allocated once per
+        shape and dtype: an op called once per time step takes its temporaries here
+        instead of allocating (and page-faulting) new ones every call."""
+        key = (purpose, shape, dtype)  # (a dtype's .name costs 10 µs)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = self.xp.empty(shape, dtype=dtype)
+        return buf
+
     # --- linear algebra --------------------------------------------------------
     def matmul(
         self, a: Array, b: Array, out: Array, *, trans_a: bool = False, trans_b: bool = False
@@ -421,8 +434,10 @@ class NumpyOps:
         sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
         xp.add(gates, hh, out=gates)
         i, f, g, o = (gates[:, k * n:(k + 1) * n] for k in range(4))
-        a_g = g.copy()
-        # σ over the whole contiguous block, then tanh over g: no activation runs in place
+        a_g = self.scratch("lstm_a_g", c.shape, c.dtype)
+        a_g[...] = g
+        # σ over the whole contiguous block (one pass each, the g part wasted, beats three
+        # passes over strided column views), then tanh over g: no activation runs in place
         # on a strided column view (NumPy 2.4's float32 np.negative(x, out=x) is wrong
         # for a 16-byte stride, i.e. H = 1 here)
         sigmoid.forward(xp, gates, gates)
@@ -443,28 +458,32 @@ class NumpyOps:
         ``dc`` = ∂L/∂c from step t+1 (overwritten with ∂L/∂c_prev)::
 
             dc ← dc + dh ⊙ o ⊙ (1 − tanh_c²)
-            dgates = [dc ⊙ g ⊙ i(1−i), dc ⊙ c_prev ⊙ f(1−f), dc ⊙ i ⊙ (1−g²),
-                      dh ⊙ tanh_c ⊙ o(1−o)]                 (∂L/∂a, pre-activation)
+            dgates = [i(1−i) ⊙ dc ⊙ g, f(1−f) ⊙ dc ⊙ c_prev, (1−g²) ⊙ dc ⊙ i,
+                      o(1−o) ⊙ dh ⊙ tanh_c]                 (∂L/∂a, pre-activation)
             dc ← dc ⊙ f
 
         Returns ``dgates`` (B, 4H).
         """
         xp = self.xp
         n = dc.shape[1]
-        sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
+        tanh = ACTIVATIONS["tanh"]
         i, f, g, o = (gates[:, k * n:(k + 1) * n] for k in range(4))
         di, df, dg, do = (dgates[:, k * n:(k + 1) * n] for k in range(4))
-        dh = xp.add(dh_out, dh_next)
-        tmp = xp.empty_like(dc)  # activation backward writes out before it reads delta
+        dh = xp.add(dh_out, dh_next, out=self.scratch("lstm_dh", dc.shape, dc.dtype))
+        tmp = self.scratch("lstm_tmp", dc.shape, dc.dtype)
+        # σ′ = a(1−a) over the whole contiguous block in two passes (faster than three
+        # strided column views; a broadcast dc ⊙ [i f g] pass was slower too); g's part
+        # is overwritten with tanh′ below
+        xp.subtract(1.0, gates, out=dgates)
+        xp.multiply(dgates, gates, out=dgates)
         xp.multiply(dh, tanh_c, out=tmp)
-        sigmoid.backward(xp, tmp, o, do)
+        xp.multiply(do, tmp, out=do)
         xp.multiply(dh, o, out=tmp)
-        tanh.backward(xp, tmp, tanh_c, dh)
+        tanh.backward(xp, tmp, tanh_c, dh)  # dh is not read again
         xp.add(dc, dh, out=dc)
-        xp.multiply(dc, g, out=tmp)
-        sigmoid.backward(xp, tmp, i, di)
-        xp.multiply(dc, c_prev, out=tmp)
-        sigmoid.backward(xp, tmp, f, df)
+        for d_gate, factor in ((di, g), (df, c_prev)):
+            xp.multiply(dc, factor, out=tmp)
+            xp.multiply(d_gate, tmp, out=d_gate)
         xp.multiply(dc, i, out=tmp)
         tanh.backward(xp, tmp, g, dg)
         xp.multiply(dc, f, out=dc)
@@ -549,10 +568,18 @@ class NumpyOps:
         """out[k, :] = Σ_{i: ids[i] = k} delta[i, :] (``out`` overwritten; ids (N,), delta
         (N, D), out (V, D)): the transpose of :meth:`gather_rows`.
 
-        ``np.add.at`` adds in the order of i, unbuffered: the same bits every run.
+        ``np.add.at`` adds in the order of i, unbuffered: the same bits every run. It runs
+        on the flat (V·D,) view with element indices ids[i]·D + j (the same sums in the
+        same order): NumPy's fast path for 1-D indices, 8× faster than row indices at
+        N = 4096, D = 128.
         """
         out[...] = 0
-        np.add.at(out, ids, delta)
+        if not out.flags.c_contiguous:  # no flat view to add into
+            np.add.at(out, ids, delta)
+            return out
+        width = out.shape[1]
+        flat_ids = (ids[:, None] * width + np.arange(width)).reshape(-1)
+        np.add.at(out.reshape(-1), flat_ids, delta.reshape(-1))
         return out
 
 
