@@ -129,6 +129,19 @@ def test_dropout_generators_after_fit_equal_one_process(dropout_trained: Path) -
 
 
 @needs_mpiexec
+def test_three_ranks_equal_one_process(tmp_path: Path) -> None:
+    """An odd rank count (shards of 6, 5, 5 rows; the last batch of 1 row on rank 0
+    only), more ranks than this CI machine's 2 cores."""
+    result = run_ranks("train", tmp_path, 3)
+    assert result.returncode == 0, result.stderr
+    for kind in ("sgd", "adam"):
+        expected = mpi_worker.train(None, kind, "cpu")[0].flat_params
+        for rank in range(3):
+            got = load(tmp_path, f"{kind}-overlap", rank)["params"]
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+
+
+@needs_mpiexec
 def test_ranks_have_identical_parameters_and_history(trained: Path) -> None:
     for name in ("sgd-overlap", "adam-overlap", "custom"):
         a, b = load(trained, name, 0), load(trained, name, 1)
