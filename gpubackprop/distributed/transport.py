@@ -93,6 +93,10 @@ class Transport:
         self.nccl_comm = nccl_comm
         self._warned = False
         self._side_stream: Any = None
+        #: NCCL: (written, done) event pairs, the k-th for the k-th sum of a step, made
+        #: once (the warm-up before a CUDA-graph capture makes them, none in the capture)
+        self._events: list[tuple[Any, Any]] = []
+        self._started = 0
 
     def start_sum(self, buffer: Array) -> PendingSum:
         """Start Σ_ranks ``buffer`` into ``buffer`` (a contiguous NumPy or CuPy array)."""
@@ -125,15 +129,19 @@ class Transport:
         assert cp is not None  # a CuPy buffer came in
         if self._side_stream is None:
             self._side_stream = cp.cuda.Stream(non_blocking=True)
+        if self._started == len(self._events):
+            self._events.append(
+                (cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True))
+            )
+        written, done = self._events[self._started]
+        self._started += 1
         training, side = cp.cuda.get_current_stream(), self._side_stream
-        written = cp.cuda.Event(disable_timing=True)
         written.record(training)  # after the backward kernels that wrote the bucket
         side.wait_event(written)
         self.nccl_comm.allReduce(
             buffer.data.ptr, buffer.data.ptr, buffer.size, kinds[np.dtype(buffer.dtype)],
             nccl.NCCL_SUM, side.ptr,
         )
-        done = cp.cuda.Event(disable_timing=True)
         done.record(side)
         return done
 
@@ -151,6 +159,7 @@ class Transport:
         requests = [p.request for p in pending if p.request is not None]
         if requests:
             self.mpi.Request.Waitall(requests)
+        self._started = 0
         for p in pending:
             if p.device_buffer is not None:
                 p.device_buffer.set(p.host_copy)
