@@ -64,6 +64,28 @@ def train(comm: gb.distributed.Communicator | None, kind: str, device: str, epoc
     return net, history
 
 
+def sequence_data() -> tuple[np.ndarray, np.ndarray]:
+    """37 sequences of 6 token ids (vocabulary 11) and their next-token labels."""
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 11, (37, 6)), rng.integers(0, 11, (37, 6))
+
+
+def train_sequence(comm: gb.distributed.Communicator | None, device: str):
+    """A language-model-like run: Embedding, LSTM, LayerNorm, Dropout, Dense on token ids,
+    batches of 8 (the last of 5 rows), validation data of one row (rank 1's shard of it
+    is empty). Returns (model, history)."""
+    ids, labels = sequence_data()
+    net = gb.Sequential(
+        [gb.Embedding(11, 8), gb.LSTM(8, 12), gb.LayerNorm(12), gb.Dropout(0.2),
+         gb.Dense(12, 11)], device=device, dtype="float64", seed=3,
+    )
+    history = net.fit(
+        ids, labels, loss="cross_entropy", optimizer=gb.optim.Adam(0.01), epochs=2,
+        batch_size=8, verbose=False, validation_data=(ids[:1], labels[:1]), distributed=comm,
+    )
+    return net, history
+
+
 def custom_loop(comm: gb.distributed.Communicator | None, device: str) -> np.ndarray:
     """A hand-written data-parallel loop: broadcast, shard, weighted all-reduce, step."""
     x, y = dataset()
@@ -157,6 +179,12 @@ def main() -> None:
         model(0, device).fit(x, y, loss="cross_entropy", optimizer=gb.optim.SGD(0.1),
                              verbose=False, distributed=comm)
         (out / f"fault-finished-{rank}.txt").write_text("the job did not abort")
+    elif scenario == "sequence":  # token ids, LSTM, LayerNorm, Dropout; 1-row validation
+        net, history = train_sequence(comm, device)
+        ids, _ = sequence_data()
+        save(out, "sequence", rank, params=net.backend.to_numpy(net.flat_params),
+             history=json.dumps(history.history),
+             predict=net.predict(ids[:1], distributed=comm))
     elif scenario == "capture":  # one rank over NCCL, on a GPU: the all-reduce in the graph
         x, y = dataset(rows=96)
         eager, graphed = model(0, device), model(0, device)

@@ -129,6 +129,23 @@ def test_dropout_generators_after_fit_equal_one_process(dropout_trained: Path) -
 
 
 @needs_mpiexec
+def test_sequence_model_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
+    """Token ids into Embedding, LSTM, LayerNorm, Dropout(0.2), Dense; (B, T) labels; a
+    validation set of one row (rank 1 evaluates nothing) and predict of one row."""
+    result = run_ranks("sequence", tmp_path)
+    assert result.returncode == 0, result.stderr
+    net, history = mpi_worker.train_sequence(None, "cpu")
+    ids, _ = mpi_worker.sequence_data()
+    for rank in (0, 1):
+        got = load(tmp_path, "sequence", rank)
+        np.testing.assert_allclose(got["params"], net.flat_params, rtol=0, atol=1e-10)
+        seen = json.loads(str(got["history"]))
+        np.testing.assert_allclose(seen["val_loss"], history["val_loss"], rtol=1e-10)
+        assert got["predict"].shape == (1, 6, 11)
+        np.testing.assert_allclose(got["predict"], net.predict(ids[:1]), rtol=0, atol=1e-10)
+
+
+@needs_mpiexec
 def test_three_ranks_equal_one_process(tmp_path: Path) -> None:
     """An odd rank count (shards of 6, 5, 5 rows; the last batch of 1 row on rank 0
     only), more ranks than this CI machine's 2 cores."""
