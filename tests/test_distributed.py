@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -384,3 +385,35 @@ def test_nccl_sum_forks_a_side_stream_and_joins_it(monkeypatch: pytest.MonkeyPat
         transport_obj.finish([transport_obj.start_sum(buffer)])
     assert calls == one_step * 2
     assert len(streams) == 2  # the training stream and one side stream, made once
+
+
+def test_host_staged_path_copies_out_sums_and_copies_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPU buffers without NCCL go through host memory over MPI (one rank here, a
+    stand-in for a CuPy array with its ``get``/``set``), with one warning per transport."""
+    from mpi4py import MPI
+
+    from gpubackprop.distributed import transport
+
+    class DeviceBuffer:
+        def __init__(self, values: np.ndarray) -> None:
+            self.values = values
+            self.copies: list[str] = []
+
+        def get(self) -> np.ndarray:
+            self.copies.append("to host")
+            return self.values.copy()
+
+        def set(self, host: np.ndarray) -> None:
+            self.copies.append("to device")
+            self.values[...] = host
+
+    monkeypatch.setattr(transport, "is_cupy_array", lambda array: isinstance(array, DeviceBuffer))
+    carrier = transport.Transport(MPI, MPI.COMM_WORLD)
+    buffer = DeviceBuffer(np.arange(5.0))
+    with pytest.warns(RuntimeWarning, match="summed through host memory"):
+        carrier.sum_now(buffer)
+    np.testing.assert_array_equal(buffer.values, np.arange(5.0))  # one rank: the sum is itself
+    assert buffer.copies == ["to host", "to device"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second sum does not warn again
+        carrier.sum_now(buffer)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..arrays import Array
+from ..arrays import Array, array_module
 from ..backend import is_cupy_array
 from ..errors import DistributedError
 
@@ -53,7 +53,7 @@ def describe_data(x: Array, y: Array) -> dict[str, Any]:
     rows: Any = np.unique(np.linspace(0, n - 1, SAMPLED_ROWS).astype(np.int64)) if n else []
     digest = hashlib.sha256()
     for array in (x, y):
-        sample = array[rows] if n else array[:0]
+        sample = array[array_module(array).asarray(rows)] if n else array[:0]
         host = sample.get() if is_cupy_array(sample) else np.asarray(sample)
         digest.update(np.ascontiguousarray(host).tobytes())
     return {
