@@ -45,7 +45,7 @@ class CupyOps(NumpyOps):
         self.device_id = device_id
         self.precision = precision
         self._blas: CublasHandle | None = None
-        self._scratch: dict[tuple[str, tuple[int, ...], str], Array] = {}
+        super().__init__()
 
     @property
     def blas(self) -> CublasHandle:
@@ -55,15 +55,10 @@ class CupyOps(NumpyOps):
                 self._blas = CublasHandle(self.xp, self.precision)
         return self._blas
 
-    def scratch(self, purpose: str, shape: tuple[int, ...], dtype: Any) -> Array:
-        """A cached device buffer for ``purpose``; allocated once per shape and dtype."""
-        key = (purpose, tuple(shape), np.dtype(dtype).name)
-        buf = self._scratch.get(key)
-        if buf is None:
-            with self.xp.cuda.Device(self.device_id):
-                buf = self.xp.empty(shape, dtype=dtype)
-            self._scratch[key] = buf
-        return buf
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """A new uninitialised array on this ops' GPU (what :meth:`scratch` allocates)."""
+        with self.xp.cuda.Device(self.device_id):
+            return self.xp.empty(shape, dtype=dtype)
 
     def _value_buffers(self, n_terms: int, dtype: Any) -> tuple[Array, Array]:
         """(value, reduction workspace) for a loss summed over ``n_terms`` terms."""

@@ -56,11 +56,15 @@ class NumpyOps:
         """A cached work array for ``purpose`` (contents undefined), allocated once per
         shape and dtype: an op called once per time step takes its temporaries here
         instead of allocating (and page-faulting) new ones every call."""
-        key = (purpose, shape, dtype)  # (a dtype's .name costs 10 µs)
+        key = (purpose, tuple(shape), dtype)  # (a dtype's .name costs 10 µs)
         buf = self._scratch.get(key)
         if buf is None:
-            buf = self._scratch[key] = self.xp.empty(shape, dtype=dtype)
+            buf = self._scratch[key] = self.empty(shape, dtype)
         return buf
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """A new uninitialised array of this module (on this ops' device)."""
+        return self.xp.empty(shape, dtype=dtype)
 
     # --- linear algebra --------------------------------------------------------
     def matmul(
