@@ -41,7 +41,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +69,7 @@ from bench.common import (  # noqa: E402
 )
 from bench.networks import NETWORKS, Network, build_model, get_networks, make_batch  # noqa: E402
 from gpubackprop.distributed import DEFAULT_BUCKET_BYTES  # noqa: E402
+from gpubackprop.distributed.transport import find_mpiexec  # noqa: E402
 
 PROG = "python bench/distributed.py"
 RESULTS = _ROOT / "bench" / "results" / "distributed-cpu.json"
@@ -483,19 +483,13 @@ def ranks_run(settings: Settings) -> dict[str, Any] | None:
 
 
 # --- the launcher ---------------------------------------------------------------------------
-def mpiexec() -> str | None:
-    """The ``mpiexec`` beside this Python (the mpich wheel's) or on PATH."""
-    beside = Path(sys.executable).with_name("mpiexec")
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
 def launch(
     kind: str, ranks: int, threads: int, settings: Settings, env: dict[str, str] | None = None,
     timeout: float = 1800,
 ) -> dict[str, Any]:
     """``mpiexec -n ranks python bench/distributed.py --worker kind`` with ``threads``
     BLAS/OpenMP threads per process; returns what its rank 0 wrote."""
-    runner = mpiexec()
+    runner = find_mpiexec()
     if runner is None:
         raise RuntimeError("no mpiexec: pip install 'gpubackprop[mpi]' (mpi4py and mpich)")
     threads_env = {name: str(threads) for name in

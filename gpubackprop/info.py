@@ -9,9 +9,7 @@ use, which one ``device="auto"`` picks and why, and what data-parallel training
 from __future__ import annotations
 
 import platform
-import shutil
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import TextIO
 
@@ -19,7 +17,7 @@ import numpy as np
 
 from . import arrays
 from .backend import available_devices, get_backend, nvidia_gpu_visible
-from .distributed.transport import MPI_MISSING, nccl_problem
+from .distributed.transport import MPI_MISSING, find_mpiexec, nccl_problem
 from .version import __version__
 
 
@@ -62,9 +60,7 @@ def _distributed_rows(with_cupy: bool) -> list[tuple[str, str]]:
         mpi = str(mpi4py.__version__)
     except ImportError:
         mpi = f"not installed ({MPI_MISSING})"
-    beside = Path(sys.executable).with_name("mpiexec")
-    mpiexec = shutil.which("mpiexec") or (str(beside) if beside.exists() else "not found")
-    rows = [("mpi4py", mpi), ("mpiexec", mpiexec)]
+    rows = [("mpi4py", mpi), ("mpiexec", find_mpiexec() or "not found")]
     if with_cupy:
         rows.append(("NCCL", nccl_problem(1) or "available"))
     return rows

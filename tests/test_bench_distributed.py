@@ -67,7 +67,7 @@ def test_sizes_bytes_and_iterations() -> None:
 
 
 needs_mpi = pytest.mark.skipif(
-    distributed.mpiexec() is None, reason="no mpiexec: pip install 'gpubackprop[mpi]'"
+    distributed.find_mpiexec() is None, reason="no mpiexec: pip install 'gpubackprop[mpi]'"
 )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -22,16 +21,14 @@ import pytest
 import gpubackprop as gb
 from gpubackprop.distributed.agreement import describe_data, disagreements
 from gpubackprop.distributed.buckets import layer_ranges, plan_buckets
+from gpubackprop.distributed.transport import find_mpiexec
 from gpubackprop.errors import ConfigError, DistributedError
 
 from . import mpi_worker  # the scenarios the ranks run
 
 HERE = Path(__file__).resolve().parent
 
-MPIEXEC = shutil.which("mpiexec") or (
-    str(Path(sys.executable).with_name("mpiexec"))
-    if Path(sys.executable).with_name("mpiexec").exists() else None
-)
+MPIEXEC = find_mpiexec()
 needs_mpiexec = pytest.mark.skipif(
     MPIEXEC is None, reason="no mpiexec: pip install 'gpubackprop[mpi]' (mpi4py and mpich)"
 )

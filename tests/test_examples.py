@@ -64,7 +64,6 @@ def test_distributed_mnist_on_one_and_two_ranks(capsys) -> None:
     """One rank in this process; two under mpiexec (skipped without it) print the
     same held-out metrics, as the example's docstring says."""
     import os
-    import shutil
     import subprocess
     import sys
 
@@ -75,8 +74,10 @@ def test_distributed_mnist_on_one_and_two_ranks(capsys) -> None:
     assert one["accuracy"] > 0.85 and one["restored_same"] == 1.0
     out = capsys.readouterr().out
     line = next(s for s in out.splitlines() if s.startswith("1 rank(s)"))
-    mpiexec = shutil.which("mpiexec") or str(Path(sys.executable).with_name("mpiexec"))
-    if not Path(mpiexec).exists():
+    from gpubackprop.distributed.transport import find_mpiexec
+
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
         pytest.skip("no mpiexec: pip install 'gpubackprop[mpi]'")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     two = subprocess.run(

@@ -36,13 +36,12 @@ def describe_model(model: Sequential) -> dict[str, Any]:
 
 def describe_optimizer(optimizer: Optimizer) -> dict[str, Any]:
     """The optimizer's type, hyper-parameters, step count and which state it holds."""
-    state = optimizer.state_dict()["state"]
-    assert isinstance(state, dict)
+    held = optimizer.buffers()  # the live arrays, no copies (state and workspace)
     return {
         "type": type(optimizer).__name__,
         "hyperparameters": optimizer.hyperparameters(),
         "step_count": optimizer.step_count,
-        "state": sorted(name for name, value in state.items() if value is not None),
+        "state": sorted(name for name in optimizer.state_names if name in held),
     }
 
 

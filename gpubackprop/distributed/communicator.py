@@ -35,6 +35,16 @@ DEFAULT_BUCKET_BYTES = 1 << 20
 BACKENDS = ("auto", "mpi", "nccl")
 
 
+def local_placement(mpi: Any, mpi_comm: Any) -> tuple[int, int]:
+    """(local rank, local size): this process's rank among the ranks of ``mpi_comm`` on
+    the same machine (shared memory), and how many there are."""
+    local = mpi_comm.Split_type(mpi.COMM_TYPE_SHARED, key=mpi_comm.Get_rank())
+    try:
+        return local.Get_rank(), local.Get_size()
+    finally:
+        local.Free()
+
+
 def shard_bounds(rows: int, size: int) -> list[int]:
     """Where each rank's contiguous shard of ``rows`` rows starts: ``size + 1`` offsets,
     the first ``rows % size`` shards one row longer (rank r has rows
@@ -70,10 +80,7 @@ class Communicator:
         self.mpi_comm = mpi_comm
         self.rank: int = mpi_comm.Get_rank()
         self.size: int = mpi_comm.Get_size()
-        local = mpi_comm.Split_type(mpi.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank: int = local.Get_rank()
-        self.local_size: int = local.Get_size()
-        local.Free()
+        self.local_rank, self.local_size = local_placement(mpi, mpi_comm)
         self.backend = backend
         self.overlap = overlap
         self.bucket_bytes = bucket_bytes
@@ -286,9 +293,7 @@ def init(
         return comm
     mpi = import_mpi()
     world = mpi.COMM_WORLD
-    local = world.Split_type(mpi.COMM_TYPE_SHARED, key=world.Get_rank())
-    local_rank, local_size = local.Get_rank(), local.Get_size()
-    local.Free()
+    local_rank, local_size = local_placement(mpi, world)
     problem = nccl_problem(local_size)
     # every rank must pick the same backend: NCCL only if it works on every machine
     nccl_everywhere = world.allreduce(problem is None, op=mpi.LAND)
@@ -313,4 +318,12 @@ def init(
     return comm
 
 
-__all__ = ["BACKENDS", "DEFAULT_BUCKET_BYTES", "Communicator", "current", "init", "shard_bounds"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BUCKET_BYTES",
+    "Communicator",
+    "current",
+    "init",
+    "local_placement",
+    "shard_bounds",
+]

@@ -15,8 +15,11 @@ recorded inside the step's CUDA graph.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,14 @@ MPI_MISSING = (
     "gpubackprop.distributed needs mpi4py and an MPI library: "
     "pip install 'gpubackprop[mpi]' (mpi4py and the mpich wheel, which brings mpiexec)"
 )
+
+
+def find_mpiexec() -> str | None:
+    """The ``mpiexec`` that starts ranks of this Python: the one beside the interpreter
+    (the mpich wheel's, matching the venv's mpi4py) if there, else the first on PATH
+    (None: neither)."""
+    beside = Path(sys.executable).with_name("mpiexec")
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
 
 
 def import_mpi() -> Any:
@@ -173,4 +184,6 @@ class Transport:
         self.finish([self.start_sum(buffer)])
 
 
-__all__ = ["MPI_MISSING", "PendingSum", "Transport", "import_mpi", "nccl_problem"]
+__all__ = [
+    "MPI_MISSING", "PendingSum", "Transport", "find_mpiexec", "import_mpi", "nccl_problem",
+]
