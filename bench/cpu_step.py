@@ -301,9 +301,13 @@ def environment() -> dict[str, Any]:
             k: blas.get(k)
             for k in ("internal_api", "version", "architecture", "threading_layer", "num_threads")
         },
+        # the GEMM gpubackprop's CPU ops use (gpubackprop.backend.cpu_blas: NumPy's BLAS,
+        # or MKL when the mkl package is installed)
+        "gb_cpu_gemm": gb.backend.cpu_blas.describe(gb.backend.cpu_gemm()),
         "env_vars": {
             k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                      "GPUBACKPROP_CPU_BLAS")
             if k in os.environ
         },
     }
@@ -322,6 +326,7 @@ def set_threads(threads: int | None) -> Any:
     Returns the threadpoolctl limiter to keep alive (None when nothing was limited).
     """
     limiter = None
+    gb.backend.cpu_gemm()  # loads MKL when gpubackprop uses it, so the limit reaches it
     if threads is not None and threadpoolctl is not None:
         limiter = threadpoolctl.threadpool_limits(threads, user_api="blas")
     blas = _numpy_blas()
@@ -409,6 +414,7 @@ def print_environment(env: dict[str, Any]) -> None:
             f"numpy BLAS: {blas['internal_api']} {blas['version']} ({blas['architecture']}, "
             f"{blas['threading_layer']}), {blas['num_threads']} threads"
         )
+    print(f"gpubackprop CPU GEMM: {env['gb_cpu_gemm']}")
     if "torch" in env:
         print(f"torch: {env['torch']['blas']} BLAS, {env['torch']['num_threads']} threads")
     if env["env_vars"]:

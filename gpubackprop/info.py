@@ -2,7 +2,8 @@
 
 Versions (and why CuPy does not import, if it does not), whether the system shows
 an NVIDIA GPU at all, the CUDA runtime, driver and GPUs, the devices gpubackprop can
-use, which one ``device="auto"`` picks and why, and what data-parallel training
+use, which one ``device="auto"`` picks and why, which GEMM the CPU ops use (NumPy's
+or MKL's, :mod:`gpubackprop.backend.cpu_blas`), and what data-parallel training
 (:mod:`gpubackprop.distributed`) will find: mpi4py, mpiexec, NCCL.
 """
 
@@ -16,8 +17,9 @@ from typing import TextIO
 import numpy as np
 
 from . import arrays
-from .backend import available_devices, get_backend, nvidia_gpu_visible
+from .backend import available_devices, cpu_blas, cpu_gemm, get_backend, nvidia_gpu_visible
 from .distributed.transport import MPI_MISSING, find_mpiexec, nccl_problem
+from .errors import ConfigError
 from .version import __version__
 
 
@@ -66,6 +68,13 @@ def _distributed_rows(with_cupy: bool) -> list[tuple[str, str]]:
     return rows
 
 
+def _cpu_gemm_row() -> str:
+    try:
+        return cpu_blas.describe(cpu_gemm())
+    except ConfigError as exc:
+        return f"unavailable ({exc})"
+
+
 def collect_info() -> list[tuple[str, str]]:
     """The report as ``(label, value)`` rows, in print order."""
     import scipy
@@ -76,6 +85,7 @@ def collect_info() -> list[tuple[str, str]]:
         ("platform", platform.platform()),
         ("NumPy", np.__version__),
         ("SciPy", scipy.__version__),
+        ("CPU GEMM", _cpu_gemm_row()),
     ]
     seen = "yes" if nvidia_gpu_visible() else "none visible on this machine"
     rows.append(("NVIDIA GPU", seen))

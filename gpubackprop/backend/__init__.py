@@ -27,6 +27,7 @@ import numpy as np
 from .. import arrays
 from ..arrays import Array, array_device, array_module, has_gpu, is_cupy_array
 from ..errors import ConfigError, DeviceError, DTypeError
+from . import cpu_blas
 from .numpy_ops import NumpyOps
 
 _DEVICE_RE = re.compile(r"^cuda(?::(\d+))?$")
@@ -195,8 +196,15 @@ class Backend:
 
 
 @functools.cache
+def cpu_gemm() -> cpu_blas.MklGemm | None:
+    """The GEMM of the CPU ops, chosen once per process (:func:`.cpu_blas.select`: the
+    ``GPUBACKPROP_CPU_BLAS`` variable); None is NumPy's matmul."""
+    return cpu_blas.select()
+
+
+@functools.cache
 def _cpu_backend(reason: str) -> Backend:
-    return Backend("cpu", np, NumpyOps(), reason)
+    return Backend("cpu", np, NumpyOps(cpu_gemm()), reason)
 
 
 def _cupy() -> ModuleType:
@@ -327,6 +335,7 @@ __all__ = [
     "array_module",
     "available_devices",
     "backend_of",
+    "cpu_gemm",
     "get_backend",
     "has_gpu",
     "is_cupy_array",

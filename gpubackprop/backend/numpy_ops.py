@@ -13,7 +13,7 @@ shape (out, in); the forward pass is Z = A Wᵀ + b.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -49,8 +49,12 @@ class NumpyOps:
 
     xp: ModuleType = np
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_gemm: Callable[[Array, Array, Array], bool] | None = None) -> None:
         self._scratch: dict[tuple[str, tuple[int, ...], Any], Array] = {}
+        #: a faster GEMM for 2-D NumPy operands (:mod:`.cpu_blas`: MKL), None: NumPy's
+        #: matmul. Called as ``cpu_gemm(a, b, out)``; it returns False for arrays it does
+        #: not take, which then go to ``xp.matmul``
+        self.cpu_gemm = cpu_gemm
 
     def scratch(self, purpose: str, shape: tuple[int, ...], dtype: Any) -> Array:
         """A cached work array for ``purpose`` (contents undefined), allocated once per
@@ -73,9 +77,13 @@ class NumpyOps:
         """out = op(a) · op(b), op = transpose where asked; ``out`` is overwritten.
 
         Transposes are views, so the BLAS call gets the transpose flag instead of
-        a copy.
+        a copy. :attr:`cpu_gemm` computes it when set and able to (the same product,
+        another BLAS), else ``xp.matmul``.
         """
-        return self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+        a, b = a.T if trans_a else a, b.T if trans_b else b
+        if self.cpu_gemm is not None and self.cpu_gemm(a, b, out):
+            return out
+        return self.xp.matmul(a, b, out=out)
 
     def add_bias(self, z: Array, bias: Array) -> Array:
         """z += b, broadcast over the batch: z[i, j] += b[j]."""
