@@ -2,12 +2,12 @@
 
 The CPU ops (:class:`gpubackprop.backend.numpy_ops.NumpyOps`) compute every
 out = op(A)·op(B) with ``numpy.matmul`` unless a faster GEMM is selected here. MKL
-is the one on offer: PyTorch's CPU build uses it, and on the LSTM language model of
-``bench/cpu_step.py`` (2 threads, Xeon with AVX-512) the step took 298 ms through
-NumPy's OpenBLAS against 241 ms through MKL, PyTorch 247-256 ms; the GEMMs are 200
-of OpenBLAS's 278 ms there. MKL comes from the ``mkl`` wheel (``pip install
-"gpubackprop[mkl]"``, x86-64 only), loaded with ctypes: its ``mkl_rt`` runtime and
-the documented CBLAS entry points, no compiled code of ours.
+is the one on offer: PyTorch's CPU build uses it. On the LSTM language model of
+``bench/cpu_step.py`` (2 threads, a Xeon with AVX-512) the GEMMs were 180-204 ms of a
+256-282 ms step through NumPy's OpenBLAS and 142-167 ms of 211-251 ms through MKL
+(bench/README.md). MKL comes from the ``mkl`` wheel (``pip install "gpubackprop[mkl]"``;
+the extra is for Linux x86-64, the one platform tested), loaded with ctypes: its
+``mkl_rt`` runtime and the documented CBLAS entry points, no compiled code of ours.
 
 Which GEMM: the environment variable ``GPUBACKPROP_CPU_BLAS``, read when the CPU
 backend is first made:
@@ -155,7 +155,7 @@ def select(choice: str | None = None) -> MklGemm | None:
         if choice == "mkl":
             raise ConfigError(
                 f"{source}=mkl but the mkl package is not installed: "
-                'pip install "gpubackprop[mkl]" (x86-64), or set it to numpy'
+                'pip install "gpubackprop[mkl]" (Linux x86-64), or set it to numpy'
             )
         return None
     try:
