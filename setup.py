@@ -1,4 +1,5 @@
-"""Build hook: ship the CUDA sources of the top-level ``kernels/`` inside the wheel.
+"""Build hook: ship the kernel sources of the top-level ``kernels/`` inside the wheel
+(the CUDA sources and the CPU cell's C++ source, compiled at run time).
 
 The kernels live next to the package in the repository (``kernels/``); a wheel
 carries a copy in ``gpubackprop/_kernels/``, where the loader
@@ -18,13 +19,14 @@ ROOT = Path(__file__).resolve().parent
 
 
 class BuildPyWithKernels(build_py):
-    """build_py that also copies kernels/*.cu and *.cuh into gpubackprop/_kernels/."""
+    """build_py that also copies kernels/*.cu, *.cuh and *.cpp into gpubackprop/_kernels/."""
 
     def run(self) -> None:
         super().run()
         target = Path(self.build_lib) / "gpubackprop" / "_kernels"
         target.mkdir(parents=True, exist_ok=True)
-        for source in sorted((ROOT / "kernels").glob("*.cu*")):
+        sources = [*(ROOT / "kernels").glob("*.cu*"), *(ROOT / "kernels").glob("*.cpp")]
+        for source in sorted(sources):
             shutil.copy2(source, target / source.name)
 
 

@@ -304,10 +304,12 @@ def environment() -> dict[str, Any]:
         # the GEMM gpubackprop's CPU ops use (gpubackprop.backend.cpu_blas: NumPy's BLAS,
         # or MKL when the mkl package is installed)
         "gb_cpu_gemm": gb.backend.cpu_blas.describe(gb.backend.cpu_gemm()),
+        # its LSTM / GRU cell (gpubackprop.backend.cpu_kernels: compiled or NumPy passes)
+        "gb_cpu_cells": gb.backend.cpu_kernels.describe(gb.backend.cpu_cells()),
         "env_vars": {
             k: os.environ[k]
             for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                      "GPUBACKPROP_CPU_BLAS")
+                      "GPUBACKPROP_CPU_BLAS", "GPUBACKPROP_CPU_KERNELS")
             if k in os.environ
         },
     }
@@ -415,6 +417,7 @@ def print_environment(env: dict[str, Any]) -> None:
             f"{blas['threading_layer']}), {blas['num_threads']} threads"
         )
     print(f"gpubackprop CPU GEMM: {env['gb_cpu_gemm']}")
+    print(f"gpubackprop CPU LSTM/GRU cell: {env['gb_cpu_cells']}")
     if "torch" in env:
         print(f"torch: {env['torch']['blas']} BLAS, {env['torch']['num_threads']} threads")
     if env["env_vars"]:

@@ -3,7 +3,8 @@
 Versions (and why CuPy does not import, if it does not), whether the system shows
 an NVIDIA GPU at all, the CUDA runtime, driver and GPUs, the devices gpubackprop can
 use, which one ``device="auto"`` picks and why, which GEMM the CPU ops use (NumPy's
-or MKL's, :mod:`gpubackprop.backend.cpu_blas`), and what data-parallel training
+or MKL's, :mod:`gpubackprop.backend.cpu_blas`), which LSTM / GRU cell (compiled or
+NumPy passes, :mod:`gpubackprop.backend.cpu_kernels`), and what data-parallel training
 (:mod:`gpubackprop.distributed`) will find: mpi4py, mpiexec, NCCL.
 """
 
@@ -17,7 +18,15 @@ from typing import TextIO
 import numpy as np
 
 from . import arrays
-from .backend import available_devices, cpu_blas, cpu_gemm, get_backend, nvidia_gpu_visible
+from .backend import (
+    available_devices,
+    cpu_blas,
+    cpu_cells,
+    cpu_gemm,
+    cpu_kernels,
+    get_backend,
+    nvidia_gpu_visible,
+)
 from .distributed.transport import MPI_MISSING, find_mpiexec, nccl_problem
 from .errors import ConfigError
 from .version import __version__
@@ -75,6 +84,13 @@ def _cpu_gemm_row() -> str:
         return f"unavailable ({exc})"
 
 
+def _cpu_cells_row() -> str:
+    try:
+        return cpu_kernels.describe(cpu_cells())
+    except ConfigError as exc:
+        return f"unavailable ({exc})"
+
+
 def collect_info() -> list[tuple[str, str]]:
     """The report as ``(label, value)`` rows, in print order."""
     import scipy
@@ -86,6 +102,7 @@ def collect_info() -> list[tuple[str, str]]:
         ("NumPy", np.__version__),
         ("SciPy", scipy.__version__),
         ("CPU GEMM", _cpu_gemm_row()),
+        ("CPU cell", _cpu_cells_row()),
     ]
     seen = "yes" if nvidia_gpu_visible() else "none visible on this machine"
     rows.append(("NVIDIA GPU", seen))

@@ -3,7 +3,8 @@
 // code never silently promotes to double), IEEE *_rn arithmetic that keeps subnormals
 // under CuPy's -ftz=true (kernels/README.md, "Subnormals"), and the warp and
 // shared-memory reductions. GBP_HD functions run on the device and on the host (the
-// host side lets tests/test_kernel_functors.py check the math without a GPU).
+// host side lets tests/test_kernel_functors.py check the math without a GPU, and
+// kernels/cpu_recurrent.cpp is the CPU's fused LSTM / GRU cell built from it).
 //
 // No standard header is included: NVRTC (CuPy's RawModule) compiles this
 // without a C++ standard library; the CUDA math built-ins are always there.
@@ -151,6 +152,9 @@ GBP_HD double to_double(float x) {
 GBP_HD double to_double(double x) { return x; }
 
 // --- device-only constants and warp reductions ----------------------------------
+// (left out of a host-only build: kernels/cpu_recurrent.cpp defines GBP_HOST_ONLY and
+// compiles the GBP_HD math above with the host C++ compiler)
+#ifndef GBP_HOST_ONLY
 // for i in [0, n), a grid-stride loop: any grid covers any n
 #define GBP_GRID_STRIDE(i, n)                                                           \
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; \
@@ -218,5 +222,7 @@ __device__ __forceinline__ void tree_reduce(A* data, int count, int stride, int 
         __syncthreads();
     }
 }
+
+#endif  // GBP_HOST_ONLY
 
 }  // namespace gbp

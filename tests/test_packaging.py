@@ -1,4 +1,5 @@
-"""The wheel ships the CUDA sources, where the kernel loader looks first."""
+"""The wheel ships the kernel sources (CUDA, and the CPU cell's C++), where the kernel
+loader and the CPU cell's build look first."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def test_wheel_contains_the_kernel_sources(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("gpubackprop-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = sorted(p.name for p in (ROOT / "kernels").glob("*.cu*"))
+    sources += ["cpu_recurrent.cpp", "recurrent_math.cuh"]
     assert sources, "no kernel sources in kernels/"
     for name in sources:
         assert f"gpubackprop/_kernels/{name}" in names

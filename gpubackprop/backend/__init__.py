@@ -27,7 +27,7 @@ import numpy as np
 from .. import arrays
 from ..arrays import Array, array_device, array_module, has_gpu, is_cupy_array
 from ..errors import ConfigError, DeviceError, DTypeError
-from . import cpu_blas
+from . import cpu_blas, cpu_kernels
 from .numpy_ops import NumpyOps
 
 _DEVICE_RE = re.compile(r"^cuda(?::(\d+))?$")
@@ -203,8 +203,16 @@ def cpu_gemm() -> cpu_blas.MklGemm | None:
 
 
 @functools.cache
+def cpu_cells() -> cpu_kernels.CompiledCells | None:
+    """The LSTM / GRU cell of the CPU ops, chosen (and built, the first time on a machine)
+    once per process (:func:`.cpu_kernels.select`: the ``GPUBACKPROP_CPU_KERNELS``
+    variable); None is the NumPy passes."""
+    return cpu_kernels.select()
+
+
+@functools.cache
 def _cpu_backend(reason: str) -> Backend:
-    return Backend("cpu", np, NumpyOps(cpu_gemm()), reason)
+    return Backend("cpu", np, NumpyOps(cpu_gemm(), cpu_cells()), reason)
 
 
 def _cupy() -> ModuleType:
@@ -335,6 +343,7 @@ __all__ = [
     "array_module",
     "available_devices",
     "backend_of",
+    "cpu_cells",
     "cpu_gemm",
     "get_backend",
     "has_gpu",

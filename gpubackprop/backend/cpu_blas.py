@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .choice import read_choice
 
 #: the environment variable that picks the CPU GEMM
 ENV = "GPUBACKPROP_CPU_BLAS"
@@ -143,11 +144,7 @@ class MklGemm:
 def select(choice: str | None = None) -> MklGemm | None:
     """The CPU GEMM for ``choice`` (None: the ``GPUBACKPROP_CPU_BLAS`` variable, default
     ``auto``): an :class:`MklGemm`, or None for ``numpy.matmul``."""
-    source = "choice"
-    if choice is None:
-        choice, source = os.environ.get(ENV, "auto").strip().lower() or "auto", ENV
-    if choice not in CHOICES:
-        raise ConfigError(f"{source} must be one of {', '.join(CHOICES)}, got {choice!r}")
+    choice, source = read_choice(ENV, CHOICES, choice)
     if choice == "numpy":
         return None
     library = find_mkl_runtime()

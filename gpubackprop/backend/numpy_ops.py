@@ -15,13 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..activations import ACTIVATIONS, ActivationSpec, times_nonzero
 from ..arrays import Array
 from ..philox import dropout_words
+
+if TYPE_CHECKING:
+    from .cpu_kernels import CompiledCells
 
 #: elements per block of an optimizer update: a scratch block written by one pass is
 #: read back from cache by the next (a whole large buffer would go through memory)
@@ -49,12 +52,19 @@ class NumpyOps:
 
     xp: ModuleType = np
 
-    def __init__(self, cpu_gemm: Callable[[Array, Array, Array], bool] | None = None) -> None:
+    def __init__(
+        self, cpu_gemm: Callable[[Array, Array, Array], bool] | None = None,
+        cpu_cells: CompiledCells | None = None,
+    ) -> None:
         self._scratch: dict[tuple[str, tuple[int, ...], Any], Array] = {}
         #: a faster GEMM for 2-D NumPy operands (:mod:`.cpu_blas`: MKL), None: NumPy's
         #: matmul. Called as ``cpu_gemm(a, b, out)``; it returns False for arrays it does
         #: not take, which then go to ``xp.matmul``
         self.cpu_gemm = cpu_gemm
+        #: the compiled one-pass LSTM / GRU cell (:mod:`.cpu_kernels`), None: the NumPy
+        #: passes below. Its ops return False for arrays they do not take, which then go
+        #: through the NumPy passes
+        self.cpu_cells = cpu_cells
 
     def scratch(self, purpose: str, shape: tuple[int, ...], dtype: Any) -> Array:
         """A cached work array for ``purpose`` (contents undefined), allocated once per
@@ -427,7 +437,8 @@ class NumpyOps:
         xp.copyto(dx, 0, where=mask == 0)
         return dx
 
-    # --- rnn: the pointwise part of one LSTM / GRU step (one kernel each way on the GPU) ---
+    # --- rnn: the pointwise part of one LSTM / GRU step (one kernel each way on the GPU;
+    # on the CPU the compiled one-pass cell, :attr:`cpu_cells`, when set) -----------------
     def lstm_cell_forward(
         self, gates: Array, hh: Array, c_prev: Array, c: Array, h: Array, tanh_c: Array
     ) -> Array:
@@ -441,6 +452,9 @@ class NumpyOps:
         ``gates`` is overwritten with [i, f, g, o] (what backward reads); ``c``, ``h`` and
         ``tanh_c`` (B, H) are written. Returns ``h``.
         """
+        if self.cpu_cells is not None and self.cpu_cells.lstm_cell_forward(
+                gates, hh, c_prev, c, h, tanh_c):
+            return h
         xp = self.xp
         n = c.shape[1]
         sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
@@ -476,6 +490,9 @@ class NumpyOps:
 
         Returns ``dgates`` (B, 4H).
         """
+        if self.cpu_cells is not None and self.cpu_cells.lstm_cell_backward(
+                gates, c_prev, tanh_c, dh_out, dh_next, dc, dgates):
+            return dgates
         xp = self.xp
         n = dc.shape[1]
         tanh = ACTIVATIONS["tanh"]
@@ -515,6 +532,9 @@ class NumpyOps:
         ``gates`` is overwritten with [r, z, n] and ``hn`` (B, H) kept for backward.
         Returns ``h``.
         """
+        if self.cpu_cells is not None and self.cpu_cells.gru_cell_forward(
+                gates, hh, bias_hh, h_prev, h, hn):
+            return h
         xp = self.xp
         n_h = h.shape[1]
         sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
@@ -548,6 +568,9 @@ class NumpyOps:
 
         Returns ``dgx``.
         """
+        if self.cpu_cells is not None and self.cpu_cells.gru_cell_backward(
+                gates, hn, h_prev, dh_out, dh_rec, dh_carry, dgx, dgh):
+            return dgx
         xp = self.xp
         n_h = hn.shape[1]
         sigmoid, tanh = ACTIVATIONS["sigmoid"], ACTIVATIONS["tanh"]
