@@ -7,7 +7,8 @@ its three siblings). The compiled cell does the same math in ONE pass: the per-e
 functions of ``kernels/recurrent_math.cuh``, the very code each thread of the CUDA
 kernels runs, in a SIMD loop along each row (glibc's libmvec gives the vector exp and
 tanh). On the LSTM language model of ``bench/cpu_step.py`` (B64, H512, float32, a
-Xeon with AVX-512) a forward step's cell went from 240 to 90 µs (bench/README.md).
+Xeon with AVX-512) a forward step's cell went from 240 to 100 µs and a backward
+step's from 270 to 90 µs (bench/README.md).
 
 It is built the way NVRTC builds the CUDA kernels on a GPU: from the sources shipped
 with the package, once per machine and source version, into a cache folder
