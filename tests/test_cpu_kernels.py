@@ -286,6 +286,15 @@ def test_a_failing_compiler_raises_with_its_output(monkeypatch, tmp_path) -> Non
 
 
 @needs_build
+def test_an_unwritable_cache_says_which_variable_to_set(monkeypatch, tmp_path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv(cpu_kernels.CACHE_ENV, str(blocker / "cache"))
+    with pytest.raises(ConfigError, match="set GPUBACKPROP_CACHE_DIR to a writable folder"):
+        cpu_kernels.select("auto")
+
+
+@needs_build
 def test_the_build_is_cached_per_source_and_compiler(monkeypatch, tmp_path) -> None:
     """The first select builds into the cache, the second loads the same file without
     compiling; another source or compiler version gets another file name."""
