@@ -274,14 +274,20 @@ def _fake_compiler(tmp_path: Path, body: str) -> str:
 
 
 @needs_build
-def test_a_failing_compiler_raises_with_its_output(monkeypatch, tmp_path) -> None:
-    """A compiler that is there but fails is a bug to report, under auto too."""
+def test_a_failing_build_raises_when_asked_for_and_warns_under_auto(monkeypatch, tmp_path) -> None:
+    """``compiled``: a ConfigError with the compiler's output; ``auto``: the same message as
+    a RuntimeWarning, the NumPy passes, and info says why."""
     fake = _fake_compiler(tmp_path, 'case "$1" in --version) echo fake 1.0;; '
                                     '*) echo "cpu_recurrent.cpp:1: error: boom" >&2; exit 1;; esac')
     monkeypatch.setenv("CXX", fake)
     monkeypatch.setenv(cpu_kernels.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu_kernels, "BUILD_FAILURES", [])
     with pytest.raises(ConfigError, match=r"(?s)exit 1\):\ncpu_recurrent.cpp:1: error: boom"):
-        cpu_kernels.select("auto")
+        cpu_kernels.select("compiled")
+    with pytest.warns(RuntimeWarning, match=r"(?s)error: boom.*uses the NumPy passes"):
+        assert cpu_kernels.select("auto") is None
+    monkeypatch.setenv(cpu_kernels.ENV, "auto")
+    assert "the build failed: building the compiled CPU cell failed" in cpu_kernels.describe(None)
     assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written is kept
 
 
@@ -290,8 +296,11 @@ def test_an_unwritable_cache_says_which_variable_to_set(monkeypatch, tmp_path) -
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv(cpu_kernels.CACHE_ENV, str(blocker / "cache"))
+    monkeypatch.setattr(cpu_kernels, "BUILD_FAILURES", [])
     with pytest.raises(ConfigError, match="set GPUBACKPROP_CACHE_DIR to a writable folder"):
-        cpu_kernels.select("auto")
+        cpu_kernels.select("compiled")
+    with pytest.warns(RuntimeWarning, match="set GPUBACKPROP_CACHE_DIR to a writable folder"):
+        assert cpu_kernels.select("auto") is None
 
 
 @needs_build

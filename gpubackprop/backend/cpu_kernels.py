@@ -30,8 +30,11 @@ backend is first made:
   why not;
 - ``numpy``: the NumPy passes.
 
-A compiler that is there but fails on the source is a bug, not a platform limit: it
-raises the ConfigError with the compiler's output under ``auto`` too.
+A build that fails where the platform and a compiler are there (the compiler's error, an
+unwritable cache folder) raises a :class:`~gpubackprop.errors.ConfigError` with the
+compiler's output under ``compiled``; under ``auto`` the same message comes as a
+``RuntimeWarning`` and the CPU uses the NumPy passes (``info`` shows the failure): the
+cell is a speed path, and a model should still train without it.
 
 The compiled cell takes float32/float64 arrays of one dtype, C-contiguous, with the
 reference's shapes, outputs writeable and apart from every other argument (``gates``
@@ -50,6 +53,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +82,8 @@ LINK_LIBRARIES = ("-lmvec", "-lm")
 MIN_GLIBC = (2, 35)
 #: compiler commands tried, in order, when ``CXX`` is not set
 COMPILERS = ("c++", "g++", "clang++")
+#: the first line of each failed build of this process under ``auto`` (info shows the last)
+BUILD_FAILURES: list[str] = []
 
 _INT64 = ctypes.c_int64
 _POINTER = ctypes.c_void_p
@@ -141,8 +147,8 @@ def _cpu_flags() -> str:
 
 
 def build_key(compiler: Sequence[str], source_dir: Path) -> str:
-    """The hash naming a build: the sources (every ``.cpp`` and ``.cuh`` of the kernel
-    folder), the compiler's version line, the flags and the CPU's features."""
+    """The hash naming a build: the sources (:data:`SOURCE` and every ``.cuh`` of the
+    kernel folder), the compiler's version output, the flags and the CPU's features."""
     digest = hashlib.sha256()
     for path in [*sorted(source_dir.glob("*.cuh")), source_dir / SOURCE]:
         digest.update(path.name.encode())
@@ -298,7 +304,7 @@ def _is2d(a: Any) -> bool:
 def select(choice: str | None = None) -> CompiledCells | None:
     """The CPU cell for ``choice`` (None: the ``GPUBACKPROP_CPU_KERNELS`` variable, default
     ``auto``): :class:`CompiledCells`, or None for the NumPy passes. Builds the library on
-    first use (seconds; cached afterwards)."""
+    first use (about a second; cached afterwards)."""
     choice, source = read_choice(ENV, CHOICES, choice)
     if choice == "numpy":
         return None
@@ -309,7 +315,18 @@ def select(choice: str | None = None) -> CompiledCells | None:
         return None
     compiler = find_compiler()
     assert compiler is not None  # unavailable_reason checked
-    library = build(compiler)
+    try:
+        return _load(build(compiler))
+    except ConfigError as exc:
+        if choice == "compiled":
+            raise
+        BUILD_FAILURES.append(str(exc).splitlines()[0])
+        warnings.warn(f"{exc}\nThe CPU uses the NumPy passes of the LSTM/GRU cell "
+                      f"({ENV}=numpy: no build tried).", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def _load(library: Path) -> CompiledCells:
     try:
         return CompiledCells(library)
     except (OSError, AttributeError) as exc:
@@ -333,11 +350,15 @@ def describe(cells: CompiledCells | None) -> str:
     setting = os.environ.get(ENV, "auto")
     if cells is not None:
         return f"compiled LSTM/GRU cell ({cells.library.name}; {ENV}={setting})"
-    reason = unavailable_reason() if setting.strip().lower() != "numpy" else None
+    reason = None
+    if setting.strip().lower() != "numpy":
+        reason = unavailable_reason() or (f"the build failed: {BUILD_FAILURES[-1]}"
+                                          if BUILD_FAILURES else None)
     return f"NumPy passes of the LSTM/GRU cell ({ENV}={setting}{'; ' + reason if reason else ''})"
 
 
 __all__ = [
+    "BUILD_FAILURES",
     "CACHE_ENV",
     "CHOICES",
     "COMPILERS",
