@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Callable
 from types import ModuleType
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -77,16 +78,11 @@ def _distributed_rows(with_cupy: bool) -> list[tuple[str, str]]:
     return rows
 
 
-def _cpu_gemm_row() -> str:
+def _cpu_fast_path_row(describe: Callable[[Any], str], choose: Callable[[], Any]) -> str:
+    """One CPU fast path's row (the GEMM, the cell): its choice described, or why it
+    cannot be made."""
     try:
-        return cpu_blas.describe(cpu_gemm())
-    except ConfigError as exc:
-        return f"unavailable ({exc})"
-
-
-def _cpu_cells_row() -> str:
-    try:
-        return cpu_kernels.describe(cpu_cells())
+        return describe(choose())
     except ConfigError as exc:
         return f"unavailable ({exc})"
 
@@ -101,8 +97,8 @@ def collect_info() -> list[tuple[str, str]]:
         ("platform", platform.platform()),
         ("NumPy", np.__version__),
         ("SciPy", scipy.__version__),
-        ("CPU GEMM", _cpu_gemm_row()),
-        ("CPU cell", _cpu_cells_row()),
+        ("CPU GEMM", _cpu_fast_path_row(cpu_blas.describe, cpu_gemm)),
+        ("CPU cell", _cpu_fast_path_row(cpu_kernels.describe, cpu_cells)),
     ]
     seen = "yes" if nvidia_gpu_visible() else "none visible on this machine"
     rows.append(("NVIDIA GPU", seen))

@@ -88,8 +88,6 @@ class MklGemm:
         library: the path of MKL's ``mkl_rt`` runtime (:func:`find_mkl_runtime`).
     """
 
-    name = "mkl"
-
     def __init__(self, library: Path) -> None:
         self.library = library
         self._lib = ctypes.CDLL(str(library))

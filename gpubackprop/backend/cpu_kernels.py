@@ -224,8 +224,6 @@ class CompiledCells:
         library: the built library (:func:`build`).
     """
 
-    name = "compiled"
-
     def __init__(self, library: Path) -> None:
         self.library = library
         lib = ctypes.CDLL(str(library))
